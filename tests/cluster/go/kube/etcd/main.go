@@ -1,0 +1,11 @@
+// Command etcd is the real etcd server, built from go.etcd.io/etcd/server/v3
+// at the version Kubernetes pins, for the local test cluster.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
