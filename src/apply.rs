@@ -1,0 +1,544 @@
+//! Applying a [`DesiredState`] to the cluster: server-side apply under one
+//! field manager, the namespace first and the rest concurrently, retried on
+//! transient failures inside the run's deadline.
+//!
+//! This is the only module that talks to the API server. It sends exactly
+//! one request per object in a normal run (the ServiceAccount's pull-secret
+//! reference is a strategic-merge patch, so pull secrets others added are
+//! kept without reading them first), and turns every failure into an
+//! [`ApplyError`] that says what failed, for which user, and what to do.
+
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::desired::{DesiredState, Object};
+use crate::exit::Exit;
+
+/// The field manager every write is made under.
+pub const FIELD_MANAGER: &str = "ood-k8s-bootstrap";
+
+/// What a run did (or, in a dry run, would do) to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Changed,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `Kind/name`.
+    pub object: String,
+    pub change: Change,
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(
+        "cannot load root's kubeconfig ({detail}); set KUBECONFIG or create ~/.kube/config for the ondemand ServiceAccount"
+    )]
+    Kubeconfig { detail: String },
+    #[error("user {user}: the Kubernetes API server {server} is unreachable: {detail}")]
+    Unreachable {
+        user: String,
+        server: String,
+        detail: String,
+    },
+    #[error(
+        "user {user}: the API server {server} rejected our credentials (401 Unauthorized); \
+         the ondemand ServiceAccount token in root's kubeconfig has probably expired — issue a new one with `kubectl create token ondemand -n ondemand`"
+    )]
+    Unauthorized { user: String, server: String },
+    #[error(
+        "user {user}: not allowed to write {object}: {message} — grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+    )]
+    Forbidden {
+        user: String,
+        object: String,
+        message: String,
+    },
+    #[error(
+        "user {user}: namespace {namespace} is being deleted (probably by the namespace reaper); log in again once it is gone"
+    )]
+    Terminating { user: String, namespace: String },
+    #[error("user {user}: the API server refused {object}: {message}{hint}")]
+    Invalid {
+        user: String,
+        object: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("user {user}: {object}: the API server answered {status}: {message}")]
+    Server {
+        user: String,
+        object: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "user {user}: gave up after {secs:.1}s (HOOK_TIMEOUT_SECONDS) waiting for the API server {server}: {last}"
+    )]
+    Deadline {
+        user: String,
+        server: String,
+        secs: f64,
+        last: String,
+    },
+}
+
+impl ApplyError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Kubeconfig { .. } => Exit::Config,
+            Self::Unreachable { .. } => Exit::Unavailable,
+            Self::Unauthorized { .. } | Self::Forbidden { .. } => Exit::NoPerm,
+            Self::Terminating { .. } | Self::Server { .. } | Self::Deadline { .. } => {
+                Exit::TempFail
+            }
+            Self::Invalid { .. } => Exit::DataErr,
+        }
+    }
+}
+
+/// Whether to change the cluster or only ask what would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun,
+}
+
+/// A connection to the API server, made from root's kubeconfig.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    server: String,
+}
+
+impl Cluster {
+    /// Loads `KUBECONFIG` (or `~/.kube/config`) without any discovery
+    /// request; per-request timeouts stay inside `timeout`.
+    pub async fn connect(timeout: Duration) -> Result<Self, ApplyError> {
+        let mut config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| ApplyError::Kubeconfig {
+                detail: e.to_string(),
+            })?;
+        config.connect_timeout = Some(timeout.min(Duration::from_secs(5)));
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
+        let client = kube::Client::try_from(config).map_err(|e| ApplyError::Kubeconfig {
+            detail: e.to_string(),
+        })?;
+        Ok(Self { client, server })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Applies `state` for `user`: the Namespace first (everything else lives
+    /// in it), then the rest concurrently. `deadline` bounds retries.
+    pub async fn apply(
+        &self,
+        user: &str,
+        state: &DesiredState,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let ctx = Ctx {
+            cluster: self,
+            user,
+            deadline,
+        };
+        let Some((ns_obj, rest)) = state.objects.split_first() else {
+            return Ok(Vec::new());
+        };
+        if mode == Mode::DryRun {
+            return ctx.dry_run(ns_obj, rest).await;
+        }
+
+        let ns = ctx.write(ns_obj, Write::Apply, false).await?;
+        if ns
+            .body
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApplyError::Terminating {
+                user: user.into(),
+                namespace: state.namespace.to_string(),
+            });
+        }
+        let watermark = resource_version(&ns.body);
+        let ns_change = if ns.status == StatusCode::CREATED {
+            Change::Created
+        } else {
+            Change::Changed
+        };
+        let mut report = vec![Applied {
+            object: ns_obj.describe(),
+            change: ns_change,
+        }];
+
+        let results = futures::future::join_all(rest.iter().map(|o| ctx.write_object(o))).await;
+        for (obj, result) in rest.iter().zip(results) {
+            let resp = result?;
+            let change = if resp.status == StatusCode::CREATED {
+                Change::Created
+            } else {
+                // A write that changed nothing keeps the object's old
+                // resourceVersion, which is older than the namespace we just
+                // wrote (etcd revisions only grow).
+                match (resource_version(&resp.body), watermark) {
+                    (Some(rv), Some(w)) if rv <= w => Change::Unchanged,
+                    _ => Change::Changed,
+                }
+            };
+            report.push(Applied {
+                object: obj.describe(),
+                change,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Kubernetes API path of an object (collection path + name).
+    fn path(obj: &Object) -> String {
+        let meta = obj.meta();
+        let name = meta.name.as_deref().unwrap_or_default();
+        let ns = meta.namespace.as_deref().unwrap_or_default();
+        match obj {
+            Object::Namespace(_) => format!("/api/v1/namespaces/{name}"),
+            Object::NetworkPolicy(_) => {
+                format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}")
+            }
+            Object::RoleBinding(_) => {
+                format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
+            }
+            Object::Secret(_) => format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+            Object::ServiceAccount(_) => format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}"),
+        }
+    }
+}
+
+/// How an object is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Server-side apply, forced: we own these fields.
+    Apply,
+    /// Strategic merge patch: merges our entry into a list others share.
+    Merge,
+    Get,
+}
+
+struct Response {
+    status: StatusCode,
+    body: Value,
+}
+
+struct Ctx<'a> {
+    cluster: &'a Cluster,
+    user: &'a str,
+    deadline: Instant,
+}
+
+impl Ctx<'_> {
+    /// One object in a normal run.
+    async fn write_object(&self, obj: &Object) -> Result<Response, ApplyError> {
+        match obj {
+            // imagePullSecrets is an atomic list under server-side apply:
+            // applying it would claim (and could drop) entries others added.
+            // A strategic merge patch merges by name instead. If the
+            // ServiceAccount does not exist yet (the controller creates it
+            // moments after the namespace), apply creates it.
+            Object::ServiceAccount(_) => match self.write(obj, Write::Merge, false).await {
+                Err(ApplyError::Server { status: 404, .. }) => {
+                    self.write(obj, Write::Apply, false).await
+                }
+                other => other,
+            },
+            _ => self.write(obj, Write::Apply, false).await,
+        }
+    }
+
+    async fn dry_run(&self, ns_obj: &Object, rest: &[Object]) -> Result<Vec<Applied>, ApplyError> {
+        let mut report = Vec::new();
+        let ns_exists = self.read(ns_obj).await?.is_some();
+        report.push(self.dry_run_one(ns_obj).await?);
+        if !ns_exists {
+            // Nothing can be dry-run inside a namespace that does not exist.
+            report.extend(rest.iter().map(|o| Applied {
+                object: o.describe(),
+                change: Change::Created,
+            }));
+            return Ok(report);
+        }
+        let results = futures::future::join_all(rest.iter().map(|o| self.dry_run_one(o))).await;
+        for r in results {
+            report.push(r?);
+        }
+        Ok(report)
+    }
+
+    async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
+        let before = self.read(obj).await?;
+        let how = if matches!(obj, Object::ServiceAccount(_)) && before.is_some() {
+            Write::Merge
+        } else {
+            Write::Apply
+        };
+        let after = self.write(obj, how, true).await?;
+        let change = match before {
+            None => Change::Created,
+            Some(b) if comparable(&b) == comparable(&after.body) => Change::Unchanged,
+            Some(_) => Change::Changed,
+        };
+        Ok(Applied {
+            object: obj.describe(),
+            change,
+        })
+    }
+
+    async fn read(&self, obj: &Object) -> Result<Option<Value>, ApplyError> {
+        match self.write(obj, Write::Get, false).await {
+            Ok(r) => Ok(Some(r.body)),
+            Err(ApplyError::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one request, retrying transient failures until the deadline.
+    async fn write(&self, obj: &Object, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = self.send(obj, how, dry_run).await;
+            let retry_reason = match &attempt {
+                Ok(_) => return attempt,
+                Err(ApplyError::Unreachable { detail, .. }) => detail.clone(),
+                Err(ApplyError::Server {
+                    status: 429 | 500 | 502 | 503 | 504,
+                    message,
+                    ..
+                }) => message.clone(),
+                Err(_) => return attempt,
+            };
+            let now = Instant::now();
+            if now + backoff >= self.deadline {
+                // Connection failures keep their own exit status (69); the
+                // rest become a deadline (75).
+                return match attempt {
+                    Err(e @ ApplyError::Unreachable { .. }) => Err(e),
+                    _ => Err(ApplyError::Deadline {
+                        user: self.user.into(),
+                        server: self.cluster.server.clone(),
+                        secs: self.deadline.saturating_duration_since(now).as_secs_f64(),
+                        last: retry_reason,
+                    }),
+                };
+            }
+            tracing::debug!(object = %obj.describe(), %retry_reason, "retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn send(&self, obj: &Object, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
+        let path = Cluster::path(obj);
+        let dry = if dry_run { "&dryRun=All" } else { "" };
+        let (method, uri, content_type, body) = match how {
+            Write::Get => (Method::GET, path, None, Vec::new()),
+            Write::Apply => (
+                Method::PATCH,
+                format!("{path}?fieldManager={FIELD_MANAGER}&force=true{dry}"),
+                Some("application/apply-patch+yaml"),
+                serde_json::to_vec(&obj.to_json()).unwrap_or_default(),
+            ),
+            Write::Merge => {
+                let mut patch = obj.to_json();
+                if let Some(m) = patch.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                    m.remove("metadata");
+                }
+                (
+                    Method::PATCH,
+                    format!("{path}?fieldManager={FIELD_MANAGER}{dry}"),
+                    Some("application/strategic-merge-patch+json"),
+                    serde_json::to_vec(&patch).unwrap_or_default(),
+                )
+            }
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json");
+        if let Some(ct) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, ct);
+        }
+        let request = builder
+            .body(Body::from(body))
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        tracing::trace!(object = %obj.describe(), ?how, dry_run, "request");
+
+        let response = self
+            .cluster
+            .client
+            .send(request)
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(format!("reading the response: {e}")))?
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(Response { status, body });
+        }
+        Err(self.classify(obj, status, &body))
+    }
+
+    fn unreachable(&self, detail: String) -> ApplyError {
+        ApplyError::Unreachable {
+            user: self.user.into(),
+            server: self.cluster.server.clone(),
+            detail,
+        }
+    }
+
+    /// Turns an error Status into an error a site admin can act on.
+    fn classify(&self, obj: &Object, status: StatusCode, body: &Value) -> ApplyError {
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)")
+            .to_owned();
+        let causes = body
+            .pointer("/details/causes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let has_cause = |t: &str| {
+            causes
+                .iter()
+                .any(|c| c.get("reason").and_then(Value::as_str) == Some(t))
+        };
+        let user = self.user.to_owned();
+        let object = obj.describe();
+        match status.as_u16() {
+            401 => ApplyError::Unauthorized {
+                user,
+                server: self.cluster.server.clone(),
+            },
+            403 if has_cause("NamespaceTerminating") || message.contains("being terminated") => {
+                ApplyError::Terminating {
+                    user,
+                    namespace: obj.meta().namespace.clone().unwrap_or_default(),
+                }
+            }
+            403 => ApplyError::Forbidden {
+                user,
+                object,
+                message,
+            },
+            422 => {
+                let hint = if message.contains("roleRef") {
+                    " — roleRef cannot be changed: an older binding of that name points at another ClusterRole; \
+                     delete it (kubectl delete rolebinding -n NAMESPACE NAME) and run again"
+                } else if message.contains("field is immutable") {
+                    " — the existing object has an immutable field (e.g. Secret type) set differently; delete it and run again"
+                } else {
+                    ""
+                };
+                ApplyError::Invalid {
+                    user,
+                    object,
+                    message,
+                    hint,
+                }
+            }
+            code => ApplyError::Server {
+                user,
+                object,
+                status: code,
+                message,
+            },
+        }
+    }
+}
+
+/// The object's resourceVersion as a number (etcd's revision).
+fn resource_version(v: &Value) -> Option<u64> {
+    v.pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// The parts of an object that mean something, for dry-run comparison.
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "creationTimestamp",
+            "uid",
+        ] {
+            meta.remove(k);
+        }
+    }
+    v
+}
+
+/// An error and its causes on one line (hyper hides the useful part, e.g.
+/// "Connection refused", in the source chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn comparable_ignores_bookkeeping() {
+        let a = json!({"metadata": {"name": "x", "resourceVersion": "5", "managedFields": []}, "spec": 1});
+        let b = json!({"metadata": {"name": "x", "resourceVersion": "9"}, "spec": 1});
+        assert_eq!(comparable(&a), comparable(&b));
+        let c = json!({"metadata": {"name": "x"}, "spec": 2});
+        assert_ne!(comparable(&a), comparable(&c));
+    }
+
+    #[test]
+    fn resource_version_parses() {
+        assert_eq!(
+            resource_version(&json!({"metadata": {"resourceVersion": "42"}})),
+            Some(42)
+        );
+        assert_eq!(resource_version(&json!({"metadata": {}})), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! The command line: what OnDemand, admins and scripts type.
+//!
+//! nginx_stage runs `ood-k8s-bootstrap --user USERNAME`; wrappers written for
+//! the old scripts run `ood-k8s-bootstrap USERNAME /etc/ood/config/hook.env`,
+//! which is accepted too.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::DEFAULT_HOOK_ENV;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ood-k8s-bootstrap",
+    version,
+    about = "Bootstraps an Open OnDemand user's Kubernetes namespace, RBAC and kubeconfig",
+    long_about = "Bootstraps an Open OnDemand user's Kubernetes tenancy: namespace, network policy, \
+                  RoleBindings, optional job-pod-reaper binding and image pull secret (by server-side \
+                  apply), and the OIDC user entry in the user's ~/.kube/config.\n\n\
+                  Run as OnDemand's pun_pre_hook_root_cmd: `ood-k8s-bootstrap --user alice`.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub hook: HookArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The hook configuration file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HOOK_ENV)]
+    pub hook_env: PathBuf,
+
+    /// More detail on stderr (-v: each object, -vv: each request).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The OnDemand user to bootstrap.
+    #[arg(long, value_name = "USERNAME")]
+    pub user: Option<String>,
+
+    /// Ask the API server what would change (server-side dry run); change
+    /// nothing, write no kubeconfig.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Only the cluster side; leave the user's kubeconfig alone.
+    #[arg(long)]
+    pub cluster_only: bool,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the objects that would be applied for a user, as YAML, without
+    /// touching any cluster (secrets are redacted).
+    Render {
+        #[arg(long, value_name = "USERNAME")]
+        user: String,
+        /// Unix time for the last-hook-execution annotation (default: now).
+        #[arg(long, value_name = "SECONDS")]
+        time: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Parses argv, accepting the old scripts' `USERNAME HOOK_ENV` form.
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Cli {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if let Some(legacy) = legacy_form(&args) {
+        return legacy;
+    }
+    Cli::parse_from(args)
+}
+
+/// `PROG USERNAME /path/to/hook.env`: two bare words, the second a path.
+fn legacy_form(args: &[OsString]) -> Option<Cli> {
+    let [_, user, hook_env] = args else {
+        return None;
+    };
+    let user = user.to_str()?;
+    let hook_env = hook_env.to_str()?;
+    if user.starts_with('-') || hook_env.starts_with('-') || !hook_env.contains('/') {
+        return None;
+    }
+    Some(Cli {
+        command: None,
+        hook: HookArgs {
+            user: Some(user.to_owned()),
+            dry_run: false,
+            cluster_only: false,
+            common: Common {
+                hook_env: PathBuf::from(hook_env),
+                verbose: 0,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        parse_from(
+            std::iter::once("ood-k8s-bootstrap")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    #[test]
+    fn ood_form() {
+        let c = cli(&["--user", "alice"]);
+        assert_eq!(c.hook.user.as_deref(), Some("alice"));
+        assert_eq!(c.hook.common.hook_env, PathBuf::from(DEFAULT_HOOK_ENV));
+        assert!(c.command.is_none());
+    }
+
+    #[test]
+    fn legacy_form_is_accepted() {
+        let c = cli(&["alice", "/etc/ood/config/hook.env"]);
+        assert_eq!(c.hook.user.as_deref(), Some("alice"));
+        assert_eq!(
+            c.hook.common.hook_env,
+            PathBuf::from("/etc/ood/config/hook.env")
+        );
+    }
+
+    #[test]
+    fn render_subcommand() {
+        let c = cli(&["render", "--user", "bob", "--hook-env", "/tmp/h.env"]);
+        assert!(matches!(c.command, Some(Command::Render { ref user, .. }) if user == "bob"));
+    }
+}

@@ -1,0 +1,420 @@
+//! The desired cluster state for one user: plain data in (settings, user,
+//! time), Kubernetes objects out. No I/O, so every name, label and subject
+//! other tools depend on is unit-tested here without a cluster.
+//!
+//! Names and shapes follow the old OnDemand hook scripts (and so what the
+//! dashboard and the reapers expect); see SPEC.md §4.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    LocalObjectReference, Namespace as NamespaceObj, Secret, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
+};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::names::{Namespace, Username};
+use crate::settings::Settings;
+
+/// Label the reapers select OnDemand namespaces by.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const NAME_LABEL_VALUE: &str = "open-ondemand";
+/// Annotation the namespace reaper reads (decimal Unix seconds).
+pub const LAST_HOOK_ANNOTATION: &str = "openondemand.org/last-hook-execution";
+/// Label marking what this program manages (never `job`: the job-pod-reaper
+/// reaps objects with that label).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "ood-k8s-bootstrap";
+pub const NETWORK_POLICY_NAME: &str = "deny-from-other-namespaces";
+pub const USER_CLUSTER_ROLE: &str = "ood-user";
+pub const INITIALIZER_CLUSTER_ROLE: &str = "ood-initializer";
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// One object to apply. The variants keep the typed k8s-openapi objects so
+/// the apply layer can use typed `Api`s.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(NamespaceObj),
+    NetworkPolicy(NetworkPolicy),
+    RoleBinding(RoleBinding),
+    Secret(Secret),
+    /// Only the `imagePullSecrets` reference of the `default` ServiceAccount.
+    ServiceAccount(ServiceAccount),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::NetworkPolicy(_) => "NetworkPolicy",
+            Self::RoleBinding(_) => "RoleBinding",
+            Self::Secret(_) => "Secret",
+            Self::ServiceAccount(_) => "ServiceAccount",
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::Namespace(o) => &o.metadata,
+            Self::NetworkPolicy(o) => &o.metadata,
+            Self::RoleBinding(o) => &o.metadata,
+            Self::Secret(o) => &o.metadata,
+            Self::ServiceAccount(o) => &o.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// `Kind/name`, for reports and errors.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.kind(), self.name())
+    }
+
+    /// The JSON body as sent to the API server.
+    pub fn to_json(&self) -> serde_json::Value {
+        let v = match self {
+            Self::Namespace(o) => serde_json::to_value(o),
+            Self::NetworkPolicy(o) => serde_json::to_value(o),
+            Self::RoleBinding(o) => serde_json::to_value(o),
+            Self::Secret(o) => serde_json::to_value(o),
+            Self::ServiceAccount(o) => serde_json::to_value(o),
+        };
+        // Serialising plain k8s-openapi structs cannot fail.
+        v.unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Everything to apply for `user`, the namespace first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredState {
+    pub namespace: Namespace,
+    /// `objects[0]` is the Namespace; the rest live in it.
+    pub objects: Vec<Object>,
+}
+
+/// Computes the objects for `user` at time `now_unix` (seconds).
+pub fn desired_state(
+    settings: &Settings,
+    user: &Username,
+    namespace: &Namespace,
+    now_unix: u64,
+) -> DesiredState {
+    let ns = namespace.as_str();
+    let mut objects = vec![Object::Namespace(namespace_object(
+        settings, namespace, now_unix,
+    ))];
+    objects.push(Object::NetworkPolicy(network_policy(settings, ns)));
+    objects.push(Object::RoleBinding(role_binding(
+        ns,
+        format!("{user}-{USER_CLUSTER_ROLE}"),
+        USER_CLUSTER_ROLE,
+        Subject {
+            kind: "User".into(),
+            api_group: Some(RBAC_GROUP.into()),
+            name: format!("{}{user}", settings.user_subject_prefix),
+            namespace: None,
+        },
+    )));
+    objects.push(Object::RoleBinding(role_binding(
+        ns,
+        format!("{user}-{INITIALIZER_CLUSTER_ROLE}"),
+        INITIALIZER_CLUSTER_ROLE,
+        Subject {
+            kind: "ServiceAccount".into(),
+            api_group: None,
+            name: DEFAULT_SERVICE_ACCOUNT.into(),
+            namespace: Some(ns.into()),
+        },
+    )));
+    if let Some(reaper) = &settings.job_pod_reaper {
+        objects.push(Object::RoleBinding(role_binding(
+            ns,
+            format!("{user}-job-pod-reaper-rolebinding"),
+            reaper.cluster_role.as_str(),
+            Subject {
+                kind: "ServiceAccount".into(),
+                api_group: None,
+                name: reaper.service_account.to_string(),
+                namespace: Some(reaper.namespace.to_string()),
+            },
+        )));
+    }
+    if let Some(pull) = &settings.image_pull {
+        let name = pull.secret_name.to_string();
+        objects.push(Object::Secret(Secret {
+            metadata: meta(ns, &name),
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            data: Some(BTreeMap::from([(
+                ".dockerconfigjson".to_owned(),
+                ByteString(pull.docker_config_json.expose().as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }));
+        // Only the reference is ours: other fields and the ServiceAccount
+        // itself belong to the cluster. `imagePullSecrets` is an atomic list,
+        // so the apply layer merges in the entries others added.
+        objects.push(Object::ServiceAccount(ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(DEFAULT_SERVICE_ACCOUNT.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            image_pull_secrets: Some(vec![LocalObjectReference { name }]),
+            ..Default::default()
+        }));
+    }
+    DesiredState {
+        namespace: namespace.clone(),
+        objects,
+    }
+}
+
+fn namespace_object(settings: &Settings, namespace: &Namespace, now_unix: u64) -> NamespaceObj {
+    let mut labels = BTreeMap::from([(NAME_LABEL.to_owned(), NAME_LABEL_VALUE.to_owned())]);
+    let psa = &settings.pod_security;
+    for (mode, level) in [
+        ("enforce", psa.enforce),
+        ("audit", psa.audit),
+        ("warn", psa.warn),
+    ] {
+        if let Some(level) = level {
+            labels.insert(
+                format!("pod-security.kubernetes.io/{mode}"),
+                level.as_str().to_owned(),
+            );
+            if let Some(version) = &psa.version {
+                labels.insert(
+                    format!("pod-security.kubernetes.io/{mode}-version"),
+                    version.clone(),
+                );
+            }
+        }
+    }
+    NamespaceObj {
+        metadata: ObjectMeta {
+            name: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                LAST_HOOK_ANNOTATION.to_owned(),
+                now_unix.to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn network_policy(settings: &Settings, ns: &str) -> NetworkPolicy {
+    let mut from = vec![NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..Default::default()
+    }];
+    from.extend(settings.allow_cidrs.iter().map(|cidr| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_string(),
+            except: None,
+        }),
+        ..Default::default()
+    }));
+    NetworkPolicy {
+        metadata: meta(ns, NETWORK_POLICY_NAME),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: None,
+            }]),
+            policy_types: Some(vec!["Ingress".into()]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn role_binding(ns: &str, name: String, cluster_role: &str, subject: Subject) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(ns, &name),
+        role_ref: RoleRef {
+            api_group: Some(RBAC_GROUP.into()),
+            kind: "ClusterRole".into(),
+            name: cluster_role.into(),
+        },
+        subjects: Some(vec![subject]),
+    }
+}
+
+fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_owned(),
+            MANAGED_BY_VALUE.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn settings(extra: &str) -> Settings {
+        Settings::parse(
+            Path::new("/hook.env"),
+            &format!("NETWORK_POLICY_ALLOW_CIDR=10.1.0.0/16\n{extra}"),
+        )
+        .unwrap()
+    }
+
+    fn state(extra: &str, user: &str) -> DesiredState {
+        let s = settings(extra);
+        let u = Username::parse(user).unwrap();
+        let ns = Namespace::for_user(&s.namespace_prefix, &u).unwrap();
+        desired_state(&s, &u, &ns, 1_700_000_000)
+    }
+
+    #[test]
+    fn basic_objects_match_the_old_hook() {
+        let d = state("NAMESPACE_PREFIX=user-\n", "first.last");
+        assert_eq!(d.namespace.as_str(), "user-first-last");
+        let names: Vec<_> = d.objects.iter().map(Object::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "Namespace/user-first-last",
+                "NetworkPolicy/deny-from-other-namespaces",
+                "RoleBinding/first.last-ood-user",
+                "RoleBinding/first.last-ood-initializer",
+            ]
+        );
+        let ns = d.objects[0].to_json();
+        assert_eq!(
+            ns["metadata"]["labels"]["app.kubernetes.io/name"],
+            "open-ondemand"
+        );
+        assert_eq!(
+            ns["metadata"]["annotations"]["openondemand.org/last-hook-execution"],
+            "1700000000"
+        );
+        let user_rb = d.objects[2].to_json();
+        assert_eq!(user_rb["roleRef"]["name"], "ood-user");
+        assert_eq!(user_rb["subjects"][0]["kind"], "User");
+        assert_eq!(user_rb["subjects"][0]["name"], "first.last");
+        let init_rb = d.objects[3].to_json();
+        assert_eq!(init_rb["subjects"][0]["kind"], "ServiceAccount");
+        assert_eq!(init_rb["subjects"][0]["name"], "default");
+        assert_eq!(init_rb["subjects"][0]["namespace"], "user-first-last");
+    }
+
+    #[test]
+    fn network_policy_allows_same_namespace_and_cidrs() {
+        let d = state(
+            "NETWORK_POLICY_ALLOW_CIDR=10.1.0.0/16,192.0.2.1/32\n",
+            "alice",
+        );
+        let np = d.objects[1].to_json();
+        assert_eq!(np["spec"]["podSelector"], serde_json::json!({}));
+        let from = &np["spec"]["ingress"][0]["from"];
+        assert_eq!(from[0], serde_json::json!({"podSelector": {}}));
+        assert_eq!(from[1]["ipBlock"]["cidr"], "10.1.0.0/16");
+        assert_eq!(from[2]["ipBlock"]["cidr"], "192.0.2.1/32");
+    }
+
+    #[test]
+    fn nothing_carries_a_job_label() {
+        let d = state(
+            "USE_JOB_POD_REAPER=true\nPOD_SECURITY_ENFORCE=baseline\n",
+            "alice",
+        );
+        for o in &d.objects {
+            let labels = o.meta().labels.clone().unwrap_or_default();
+            assert!(!labels.contains_key("job"), "{}", o.describe());
+        }
+    }
+
+    #[test]
+    fn reaper_binding_and_subject_prefix() {
+        let d = state(
+            "USE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=reapers\nOIDC_USERNAME_PREFIX=oidc-\n",
+            "alice",
+        );
+        let rb = d
+            .objects
+            .iter()
+            .find(|o| o.name() == "alice-job-pod-reaper-rolebinding")
+            .unwrap()
+            .to_json();
+        assert_eq!(rb["roleRef"]["name"], "job-pod-reaper");
+        assert_eq!(rb["subjects"][0]["name"], "job-pod-reaper");
+        assert_eq!(rb["subjects"][0]["namespace"], "reapers");
+        assert_eq!(d.objects[2].to_json()["subjects"][0]["name"], "oidc-alice");
+    }
+
+    #[test]
+    fn pod_security_labels_only_when_set() {
+        let d = state("", "alice");
+        let labels = d.objects[0].meta().labels.clone().unwrap();
+        assert_eq!(labels.len(), 1);
+        let d = state(
+            "POD_SECURITY_ENFORCE=restricted\nPOD_SECURITY_VERSION=latest\nPOD_SECURITY_WARN=restricted\n",
+            "alice",
+        );
+        let labels = d.objects[0].meta().labels.clone().unwrap();
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(
+            labels["pod-security.kubernetes.io/enforce-version"],
+            "latest"
+        );
+        assert_eq!(labels["pod-security.kubernetes.io/warn"], "restricted");
+        assert!(!labels.contains_key("pod-security.kubernetes.io/audit"));
+    }
+
+    #[test]
+    fn pull_secret_and_service_account_reference() {
+        let dir = std::env::temp_dir().join(format!("ood-desired-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.json");
+        std::fs::write(&cfg, r#"{"auths":{"r.example":{"auth":"dTpw"}}}"#).unwrap();
+        let d = state(
+            &format!(
+                "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                cfg.display()
+            ),
+            "alice",
+        );
+        let secret = d
+            .objects
+            .iter()
+            .find(|o| o.kind() == "Secret")
+            .unwrap()
+            .to_json();
+        assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+        assert!(secret["data"][".dockerconfigjson"].is_string());
+        let sa = d
+            .objects
+            .iter()
+            .find(|o| o.kind() == "ServiceAccount")
+            .unwrap()
+            .to_json();
+        assert_eq!(sa["metadata"]["name"], "default");
+        assert_eq!(
+            sa["imagePullSecrets"],
+            serde_json::json!([{"name": "regcred"}])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn same_input_same_output() {
+        assert_eq!(state("", "alice"), state("", "alice"));
+    }
+}
