@@ -2,10 +2,10 @@
 //! field manager, the namespace first and the rest concurrently, retried on
 //! transient failures inside the run's deadline.
 //!
-//! This is the only module that talks to the API server. It sends exactly
-//! one request per object in a normal run (the ServiceAccount's pull-secret
-//! reference is a strategic-merge patch, so pull secrets others added are
-//! kept without reading them first), and turns every failure into an
+//! This is the only module that talks to the API server. It sends one
+//! request per object in a returning user's run (the ServiceAccount's pull
+//! secret list is read, and written only when our entry is missing, so pull
+//! secrets others added are kept), and turns every failure into an
 //! [`ApplyError`] that says what failed, for which user, and what to do.
 
 use std::time::{Duration, Instant};
@@ -231,12 +231,12 @@ impl Cluster {
 }
 
 /// How an object is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Write {
     /// Server-side apply, forced: we own these fields.
     Apply,
-    /// Strategic merge patch: merges our entry into a list others share.
-    Merge,
+    /// A JSON patch (RFC 6902).
+    JsonPatch(Value),
     Get,
 }
 
@@ -255,18 +255,89 @@ impl Ctx<'_> {
     /// One object in a normal run.
     async fn write_object(&self, obj: &Object) -> Result<Response, ApplyError> {
         match obj {
-            // imagePullSecrets is an atomic list under server-side apply:
-            // applying it would claim (and could drop) entries others added.
-            // A strategic merge patch merges by name instead. If the
-            // ServiceAccount does not exist yet (the controller creates it
-            // moments after the namespace), apply creates it.
-            Object::ServiceAccount(_) => match self.write(obj, Write::Merge, false).await {
-                Err(ApplyError::Server { status: 404, .. }) => {
-                    self.write(obj, Write::Apply, false).await
-                }
-                other => other,
-            },
+            Object::ServiceAccount(_) => self.add_pull_secret(obj, false).await,
             _ => self.write(obj, Write::Apply, false).await,
+        }
+    }
+
+    /// Adds our pull secret to the `default` ServiceAccount's
+    /// `imagePullSecrets`, keeping every entry others put there.
+    ///
+    /// That list is atomic under server-side apply and has no merge key for
+    /// strategic merge patches, so either would replace it wholesale (the old
+    /// hook's `kubectl patch` did). Instead: read it, and only if our entry
+    /// is missing, append it with a JSON patch guarded by the
+    /// resourceVersion we read (retried if someone wrote in between). If the
+    /// ServiceAccount does not exist yet (the controller creates it moments
+    /// after the namespace), apply creates it.
+    async fn add_pull_secret(&self, obj: &Object, dry_run: bool) -> Result<Response, ApplyError> {
+        let Object::ServiceAccount(sa) = obj else {
+            return self.write(obj, Write::Apply, dry_run).await;
+        };
+        let ours = sa
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .next()
+            .unwrap_or_default();
+        loop {
+            let current = match self.write(obj, Write::Get, false).await {
+                Ok(r) => r,
+                Err(ApplyError::Server { status: 404, .. }) => {
+                    return self.write(obj, Write::Apply, dry_run).await;
+                }
+                Err(e) => return Err(e),
+            };
+            let list = current
+                .body
+                .get("imagePullSecrets")
+                .and_then(Value::as_array);
+            if list.is_some_and(|l| {
+                l.iter()
+                    .any(|e| e.get("name").and_then(Value::as_str) == Some(ours.as_str()))
+            }) {
+                return Ok(current);
+            }
+            let rv = current
+                .body
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let add = match list {
+                Some(_) => {
+                    serde_json::json!({"op": "add", "path": "/imagePullSecrets/-", "value": {"name": ours}})
+                }
+                None => {
+                    serde_json::json!({"op": "add", "path": "/imagePullSecrets", "value": [{"name": ours}]})
+                }
+            };
+            let patch = serde_json::json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, add]);
+            match self.write(obj, Write::JsonPatch(patch), dry_run).await {
+                // The test op failed: someone changed the ServiceAccount
+                // between our read and write. Read again.
+                Err(
+                    ApplyError::Invalid { ref message, .. }
+                    | ApplyError::Server {
+                        status: 409,
+                        ref message,
+                        ..
+                    },
+                ) if message.contains("test")
+                    || message.contains("resourceVersion")
+                    || message.contains("modified") =>
+                {
+                    if Instant::now() >= self.deadline {
+                        return Err(ApplyError::Deadline {
+                            user: self.user.into(),
+                            server: self.cluster.server.clone(),
+                            secs: 0.0,
+                            last: "the default ServiceAccount kept changing".into(),
+                        });
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -291,12 +362,10 @@ impl Ctx<'_> {
 
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
         let before = self.read(obj).await?;
-        let how = if matches!(obj, Object::ServiceAccount(_)) && before.is_some() {
-            Write::Merge
-        } else {
-            Write::Apply
+        let after = match obj {
+            Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await?,
+            _ => self.write(obj, Write::Apply, true).await?,
         };
-        let after = self.write(obj, how, true).await?;
         let change = match before {
             None => Change::Created,
             Some(b) if comparable(&b) == comparable(&after.body) => Change::Unchanged,
@@ -320,7 +389,7 @@ impl Ctx<'_> {
     async fn write(&self, obj: &Object, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let attempt = self.send(obj, how, dry_run).await;
+            let attempt = self.send(obj, how.clone(), dry_run).await;
             let retry_reason = match &attempt {
                 Ok(_) => return attempt,
                 Err(ApplyError::Unreachable { detail, .. }) => detail.clone(),
@@ -362,20 +431,12 @@ impl Ctx<'_> {
                 Some("application/apply-patch+yaml"),
                 serde_json::to_vec(&obj.to_json()).unwrap_or_default(),
             ),
-            Write::Merge => {
-                let mut patch = obj.to_json();
-                if let Some(m) = patch.as_object_mut() {
-                    m.remove("apiVersion");
-                    m.remove("kind");
-                    m.remove("metadata");
-                }
-                (
-                    Method::PATCH,
-                    format!("{path}?fieldManager={FIELD_MANAGER}{dry}"),
-                    Some("application/strategic-merge-patch+json"),
-                    serde_json::to_vec(&patch).unwrap_or_default(),
-                )
-            }
+            Write::JsonPatch(patch) => (
+                Method::PATCH,
+                format!("{path}?fieldManager={FIELD_MANAGER}{dry}"),
+                Some("application/json-patch+json"),
+                serde_json::to_vec(&patch).unwrap_or_default(),
+            ),
         };
         let mut builder = Request::builder()
             .method(method)
@@ -387,7 +448,7 @@ impl Ctx<'_> {
         let request = builder
             .body(Body::from(body))
             .map_err(|e| self.unreachable(e.to_string()))?;
-        tracing::trace!(object = %obj.describe(), ?how, dry_run, "request");
+        tracing::trace!(object = %obj.describe(), dry_run, "request");
 
         let response = self
             .cluster

@@ -85,7 +85,16 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Cli {
     if let Some(legacy) = legacy_form(&args) {
         return legacy;
     }
-    Cli::parse_from(args)
+    match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // Help and --version go to stdout with status 0; real usage errors
+        // exit 64 (EX_USAGE) rather than clap's 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(crate::exit::Exit::Usage as i32)
+        }
+    }
 }
 
 /// `PROG USERNAME /path/to/hook.env`: two bare words, the second a path.

@@ -22,7 +22,10 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/.state/env");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("the local cluster is not up ({}: {e}); run tests/cluster/up first", path.display())
+            panic!(
+                "the local cluster is not up ({}: {e}); run tests/cluster/up first",
+                path.display()
+            )
         });
         let vars = text
             .lines()
@@ -36,7 +39,9 @@ pub fn cluster() -> &'static Cluster {
 
 impl Cluster {
     pub fn var(&self, key: &str) -> &str {
-        self.vars.get(key).unwrap_or_else(|| panic!("{key} missing from tests/cluster/.state/env"))
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from tests/cluster/.state/env"))
     }
 
     /// kubectl with the given kubeconfig; returns the output, checked or not.
@@ -52,7 +57,11 @@ impl Cluster {
     /// kubectl as cluster admin; panics on failure.
     pub fn admin(&self, args: &[&str]) -> String {
         let out = self.kubectl_as(self.var("KUBECONFIG_ADMIN"), args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
@@ -65,7 +74,10 @@ impl Cluster {
         let out = self.kubectl_as(self.var("KUBECONFIG_ADMIN"), &full);
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("NotFound") || err.contains("not found"), "kubectl {full:?}: {err}");
+            assert!(
+                err.contains("NotFound") || err.contains("not found"),
+                "kubectl {full:?}: {err}"
+            );
             return None;
         }
         Some(serde_json::from_slice(&out.stdout).expect("json"))
@@ -74,7 +86,11 @@ impl Cluster {
     /// Tokens for a Dex test user from the password grant, as
     /// mod_auth_openidc would hold them after a portal login.
     pub fn login(&self, user: &str) -> Tokens {
-        self.login_client(user, self.var("OIDC_CLIENT_ID"), Some(self.var("OIDC_CLIENT_SECRET")))
+        self.login_client(
+            user,
+            self.var("OIDC_CLIENT_ID"),
+            Some(self.var("OIDC_CLIENT_SECRET")),
+        )
     }
 
     pub fn login_client(&self, user: &str, client_id: &str, secret: Option<&str>) -> Tokens {
@@ -102,11 +118,18 @@ impl Cluster {
             ]),
             form.as_bytes(),
         );
-        assert!(out.status.success(), "password grant for {user}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "password grant for {user}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token json");
         Tokens {
             access: v["access_token"].as_str().expect("access_token").to_owned(),
-            refresh: v["refresh_token"].as_str().expect("refresh_token").to_owned(),
+            refresh: v["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
             id: v["id_token"].as_str().expect("id_token").to_owned(),
         }
     }
@@ -151,8 +174,18 @@ pub fn bin() -> PathBuf {
 
 /// Runs `cmd` with `input` on stdin.
 pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
     child.wait_with_output().expect("wait")
 }
 
@@ -169,28 +202,83 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn linux_user(name: &str) -> (u32, u32, PathBuf) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let exists = Command::new("id").arg("-u").arg(name).output().expect("id").status.success();
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(name)
+        .output()
+        .expect("id")
+        .status
+        .success();
     if !exists {
         let out = Command::new("useradd")
             .args(["--create-home", "--shell", "/bin/bash", "--badname", name])
             .output()
-            .or_else(|_| Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", name]).output())
+            .or_else(|_| {
+                Command::new("useradd")
+                    .args(["--create-home", "--shell", "/bin/bash", name])
+                    .output()
+            })
             .expect("useradd");
         if !out.status.success() {
-            let out2 = Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", name]).output().expect("useradd");
-            assert!(out2.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out2.stderr));
+            let out2 = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/bash", name])
+                .output()
+                .expect("useradd");
+            assert!(
+                out2.status.success(),
+                "useradd {name}: {}",
+                String::from_utf8_lossy(&out2.stderr)
+            );
         }
     }
     let id = |flag: &str| -> u32 {
         let out = Command::new("id").arg(flag).arg(name).output().expect("id");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
     };
-    let home = Command::new("getent").args(["passwd", name]).output().expect("getent");
-    let home = String::from_utf8_lossy(&home.stdout).split(':').nth(5).expect("home field").trim().to_owned();
+    let home = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .expect("getent");
+    let home = String::from_utf8_lossy(&home.stdout)
+        .split(':')
+        .nth(5)
+        .expect("home field")
+        .trim()
+        .to_owned();
     (id("-u"), id("-g"), PathBuf::from(home))
 }
 
 /// stdout+stderr of a finished command, for assertion messages.
 pub fn text(out: &Output) -> String {
-    format!("status {:?}\nstdout: {}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A namespace prefix unique to this test process, so the tests can run
+/// again and again against the same cluster: `TAG-RUNID-`.
+pub fn prefix(tag: &str) -> String {
+    static RUN: OnceLock<String> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut n = (u64::from(std::process::id()) << 20) ^ u64::from(nanos);
+        let mut s = String::new();
+        for _ in 0..5 {
+            s.push(char::from(
+                b"abcdefghijklmnopqrstuvwxyz0123456789"[(n % 36) as usize],
+            ));
+            n /= 36;
+        }
+        s
+    });
+    format!("{tag}-{run}-")
 }

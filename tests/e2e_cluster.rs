@@ -1,0 +1,842 @@
+//! End-to-end: the built binary against the real local kube-apiserver and
+//! Dex (tests/cluster/up), run as OnDemand runs it — as root with the
+//! `ondemand` ServiceAccount's kubeconfig, never the admin's.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{cluster, linux_user, scratch, text};
+use serde_json::Value;
+
+/// Runs the hook for `user` with `hook_env`, returning the output.
+fn hook(user: &str, hook_env: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    cluster()
+        .hook()
+        .args(["--user", user, "--hook-env"])
+        .arg(hook_env)
+        .args(extra)
+        .output()
+        .expect("run hook")
+}
+
+fn assert_ok(out: &std::process::Output) {
+    assert!(out.status.success(), "hook failed:\n{}", text(out));
+}
+
+fn rv(v: &Value) -> String {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Number of (non-dry-run) writes the `ondemand` ServiceAccount has made to
+/// namespaces starting with `prefix`, from the API server's audit log.
+fn ondemand_writes(prefix: &str) -> usize {
+    let log = std::fs::read_to_string(cluster().var("AUDIT_LOG")).expect("audit log");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == "system:serviceaccount:ondemand:ondemand")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| {
+            !e["requestURI"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("dryRun")
+        })
+        .filter(|e| {
+            let r = &e["objectRef"];
+            let ns = r["namespace"]
+                .as_str()
+                .or_else(|| r["name"].as_str().filter(|_| r["resource"] == "namespaces"));
+            ns.is_some_and(|n| n.starts_with(prefix))
+        })
+        .count()
+}
+
+// ---- the local cluster itself (issue 2) -------------------------------
+
+#[test]
+fn api_server_is_the_pinned_release_and_refuses_strangers() {
+    let c = cluster();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert", c.var("K8S_CA_FILE")])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version: Value =
+        serde_json::from_str(&curl(&[&format!("{}/version", c.var("K8S_SERVER"))])).unwrap();
+    assert_eq!(version["gitVersion"], c.var("K8S_VERSION"));
+    assert_eq!(
+        c.var("K8S_VERSION"),
+        "v1.37.2",
+        "Cargo.toml's k8s-openapi feature is v1_37"
+    );
+
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/api/v1/namespaces", c.var("K8S_SERVER")),
+    ]);
+    assert!(
+        code == "401" || code == "403",
+        "unauthenticated request answered {code}"
+    );
+}
+
+#[test]
+fn ondemand_account_has_only_what_the_hook_needs() {
+    let c = cluster();
+    let can = |args: &[&str]| {
+        let mut full = vec!["auth", "can-i"];
+        full.extend_from_slice(args);
+        String::from_utf8_lossy(&c.kubectl_as(c.var("KUBECONFIG_ONDEMAND"), &full).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(can(&["delete", "namespaces"]), "no");
+    assert_eq!(can(&["list", "namespaces"]), "no");
+    assert_eq!(can(&["delete", "rolebindings", "-n", "default"]), "no");
+    assert_eq!(
+        can(&[
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            "default"
+        ]),
+        "no"
+    );
+    assert_eq!(can(&["patch", "namespaces"]), "yes");
+}
+
+#[test]
+fn dex_token_authenticates_as_the_plain_login_name() {
+    let c = cluster();
+    let tokens = c.login("carol.smith");
+    let review = common::pipe(
+        Command::new("curl").args([
+            "-sS",
+            "--cacert",
+            c.var("K8S_CA_FILE"),
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "@-",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+            &format!(
+                "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                c.var("K8S_SERVER")
+            ),
+        ]),
+        format!("Authorization: Bearer {}\n", tokens.access).as_bytes(),
+    );
+    let v: Value = serde_json::from_slice(&review.stdout).expect(&text(&review));
+    assert_eq!(v["status"]["userInfo"]["username"], "carol.smith", "{v}");
+}
+
+// ---- the cluster side (issue 3) ---------------------------------------
+
+#[test]
+fn new_user_gets_every_object_and_rbac_works() {
+    let c = cluster();
+    let dir = scratch("every-object");
+    let reg = dir.join("registry.json");
+    std::fs::write(&reg, r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#).unwrap();
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX=\"{p}\"\nUSE_JOB_POD_REAPER=true\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\nK8S_CREDENTIALS=none\n",
+            reg.display(),
+            p = common::prefix("every")
+        ),
+    );
+    let carol_ns = format!("{}carol-smith", common::prefix("every"));
+    let bob_ns = format!("{}bob", common::prefix("every"));
+    linux_user("carol.smith");
+    linux_user("bob");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = hook("carol.smith", &env, &[]);
+    assert_ok(&out);
+    assert_ok(&hook("bob", &env, &[]));
+
+    let ns = c
+        .get_json(&["namespace", &carol_ns])
+        .expect("namespace created");
+    assert_eq!(
+        ns["metadata"]["labels"]["app.kubernetes.io/name"],
+        "open-ondemand"
+    );
+    let stamp: u64 = ns["metadata"]["annotations"]["openondemand.org/last-hook-execution"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stamp >= before && stamp <= before + 60,
+        "annotation {stamp} vs {before}"
+    );
+
+    let np = c
+        .get_json(&[
+            "networkpolicy",
+            "-n",
+            &carol_ns,
+            "deny-from-other-namespaces",
+        ])
+        .unwrap();
+    assert_eq!(np["spec"]["podSelector"], serde_json::json!({}));
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["podSelector"],
+        serde_json::json!({})
+    );
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][1]["ipBlock"]["cidr"],
+        "127.0.0.1/32"
+    );
+
+    let rb = |name: &str| {
+        c.get_json(&["rolebinding", "-n", &carol_ns, name])
+            .expect(name)
+    };
+    let user_rb = rb("carol.smith-ood-user");
+    assert_eq!(user_rb["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(user_rb["roleRef"]["name"], "ood-user");
+    assert_eq!(
+        user_rb["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol.smith"}])
+    );
+    let init_rb = rb("carol.smith-ood-initializer");
+    assert_eq!(init_rb["roleRef"]["name"], "ood-initializer");
+    assert_eq!(
+        init_rb["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "default", "namespace": &carol_ns}])
+    );
+    let reaper_rb = rb("carol.smith-job-pod-reaper-rolebinding");
+    assert_eq!(reaper_rb["roleRef"]["name"], "job-pod-reaper");
+    assert_eq!(
+        reaper_rb["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "job-pod-reaper", "namespace": "job-pod-reaper"}])
+    );
+
+    let secret = c.get_json(&["secret", "-n", &carol_ns, "regcred"]).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+    assert!(secret["data"][".dockerconfigjson"].is_string());
+    let sa = c
+        .get_json(&["serviceaccount", "-n", &carol_ns, "default"])
+        .unwrap();
+    assert_eq!(
+        sa["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}])
+    );
+
+    // Nothing we made carries a `job` label.
+    for kind in ["networkpolicy", "rolebinding", "secret"] {
+        let list = c.get_json(&[kind, "-n", &carol_ns]).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            assert!(item["metadata"]["labels"].get("job").is_none(), "{item}");
+        }
+    }
+
+    // The user's own OIDC token may create a pod in their namespace, and
+    // nowhere else.
+    let tokens = c.login("carol.smith");
+    let kc = dir.join("carol.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: {}, certificate-authority: {}}}\n\
+             users:\n- name: u\n  user: {{token: {}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\ncurrent-context: t\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE"),
+            tokens.access
+        ),
+    )
+    .unwrap();
+    let kc = kc.to_str().unwrap();
+    let pod = |ns: &str| {
+        c.kubectl_as(
+            kc,
+            &[
+                "run",
+                "probe",
+                "-n",
+                ns,
+                "--image=registry.example/none",
+                "--restart=Never",
+            ],
+        )
+    };
+    let mine = pod(&carol_ns);
+    assert!(mine.status.success(), "{}", text(&mine));
+    let theirs = pod(&bob_ns);
+    assert!(!theirs.status.success());
+    assert!(
+        String::from_utf8_lossy(&theirs.stderr).contains("forbidden"),
+        "{}",
+        text(&theirs)
+    );
+    // Users cannot write their Namespace object (pod-security labels).
+    let relabel = c.kubectl_as(
+        kc,
+        &[
+            "label",
+            "namespace",
+            &carol_ns,
+            "pod-security.kubernetes.io/enforce=privileged",
+        ],
+    );
+    assert!(!relabel.status.success(), "{}", text(&relabel));
+}
+
+#[test]
+fn second_run_changes_only_the_annotation() {
+    let c = cluster();
+    let dir = scratch("second-run");
+    let second_ns = format!("{}alice", common::prefix("second"));
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nUSE_JOB_POD_REAPER=true\nK8S_CREDENTIALS=none\n",
+            common::prefix("second")
+        ),
+    );
+    linux_user("alice");
+    assert_ok(&hook("alice", &env, &[]));
+    let kinds = ["networkpolicy", "rolebinding", "serviceaccount"];
+    let snapshot = || -> Vec<(String, String)> {
+        kinds
+            .iter()
+            .flat_map(|k| {
+                let list = c.get_json(&[k, "-n", &second_ns]).unwrap();
+                list["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| (format!("{k}/{}", i["metadata"]["name"]), rv(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let first = snapshot();
+    let ns1 = c.get_json(&["namespace", &second_ns]).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = hook("alice", &env, &["-v"]);
+    assert_ok(&out);
+    assert_eq!(
+        snapshot(),
+        first,
+        "objects other than the namespace were rewritten"
+    );
+    let ns2 = c.get_json(&["namespace", &second_ns]).unwrap();
+    let mut a = ns1["metadata"].clone();
+    let mut b = ns2["metadata"].clone();
+    for m in [&mut a, &mut b] {
+        let o = m.as_object_mut().unwrap();
+        o.remove("resourceVersion");
+        o.remove("managedFields");
+        o["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove("openondemand.org/last-hook-execution");
+    }
+    assert_eq!(a, b, "the namespace changed beyond its annotation");
+    assert_ne!(
+        ns1["metadata"]["annotations"]["openondemand.org/last-hook-execution"],
+        ns2["metadata"]["annotations"]["openondemand.org/last-hook-execution"]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("0 created, 1 changed, 4 unchanged"),
+        "{stderr}"
+    );
+}
+
+/// Objects made the old way — `kubectl apply` of the templated manifests,
+/// the pull secret through `kubectl create --dry-run | kubectl apply`, and
+/// `kubectl patch` of the ServiceAccount — converge on our first run, and a
+/// pull secret someone else added to the ServiceAccount survives.
+#[test]
+fn converges_on_objects_from_the_kubectl_scripts() {
+    let c = cluster();
+    let dir = scratch("converge");
+    let reg = dir.join("registry.json");
+    std::fs::write(&reg, r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#).unwrap();
+    let ns_owned = format!("{}bob", common::prefix("legacy"));
+    let ns = ns_owned.as_str();
+    let od = c.var("KUBECONFIG_ONDEMAND");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let out = match stdin {
+            None => c.kubectl_as(od, args),
+            Some(input) => common::pipe(
+                Command::new(c.var("KUBECTL"))
+                    .arg("--kubeconfig")
+                    .arg(od)
+                    .args(args),
+                input.as_bytes(),
+            ),
+        };
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let manifests = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    app.kubernetes.io/name: open-ondemand\n  annotations:\n    openondemand.org/last-hook-execution: \"1\"\n---\n\
+         kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata:\n  namespace: {ns}\n  name: deny-from-other-namespaces\nspec:\n  podSelector:\n    matchLabels:\n  ingress:\n  - from:\n    - podSelector: {{}}\n    - ipBlock:\n        cidr: 10.9.9.9/32\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  namespace: {ns}\n  name: bob-ood-initializer\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: ood-initializer\nsubjects:\n  - kind: ServiceAccount\n    name: default\n    namespace: {ns}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  namespace: {ns}\n  name: bob-ood-user\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: ood-user\nsubjects:\n  - kind: User\n    name: bob\n    namespace: {ns}\n"
+    );
+    kubectl(&["apply", "-f", "-"], Some(&manifests));
+    let secret = kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "regcred",
+            &format!("--from-file=.dockerconfigjson={}", reg.display()),
+            "--type=kubernetes.io/dockerconfigjson",
+            "-n",
+            ns,
+            "-o",
+            "yaml",
+            "--dry-run=client",
+        ],
+        None,
+    );
+    kubectl(&["apply", "-f", "-"], Some(&secret));
+    // Wait for the controller to create `default`, as the old script did implicitly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .get_json(&["serviceaccount", "-n", ns, "default"])
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "default ServiceAccount never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kubectl(
+        &[
+            "patch",
+            "serviceaccount",
+            "default",
+            "-n",
+            ns,
+            "-p",
+            r#"{"imagePullSecrets": [{"name": "regcred"}]}"#,
+        ],
+        None,
+    );
+    // Someone else's pull secret, added after the old hook ran.
+    c.admin(&[
+        "patch",
+        "serviceaccount",
+        "default",
+        "-n",
+        ns,
+        "-p",
+        r#"{"imagePullSecrets": [{"name": "site-mirror"}]}"#,
+    ]);
+
+    linux_user("bob");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={p}\nNETWORK_POLICY_ALLOW_CIDR=192.0.2.0/24\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\nK8S_CREDENTIALS=none\n",
+            reg.display(),
+            p = common::prefix("legacy")
+        ),
+    );
+    assert_ok(&hook("bob", &env, &[]));
+
+    let np = c
+        .get_json(&["networkpolicy", "-n", ns, "deny-from-other-namespaces"])
+        .unwrap();
+    let from = np["spec"]["ingress"][0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 2, "{np}");
+    assert_eq!(from[1]["ipBlock"]["cidr"], "192.0.2.0/24");
+    let user_rb = c
+        .get_json(&[
+            "rolebinding",
+            "-n",
+            ns,
+            "bob-ood-user",
+            "--show-managed-fields",
+        ])
+        .unwrap();
+    assert_eq!(
+        user_rb["subjects"],
+        serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}])
+    );
+    let managers: Vec<String> = user_rb["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "ood-k8s-bootstrap"),
+        "{managers:?}"
+    );
+    let ns_obj = c.get_json(&["namespace", ns]).unwrap();
+    assert_ne!(
+        ns_obj["metadata"]["annotations"]["openondemand.org/last-hook-execution"],
+        "1"
+    );
+    let sa = c
+        .get_json(&["serviceaccount", "-n", ns, "default"])
+        .unwrap();
+    let pulls: Vec<&str> = sa["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        pulls.contains(&"regcred") && pulls.contains(&"site-mirror"),
+        "{pulls:?}"
+    );
+
+    // And a second run is still clean.
+    assert_ok(&hook("bob", &env, &[]));
+}
+
+#[test]
+fn bad_input_fails_before_any_write() {
+    let c = cluster();
+    let dir = scratch("bad-input");
+    linux_user("alice");
+    let noauths = dir.join("noauths.json");
+    std::fs::write(&noauths, r#"{"credsStore": "x"}"#).unwrap();
+    let cases: Vec<(&str, String, i32, &str)> = vec![
+        (
+            "alice",
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.300/8\n".into(),
+            78,
+            "NETWORK_POLICY_ALLOW_CIDR",
+        ),
+        (
+            "alice",
+            "USE_JOB_POD_REAPER=yes\n".into(),
+            78,
+            "USE_JOB_POD_REAPER",
+        ),
+        (
+            "alice",
+            "USE_POD_SECURITY_POLICY=true\n".into(),
+            78,
+            "POD_SECURITY_ENFORCE",
+        ),
+        (
+            "alice",
+            "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON=/nonexistent/config.json\n"
+                .into(),
+            78,
+            "REGISTRY_DOCKER_CONFIG_JSON",
+        ),
+        (
+            "alice",
+            format!(
+                "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                noauths.display()
+            ),
+            78,
+            "auths",
+        ),
+        (
+            "alice",
+            "NAMESPACE_PREFIX=Bad_\n".into(),
+            78,
+            "NAMESPACE_PREFIX",
+        ),
+        ("../etc", String::new(), 67, "../etc"),
+        ("--user=-rf", String::new(), 67, "-rf"),
+        ("no-such-user-xyz", String::new(), 67, "no-such-user-xyz"),
+        ("a b", String::new(), 67, "whitespace"),
+    ];
+    let writes_before = ondemand_writes(&common::prefix("bad"));
+    for (i, (user, extra, code, needle)) in cases.iter().enumerate() {
+        let sub = dir.join(format!("case{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let env = c.hook_env(
+            &sub,
+            &format!("NAMESPACE_PREFIX={}\n{extra}", common::prefix("bad")),
+        );
+        let out = match user.strip_prefix("--user=") {
+            Some(_) => c
+                .hook()
+                .arg(user)
+                .arg("--hook-env")
+                .arg(&env)
+                .output()
+                .unwrap(),
+            None => hook(user, &env, &[]),
+        };
+        assert_eq!(out.status.code(), Some(*code), "case {i}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle),
+            "case {i}: message lacks {needle:?}: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 4,
+            "case {i}: stderr too long: {stderr}"
+        );
+    }
+    // Unknown keys only warn.
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nNAMESPACE_PREFX=oops\nK8S_CREDENTIALS=none\n",
+            common::prefix("bad")
+        ),
+    );
+    let out = hook("alice", &env, &["--dry-run"]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown key NAMESPACE_PREFX"),
+        "{}",
+        text(&out)
+    );
+    // The audit log is written asynchronously; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ondemand_writes(&common::prefix("bad")),
+        writes_before,
+        "a refused run (or a dry run) wrote to the cluster"
+    );
+    assert!(
+        c.get_json(&["namespace", &format!("{}alice", common::prefix("bad"))])
+            .is_none()
+    );
+}
+
+#[test]
+fn dry_run_reports_without_changing() {
+    let c = cluster();
+    let dir = scratch("dry-run");
+    linux_user("alice");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nK8S_CREDENTIALS=none\n",
+            common::prefix("dry")
+        ),
+    );
+    let out = hook("alice", &env, &["--dry-run"]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would be 4 created"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        c.get_json(&["namespace", &format!("{}alice", common::prefix("dry"))])
+            .is_none(),
+        "dry run created the namespace"
+    );
+    assert_ok(&hook("alice", &env, &[]));
+    let changed_env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nNETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nK8S_CREDENTIALS=none\n",
+            common::prefix("dry")
+        ),
+    );
+    let out = hook("alice", &changed_env, &["--dry-run", "-v"]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("would change NetworkPolicy/deny-from-other-namespaces"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unchanged  RoleBinding/alice-ood-user"),
+        "{stderr}"
+    );
+    let np = c
+        .get_json(&[
+            "networkpolicy",
+            "-n",
+            &format!("{}alice", common::prefix("dry")),
+            "deny-from-other-namespaces",
+        ])
+        .unwrap();
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][1]["ipBlock"]["cidr"],
+        "127.0.0.1/32"
+    );
+}
+
+#[test]
+fn legacy_call_form_works() {
+    let c = cluster();
+    let dir = scratch("legacy-form");
+    linux_user("alice");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nK8S_CREDENTIALS=none\n",
+            common::prefix("oldform")
+        ),
+    );
+    let out = c.hook().arg("alice").arg(&env).output().unwrap();
+    assert_ok(&out);
+    assert!(
+        c.get_json(&["namespace", &format!("{}alice", common::prefix("oldform"))])
+            .is_some()
+    );
+}
+
+#[test]
+fn terminating_namespace_gets_a_clear_temporary_error() {
+    let c = cluster();
+    let dir = scratch("terminating");
+    let term_ns = format!("{}bob", common::prefix("term"));
+    linux_user("bob");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nK8S_CREDENTIALS=none\n",
+            common::prefix("term")
+        ),
+    );
+    assert_ok(&hook("bob", &env, &[]));
+    // Hold the namespace in Terminating with a finalizer, as a slow reaper would.
+    c.admin(&["create", "configmap", "hold", "-n", &term_ns]);
+    c.admin(&[
+        "patch",
+        "configmap",
+        "hold",
+        "-n",
+        &term_ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["ood.test/hold"]}}"#,
+    ]);
+    c.admin(&["delete", "rolebinding", "-n", &term_ns, "bob-ood-user"]);
+    c.admin(&["delete", "namespace", &term_ns, "--wait=false"]);
+    let out = hook("bob", &env, &[]);
+    c.admin(&[
+        "patch",
+        "configmap",
+        "hold",
+        "-n",
+        &term_ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(term_ns.as_str()) && stderr.contains("being deleted"),
+        "{stderr}"
+    );
+}
+
+fn kubeconfig_for(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("root.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: {server}, insecure-skip-tls-verify: true}}\n\
+             users:\n- name: u\n  user: {{token: not-a-real-token}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\ncurrent-context: t\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn unreachable_api_server_fails_fast_naming_the_server() {
+    let c = cluster();
+    let dir = scratch("unreachable");
+    linux_user("alice");
+    // A port nothing listens on: the API server is down.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("https://127.0.0.1:{port}");
+    let kc = kubeconfig_for(&dir, &server);
+    let env = c.hook_env(&dir, "HOOK_TIMEOUT_SECONDS=3\nK8S_CREDENTIALS=none\n");
+    let started = Instant::now();
+    let out = c
+        .hook()
+        .env("KUBECONFIG", &kc)
+        .args(["--user", "alice", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&server),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} with a 3 s deadline"
+    );
+}
+
+#[test]
+fn hanging_api_server_is_bounded_by_the_deadline() {
+    let c = cluster();
+    let dir = scratch("hanging");
+    linux_user("alice");
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in listener.incoming().flatten().take(50) {
+            let mut buf = [0u8; 16];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+            let _ = s.read(&mut buf);
+            held.push(s);
+        }
+    });
+    let kc = kubeconfig_for(&dir, &server);
+    let env = c.hook_env(&dir, "HOOK_TIMEOUT_SECONDS=2\nK8S_CREDENTIALS=none\n");
+    let started = Instant::now();
+    let out = c
+        .hook()
+        .env("KUBECONFIG", &kc)
+        .args(["--user", "alice", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(matches!(out.status.code(), Some(69 | 75)), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} with a 2 s deadline"
+    );
+}
