@@ -142,10 +142,6 @@ impl Cluster {
         Ok(Self { client, server })
     }
 
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
     /// Applies `state` for `user`: the Namespace first (everything else lives
     /// in it), then the rest concurrently. `deadline` bounds retries.
     pub async fn apply(

@@ -148,7 +148,8 @@ fn dex_token_authenticates_as_the_plain_login_name() {
         ]),
         format!("Authorization: Bearer {}\n", tokens.access).as_bytes(),
     );
-    let v: Value = serde_json::from_slice(&review.stdout).expect(&text(&review));
+    let v: Value =
+        serde_json::from_slice(&review.stdout).unwrap_or_else(|_| panic!("{}", text(&review)));
     assert_eq!(v["status"]["userInfo"]["username"], "carol.smith", "{v}");
 }
 
