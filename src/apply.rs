@@ -121,24 +121,48 @@ pub struct Cluster {
 
 impl Cluster {
     /// Loads `KUBECONFIG` (or `~/.kube/config`) without any discovery
-    /// request; per-request timeouts stay inside `timeout`.
+    /// request. The client speaks HTTP/2 when the API server offers it (it
+    /// does), so the concurrent writes share one TLS connection.
     pub async fn connect(timeout: Duration) -> Result<Self, ApplyError> {
-        let mut config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+        use kube::client::ConfigExt;
+
+        let config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| ApplyError::Kubeconfig {
                 detail: e.to_string(),
             })?;
-        config.connect_timeout = Some(timeout.min(Duration::from_secs(5)));
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
         let server = config
             .cluster_url
             .to_string()
             .trim_end_matches('/')
             .to_owned();
-        let client = kube::Client::try_from(config).map_err(|e| ApplyError::Kubeconfig {
+        let bad = |e: kube::Error| ApplyError::Kubeconfig {
             detail: e.to_string(),
-        })?;
+        };
+
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config.rustls_client_config().map_err(bad)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(https);
+        // Retries are ours (inside the run's deadline), not the client's.
+        let service = tower::ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(config.auth_layer().map_err(bad)?)
+            .layer(config.extra_headers_layer().map_err(bad)?)
+            .map_err(tower::BoxError::from)
+            .service(hyper);
+        let client = kube::Client::new(service, config.default_namespace.clone());
         Ok(Self { client, server })
     }
 
@@ -453,6 +477,7 @@ impl Ctx<'_> {
             .await
             .map_err(|e| self.unreachable(error_chain(&e)))?;
         let status = response.status();
+        tracing::trace!(object = %obj.describe(), ?status, version = ?response.version(), "response");
         let bytes = response
             .into_body()
             .collect()

@@ -841,3 +841,23 @@ fn hanging_api_server_is_bounded_by_the_deadline() {
         "took {took:?} with a 2 s deadline"
     );
 }
+
+#[test]
+fn concurrent_writes_share_one_http2_connection() {
+    let c = cluster();
+    let dir = scratch("http2");
+    linux_user("alice");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nUSE_JOB_POD_REAPER=true\nK8S_CREDENTIALS=none\n",
+            common::prefix("h2")
+        ),
+    );
+    let out = hook("alice", &env, &["-vvv"]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let responses: Vec<&str> = stderr.lines().filter(|l| l.contains("response")).collect();
+    assert_eq!(responses.len(), 5, "{stderr}");
+    assert!(responses.iter().all(|l| l.contains("HTTP/2.0")), "{stderr}");
+}
