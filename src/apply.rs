@@ -166,6 +166,70 @@ impl Cluster {
         Ok(Self { client, server })
     }
 
+    /// Namespaces matching a label selector (for `reconcile`); needs `list`
+    /// on namespaces, which the `ondemand` ClusterRole does not grant.
+    pub async fn list_namespaces(&self, selector: &str) -> Result<Vec<Value>, ApplyError> {
+        let unreachable = |detail: String| ApplyError::Unreachable {
+            user: "(all)".into(),
+            server: self.server.clone(),
+            detail,
+        };
+        let selector: String = selector
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    char::from(b).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let request = Request::builder()
+            .uri(format!("/api/v1/namespaces?labelSelector={selector}"))
+            .header(header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(format!("reading the response: {e}")))?
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)")
+            .to_owned();
+        match status.as_u16() {
+            200 => Ok(body
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()),
+            401 => Err(ApplyError::Unauthorized {
+                user: "(all)".into(),
+                server: self.server.clone(),
+            }),
+            403 => Err(ApplyError::Forbidden {
+                user: "(all)".into(),
+                object: "namespaces".into(),
+                message,
+            }),
+            code => Err(ApplyError::Server {
+                user: "(all)".into(),
+                object: "namespaces".into(),
+                status: code,
+                message,
+            }),
+        }
+    }
+
     /// Applies `state` for `user`: the Namespace first (everything else lives
     /// in it), then the rest concurrently. `deadline` bounds retries.
     pub async fn apply(

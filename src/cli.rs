@@ -73,6 +73,30 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Re-bootstrap many users' cluster side in one process (no kubeconfig
+    /// changes): after a hook.env change, or to repair drift.
+    Reconcile {
+        /// File with one username per line (`-` for stdin).
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        users: Option<PathBuf>,
+        /// Every user whose namespace carries the OnDemand label (needs
+        /// `list` on namespaces, e.g. an admin's kubeconfig).
+        #[arg(long)]
+        all: bool,
+        /// How many users are worked on at once.
+        #[arg(long, value_name = "N", default_value_t = 32)]
+        concurrency: usize,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Parses argv, accepting the old scripts' `USERNAME HOOK_ENV` form.

@@ -25,6 +25,9 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const NAME_LABEL_VALUE: &str = "open-ondemand";
 /// Annotation the namespace reaper reads (decimal Unix seconds).
 pub const LAST_HOOK_ANNOTATION: &str = "openondemand.org/last-hook-execution";
+/// Annotation recording whose namespace this is (the name mapping loses
+/// `.` and `@`), so `reconcile` can find the users again.
+pub const USER_ANNOTATION: &str = "openondemand.org/user";
 /// Label marking what this program manages (never `job`: the job-pod-reaper
 /// reaps objects with that label).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -108,7 +111,7 @@ pub fn desired_state(
 ) -> DesiredState {
     let ns = namespace.as_str();
     let mut objects = vec![Object::Namespace(namespace_object(
-        settings, namespace, now_unix,
+        settings, user, namespace, now_unix,
     ))];
     objects.push(Object::NetworkPolicy(network_policy(settings, ns)));
     objects.push(Object::RoleBinding(role_binding(
@@ -176,7 +179,12 @@ pub fn desired_state(
     }
 }
 
-fn namespace_object(settings: &Settings, namespace: &Namespace, now_unix: u64) -> NamespaceObj {
+fn namespace_object(
+    settings: &Settings,
+    user: &Username,
+    namespace: &Namespace,
+    now_unix: u64,
+) -> NamespaceObj {
     let mut labels = BTreeMap::from([(NAME_LABEL.to_owned(), NAME_LABEL_VALUE.to_owned())]);
     let psa = &settings.pod_security;
     for (mode, level) in [
@@ -201,10 +209,10 @@ fn namespace_object(settings: &Settings, namespace: &Namespace, now_unix: u64) -
         metadata: ObjectMeta {
             name: Some(namespace.to_string()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                LAST_HOOK_ANNOTATION.to_owned(),
-                now_unix.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (LAST_HOOK_ANNOTATION.to_owned(), now_unix.to_string()),
+                (USER_ANNOTATION.to_owned(), user.to_string()),
+            ])),
             ..Default::default()
         },
         ..Default::default()
@@ -304,6 +312,10 @@ mod tests {
         assert_eq!(
             ns["metadata"]["annotations"]["openondemand.org/last-hook-execution"],
             "1700000000"
+        );
+        assert_eq!(
+            ns["metadata"]["annotations"]["openondemand.org/user"],
+            "first.last"
         );
         let user_rb = d.objects[2].to_json();
         assert_eq!(user_rb["roleRef"]["name"], "ood-user");

@@ -13,6 +13,8 @@ pub enum Exit {
     Usage = 64,
     /// The cluster refused the objects as invalid (e.g. an immutable field).
     DataErr = 65,
+    /// An input file (e.g. reconcile's user list) cannot be read.
+    NoInput = 66,
     /// The user does not exist in the passwd database.
     NoUser = 67,
     /// The API server (or IdP) cannot be reached.

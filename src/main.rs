@@ -13,6 +13,7 @@ mod desired;
 mod exit;
 mod kubeconfig;
 mod names;
+mod reconcile;
 mod render;
 mod secret;
 mod settings;
@@ -37,6 +38,20 @@ fn main() -> ExitCode {
         Some(Command::Render { user, time, common }) => {
             init_logging(common.verbose);
             render::main(&user, &common.hook_env, time.unwrap_or_else(unix_now)).into()
+        }
+        Some(Command::Reconcile {
+            users,
+            all,
+            concurrency,
+            dry_run,
+            common,
+        }) => {
+            init_logging(common.verbose);
+            let source = match (&users, all) {
+                (Some(path), _) => reconcile::Source::List(path),
+                (None, _) => reconcile::Source::Labelled,
+            };
+            reconcile::main(source, &common.hook_env, concurrency, dry_run).into()
         }
         None => {
             init_logging(cli.hook.common.verbose);
@@ -183,7 +198,7 @@ fn summary(user: &Username, ns: &Namespace, applied: &[Applied], dry_run: bool) 
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

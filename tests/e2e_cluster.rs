@@ -861,3 +861,66 @@ fn concurrent_writes_share_one_http2_connection() {
     assert_eq!(responses.len(), 5, "{stderr}");
     assert!(responses.iter().all(|l| l.contains("HTTP/2.0")), "{stderr}");
 }
+
+#[test]
+fn reconcile_many_users_continues_past_failures() {
+    let c = cluster();
+    let dir = scratch("reconcile");
+    let prefix = common::prefix("rc");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    let list = dir.join("users.txt");
+    let mut users: Vec<String> = (0..40).map(|i| format!("user{i}")).collect();
+    users.push("first.last".into());
+    std::fs::write(
+        &list,
+        format!("# bulk\n{}\nBad_Name\nuser0\n", users.join("\n")),
+    )
+    .unwrap();
+    let run = |kubeconfig: &str, args: &[&str]| {
+        c.hook()
+            .env("KUBECONFIG", kubeconfig)
+            .arg("reconcile")
+            .args(["--hook-env"])
+            .arg(&env)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        c.var("KUBECONFIG_ONDEMAND"),
+        &["--users", list.to_str().unwrap(), "--concurrency", "8"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reconciled 41 of 42 users"), "{stderr}");
+    assert!(
+        stderr.contains("164 created") && stderr.contains("1 failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("failed: Bad_Name:"), "{stderr}");
+    let ns = c
+        .get_json(&["namespace", &format!("{prefix}first-last")])
+        .expect("namespace");
+    assert_eq!(
+        ns["metadata"]["annotations"]["openondemand.org/user"],
+        "first.last"
+    );
+
+    // --all needs `list` on namespaces: refused for the ondemand account,
+    // fine for an admin, and finds the users again (dots included).
+    let out = run(c.var("KUBECONFIG_ONDEMAND"), &["--all"]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--users"),
+        "{}",
+        text(&out)
+    );
+    let out = run(c.var("KUBECONFIG_ADMIN"), &["--all", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reconciled 41 of 41 users"), "{stderr}");
+    assert!(stderr.contains("0 created"), "{stderr}");
+}

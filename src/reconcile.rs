@@ -1,0 +1,266 @@
+//! `ood-k8s-bootstrap reconcile`: re-bootstrap many users in one process —
+//! after a hook.env change, or to repair drift — cluster side only.
+//!
+//! Users come from a list (file or stdin) or from the namespaces that carry
+//! the OnDemand label. Work runs with bounded concurrency over the one
+//! HTTP/2 connection [`Cluster`] holds; one user's failure never stops the
+//! others, and the summary lists each failure with its reason.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use crate::apply::{Applied, ApplyError, Change, Cluster, Mode};
+use crate::desired::{self, NAME_LABEL, NAME_LABEL_VALUE, USER_ANNOTATION};
+use crate::exit::Exit;
+use crate::names::{Namespace, Username};
+use crate::settings::Settings;
+
+/// Where the user names come from.
+pub enum Source<'a> {
+    /// One username per line; `-` is stdin. Blank lines and `#` comments are
+    /// skipped.
+    List(&'a Path),
+    /// Every namespace labelled `app.kubernetes.io/name=open-ondemand`.
+    Labelled,
+}
+
+pub fn main(source: Source<'_>, hook_env: &Path, concurrency: usize, dry_run: bool) -> Exit {
+    let settings = match Settings::load(hook_env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ood-k8s-bootstrap: error: {e}");
+            return Exit::Config;
+        }
+    };
+    for w in &settings.warnings {
+        eprintln!("ood-k8s-bootstrap: warning: {w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ood-k8s-bootstrap: error: cannot start the async runtime: {e}");
+            return Exit::Software;
+        }
+    };
+    runtime.block_on(run(source, &settings, concurrency.max(1), dry_run))
+}
+
+async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_run: bool) -> Exit {
+    let started = Instant::now();
+    let cluster = match Cluster::connect(settings.timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ood-k8s-bootstrap: error: {e}");
+            return e.exit();
+        }
+    };
+    let names = match source {
+        Source::List(path) => read_list(path),
+        Source::Labelled => labelled_users(&cluster, settings).await,
+    };
+    let names = match names {
+        Ok(n) => n,
+        Err((exit, msg)) => {
+            eprintln!("ood-k8s-bootstrap: error: {msg}");
+            return exit;
+        }
+    };
+
+    let total = names.len();
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let now = crate::unix_now();
+    let mut progress = Progress::new(total);
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut failures: Vec<String> = Vec::new();
+
+    let mut results = futures::stream::iter(names)
+        .map(|name| {
+            let cluster = &cluster;
+            async move {
+                let result = reconcile_one(cluster, settings, &name, mode, now).await;
+                (name, result)
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some((name, result)) = results.next().await {
+        match result {
+            Ok(applied) => {
+                for a in applied {
+                    *counts.entry(change_word(a.change)).or_default() += 1;
+                }
+            }
+            Err(msg) => failures.push(format!("{name}: {msg}")),
+        }
+        progress.tick();
+    }
+    progress.finish();
+
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "ood-k8s-bootstrap: reconciled {} of {total} users in {secs:.1}s ({:.0} users/s){}: objects {} created, {} changed, {} unchanged; {} failed",
+        total - failures.len(),
+        total as f64 / secs.max(1e-9),
+        if dry_run { " (dry run)" } else { "" },
+        counts.get("created").unwrap_or(&0),
+        counts.get("changed").unwrap_or(&0),
+        counts.get("unchanged").unwrap_or(&0),
+        failures.len(),
+    );
+    for f in &failures {
+        eprintln!("  failed: {f}");
+    }
+    if failures.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    }
+}
+
+async fn reconcile_one(
+    cluster: &Cluster,
+    settings: &Settings,
+    name: &str,
+    mode: Mode,
+    now: u64,
+) -> Result<Vec<Applied>, String> {
+    let user = Username::parse(name).map_err(|e| e.to_string())?;
+    let namespace =
+        Namespace::for_user(&settings.namespace_prefix, &user).map_err(|e| e.to_string())?;
+    let state = desired::desired_state(settings, &user, &namespace, now);
+    let deadline = Instant::now() + settings.timeout;
+    cluster
+        .apply(user.as_str(), &state, mode, deadline)
+        .await
+        .map_err(|e| match e {
+            // Drop the repeated "user X:" prefix; the summary line names the user.
+            e @ ApplyError::Kubeconfig { .. } => e.to_string(),
+            e => e
+                .to_string()
+                .split_once(": ")
+                .map_or_else(|| e.to_string(), |(_, rest)| rest.to_owned()),
+        })
+}
+
+fn change_word(c: Change) -> &'static str {
+    match c {
+        Change::Created => "created",
+        Change::Changed => "changed",
+        Change::Unchanged => "unchanged",
+    }
+}
+
+/// Usernames from a file (or stdin for `-`), in order, without duplicates.
+fn read_list(path: &Path) -> Result<Vec<String>, (Exit, String)> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| {
+            (
+                Exit::NoInput,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in reader.lines() {
+        let line = line.map_err(|e| (Exit::NoInput, format!("reading {}: {e}", path.display())))?;
+        let name = line.split('#').next().unwrap_or_default().trim();
+        if !name.is_empty() && seen.insert(name.to_owned()) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Users of every OnDemand namespace: the user annotation this program
+/// writes, or, for namespaces the old hook made, the name minus
+/// `NAMESPACE_PREFIX` (the old hook did not rewrite names).
+async fn labelled_users(
+    cluster: &Cluster,
+    settings: &Settings,
+) -> Result<Vec<String>, (Exit, String)> {
+    let list = cluster
+        .list_namespaces(&format!("{NAME_LABEL}={NAME_LABEL_VALUE}"))
+        .await
+        .map_err(|e| match e {
+            ApplyError::Forbidden { .. } => (
+                Exit::NoPerm,
+                "listing namespaces is not allowed for this account (the ondemand ClusterRole deliberately lacks \
+                 `list` on namespaces); pass the users with --users FILE, or run with an admin's KUBECONFIG"
+                    .to_owned(),
+            ),
+            e => (e.exit(), e.to_string()),
+        })?;
+    let mut users: Vec<String> = list
+        .iter()
+        .filter_map(|ns| {
+            let name = ns.pointer("/metadata/name")?.as_str()?;
+            // Only namespaces of this hook.env's prefix: other OnDemand
+            // instances may share the cluster.
+            let unprefixed = name.strip_prefix(settings.namespace_prefix.as_str())?;
+            let annotated = ns.pointer(&format!(
+                "/metadata/annotations/{}",
+                USER_ANNOTATION.replace('/', "~1")
+            ));
+            Some(
+                annotated
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(unprefixed)
+                    .to_owned(),
+            )
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
+/// A one-line progress bar on a terminal; silent otherwise.
+struct Progress {
+    total: usize,
+    done: usize,
+    on_terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0,
+            on_terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.done += 1;
+        if self.on_terminal && (self.done % 10 == 0 || self.done == self.total) {
+            let width = 40;
+            let filled = width * self.done / self.total.max(1);
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r[{}{}] {}/{}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                self.done,
+                self.total
+            );
+            let _ = err.flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.on_terminal && self.total > 0 {
+            eprintln!();
+        }
+    }
+}
