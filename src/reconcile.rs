@@ -242,7 +242,7 @@ impl Progress {
 
     fn tick(&mut self) {
         self.done += 1;
-        if self.on_terminal && (self.done % 10 == 0 || self.done == self.total) {
+        if self.on_terminal && (self.done.is_multiple_of(10) || self.done == self.total) {
             let width = 40;
             let filled = width * self.done / self.total.max(1);
             let mut err = std::io::stderr().lock();
