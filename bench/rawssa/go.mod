@@ -1,0 +1,3 @@
+module oodbench/rawssa
+
+go 1.26.0
