@@ -924,3 +924,73 @@ fn reconcile_many_users_continues_past_failures() {
     assert!(stderr.contains("reconciled 41 of 41 users"), "{stderr}");
     assert!(stderr.contains("0 created"), "{stderr}");
 }
+
+#[test]
+fn rbac_denial_names_the_account_and_what_to_do() {
+    let c = cluster();
+    let dir = scratch("rbac-denied");
+    linux_user("bob");
+    // The ondemand account may not hand out cluster-admin (RBAC escalation
+    // prevention), so this binding is refused by the API server.
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nUSE_JOB_POD_REAPER=true\nJOB_POD_REAPER_CLUSTER_ROLE=cluster-admin\nK8S_CREDENTIALS=none\n",
+            common::prefix("denied")
+        ),
+    );
+    let out = hook("bob", &env, &[]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("user bob"), "{stderr}");
+    assert!(
+        stderr.contains("RoleBinding/bob-job-pod-reaper-rolebinding"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("system:serviceaccount:ondemand:ondemand"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ondemand` ClusterRole"), "{stderr}");
+}
+
+#[test]
+fn render_needs_no_cluster_and_redacts_secrets() {
+    let dir = scratch("render");
+    let reg = dir.join("registry.json");
+    std::fs::write(
+        &reg,
+        r#"{"auths":{"registry.example":{"auth":"c2VjcmV0"}}}"#,
+    )
+    .unwrap();
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        format!("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n", reg.display()),
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("KUBECONFIG", "/nonexistent")
+        .args([
+            "render",
+            "--user",
+            "first.last",
+            "--time",
+            "42",
+            "--hook-env",
+        ])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(yaml.contains("name: first-last"), "{yaml}");
+    assert!(
+        yaml.contains("openondemand.org/last-hook-execution: '42'")
+            || yaml.contains("openondemand.org/last-hook-execution: \"42\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("<redacted"), "{yaml}");
+    assert!(!yaml.contains("eyJhdXRocy"), "{yaml}");
+}
