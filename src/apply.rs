@@ -54,13 +54,12 @@ pub enum ApplyError {
          the ondemand ServiceAccount token in root's kubeconfig has probably expired — issue a new one with `kubectl create token ondemand -n ondemand`"
     )]
     Unauthorized { user: String, server: String },
-    #[error(
-        "user {user}: not allowed to write {object}: {message} — grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
-    )]
+    #[error("user {user}: not allowed to write {object}: {message} — {hint}")]
     Forbidden {
         user: String,
         object: String,
         message: String,
+        hint: &'static str,
     },
     #[error(
         "user {user}: namespace {namespace} is being deleted (probably by the namespace reaper); log in again once it is gone"
@@ -220,6 +219,7 @@ impl Cluster {
                 user: "(all)".into(),
                 object: "namespaces".into(),
                 message,
+                hint: "use an account that may list namespaces",
             }),
             code => Err(ApplyError::Server {
                 user: "(all)".into(),
@@ -565,11 +565,11 @@ impl Ctx<'_> {
 
     /// Turns an error Status into an error a site admin can act on.
     fn classify(&self, obj: &Object, status: StatusCode, body: &Value) -> ApplyError {
-        let message = body
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)")
-            .to_owned();
+        let message = one_line(
+            body.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)"),
+        );
         let causes = body
             .pointer("/details/causes")
             .and_then(Value::as_array)
@@ -593,11 +593,22 @@ impl Ctx<'_> {
                     namespace: obj.meta().namespace.clone().unwrap_or_default(),
                 }
             }
-            403 => ApplyError::Forbidden {
-                user,
-                object,
-                message,
-            },
+            403 => {
+                let hint = if message
+                    .contains("attempting to grant RBAC permissions not currently held")
+                {
+                    "the ondemand account can only bind ClusterRoles whose permissions it holds itself; \
+                     check the role name in hook.env or extend the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+                } else {
+                    "grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+                };
+                ApplyError::Forbidden {
+                    user,
+                    object,
+                    message,
+                    hint,
+                }
+            }
             422 => {
                 let hint = if message.contains("roleRef") {
                     " — roleRef cannot be changed: an older binding of that name points at another ClusterRole; \
@@ -622,6 +633,15 @@ impl Ctx<'_> {
             },
         }
     }
+}
+
+/// An API server message fit for one syslog line: whitespace collapsed,
+/// at most 400 characters.
+fn one_line(message: &str) -> String {
+    crate::names::truncate(
+        &message.split_whitespace().collect::<Vec<_>>().join(" "),
+        400,
+    )
 }
 
 /// The object's resourceVersion as a number (etcd's revision).

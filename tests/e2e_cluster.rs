@@ -952,6 +952,11 @@ fn rbac_denial_names_the_account_and_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("ondemand` ClusterRole"), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line for syslog: {stderr}"
+    );
 }
 
 #[test]
