@@ -2,6 +2,8 @@
 //! cluster/context), written safely as the user. (Stub: see issue 4.)
 #![allow(dead_code)]
 
+pub mod merge;
+
 use std::path::PathBuf;
 
 use thiserror::Error;
