@@ -9,6 +9,7 @@
 mod account;
 mod apply;
 mod cli;
+mod credential;
 mod desired;
 mod exit;
 mod kubeconfig;
@@ -17,6 +18,7 @@ mod reconcile;
 mod render;
 mod secret;
 mod settings;
+mod tokens;
 
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,12 @@ use crate::settings::Settings;
 const PROG: &str = "ood-k8s-bootstrap";
 
 fn main() -> ExitCode {
+    // Hidden subcommands, before any runtime or thread exists.
+    match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
+        Some(kubeconfig::as_user::CHILD_ARG) => return kubeconfig::child_main(),
+        Some("credential") => return credential::main(credential::CredentialArgs::from_env()),
+        _ => {}
+    }
     let cli = cli::parse();
     // One TLS crypto provider for kube and reqwest alike.
     let _ = rustls::crypto::ring::default_provider().install_default();

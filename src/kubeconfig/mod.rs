@@ -1,11 +1,22 @@
 //! The user's `~/.kube/config`: the hook's one user entry (and optional
-//! cluster/context), written safely as the user. (Stub: see issue 4.)
-#![allow(dead_code)]
+//! cluster/context), written safely as the user.
+//!
+//! - [`entry`] (pure) decides what the entries are for the credential mode;
+//! - [`merge`] (pure) merges them into the existing file's text;
+//! - [`write`] does the file work as the user: no symlinks followed, locks,
+//!   write beside and rename;
+//! - [`as_user`] runs [`write`] in a child with the user's uid, gid and
+//!   groups when we are root (the job goes through a pipe).
 
+pub mod as_user;
+pub mod entry;
 pub mod merge;
+pub mod write;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use nix::unistd::Uid;
 use thiserror::Error;
 
 use crate::account::Account;
@@ -13,6 +24,10 @@ use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::secret::Secret;
 use crate::settings::Settings;
+
+pub use as_user::child_main;
+use entry::EntryError;
+use write::{FailKind, Job, Reply};
 
 /// Tokens from the portal login, as nginx_stage exports them
 /// (`OOD_OIDC_ACCESS_TOKEN`, `OOD_OIDC_REFRESH_TOKEN`, `OOD_OIDC_ID_TOKEN`).
@@ -45,37 +60,165 @@ impl Login {
 pub enum Outcome {
     Written(PathBuf),
     Unchanged(PathBuf),
-    /// No tokens in the environment: existing credentials left as they are.
+    /// No tokens in the environment: existing credentials left as they are
+    /// (cluster and context entries may still have been written).
     NoTokens,
     /// `K8S_CREDENTIALS=none`.
     Disabled,
 }
 
+/// Why the kubeconfig was not written. Every message names the user and,
+/// where there is one, the file.
 #[derive(Debug, Error)]
 pub enum KubeconfigError {
-    #[error("kubeconfig for {user}: {why}")]
-    Other { user: String, why: String },
+    #[error("kubeconfig of user {user}: {path}: {why}")]
+    Unsafe {
+        user: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("kubeconfig of user {user}: {path}: {why}")]
+    Io {
+        user: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("kubeconfig of user {user}: {path} does not parse: {why}")]
+    Parse {
+        user: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("kubeconfig of user {user}: {path}: timed out: {why}")]
+    LockTimeout {
+        user: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
+        "kubeconfig of user {user}: not running as root (uid {euid}), so only the invoking user's own kubeconfig may be written, not that of {user} (uid {uid}); run the hook as root"
+    )]
+    NotRoot { user: String, euid: u32, uid: u32 },
+    #[error("kubeconfig of user {user}: {source}")]
+    Config { user: String, source: EntryError },
+    #[error("kubeconfig of user {user} left unchanged: {source}")]
+    Token { user: String, source: EntryError },
+    #[error("kubeconfig of user {user}: {why}")]
+    Writer { user: String, why: String },
 }
 
 impl KubeconfigError {
     pub fn exit(&self) -> Exit {
-        Exit::CantCreate
+        match self {
+            Self::Unsafe { .. } | Self::NotRoot { .. } => Exit::NoPerm,
+            Self::Io { .. } => Exit::CantCreate,
+            Self::Parse { .. } | Self::Token { .. } => Exit::DataErr,
+            Self::LockTimeout { .. } => Exit::TempFail,
+            Self::Config { .. } => Exit::Config,
+            Self::Writer { .. } => Exit::Software,
+        }
     }
 }
 
 /// Writes the user's entry. Runs the file work as the user.
 pub fn update(
     settings: &Settings,
-    _user: &Username,
-    _account: &Account,
-    _namespace: &Namespace,
+    user: &Username,
+    account: &Account,
+    namespace: &Namespace,
     login: &Login,
 ) -> Result<Outcome, KubeconfigError> {
     if settings.kubeconfig.credentials == crate::settings::CredentialMode::None {
         return Ok(Outcome::Disabled);
     }
-    if login.access_token.is_none() && login.refresh_token.is_none() {
+    let who = user.to_string();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let plan = entry::plan(
+        settings,
+        user,
+        namespace,
+        login,
+        &account.home,
+        &exe,
+        crate::unix_now(),
+    )
+    .map_err(|source| match source {
+        EntryError::Missing { .. } => KubeconfigError::Config {
+            user: who.clone(),
+            source,
+        },
+        EntryError::Token(_) => KubeconfigError::Token {
+            user: who.clone(),
+            source,
+        },
+    })?;
+    for w in &plan.warnings {
+        eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
+    }
+    if plan.desired.is_empty() {
         return Ok(Outcome::NoTokens);
     }
-    Ok(Outcome::NoTokens)
+
+    // Half the run's budget for the locks, the rest for slack.
+    let lock_wait = (settings.timeout / 2).max(Duration::from_secs(1));
+    let job = Job {
+        user: who.clone(),
+        uid: account.uid.as_raw(),
+        gid: account.gid.as_raw(),
+        home: account.home.clone(),
+        lock_wait_ms: lock_wait.as_millis() as u64,
+        desired: plan.desired,
+        cache: plan.cache.map(|(path, cache)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, cache)
+        }),
+    };
+    let euid = Uid::effective();
+    let reply = if euid.is_root() {
+        as_user::run_as(user.as_str(), &job, lock_wait + Duration::from_secs(5)).map_err(|why| {
+            KubeconfigError::Writer {
+                user: who.clone(),
+                why,
+            }
+        })?
+    } else if euid == account.uid {
+        write::run(&job)
+    } else {
+        return Err(KubeconfigError::NotRoot {
+            user: who,
+            euid: euid.as_raw(),
+            uid: account.uid.as_raw(),
+        });
+    };
+    drop(job);
+    match reply {
+        Reply::Done {
+            path,
+            changed,
+            warnings,
+        } => {
+            for w in warnings {
+                eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
+            }
+            Ok(if !plan.has_tokens {
+                Outcome::NoTokens
+            } else if changed {
+                Outcome::Written(path)
+            } else {
+                Outcome::Unchanged(path)
+            })
+        }
+        Reply::Failed(f) => {
+            let (user, path, why) = (who, f.path, f.why);
+            Err(match f.kind {
+                FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
+                FailKind::Io => KubeconfigError::Io { user, path, why },
+                FailKind::Parse => KubeconfigError::Parse { user, path, why },
+                FailKind::LockTimeout => KubeconfigError::LockTimeout { user, path, why },
+            })
+        }
+    }
 }

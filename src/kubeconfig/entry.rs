@@ -1,0 +1,341 @@
+//! Pure: what the hook wants in the user's kubeconfig (and, in exec mode,
+//! in the token cache), from hook.env and the login's tokens.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use super::Login;
+use super::merge::{ClusterEntry, ContextEntry, Desired, UserEntry};
+use crate::credential::{CACHE_DIR, Cache};
+use crate::names::{Namespace, Username};
+use crate::settings::{CredentialMode, Settings};
+use crate::tokens::{self, TokenError};
+
+/// Everything the writer child is asked to do.
+#[derive(Debug)]
+pub struct Plan {
+    pub desired: Desired,
+    /// Exec mode: the token cache to write, and its path.
+    pub cache: Option<(PathBuf, Cache)>,
+    /// Tokens were given (otherwise credentials are left alone).
+    pub has_tokens: bool,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("K8S_CREDENTIALS={mode} needs {key} in hook.env")]
+    Missing {
+        mode: &'static str,
+        key: &'static str,
+    },
+    #[error("{0}")]
+    Token(#[from] TokenError),
+}
+
+/// The kubeconfig user entry's name: `K8S_USERNAME_PREFIX` + username.
+pub fn entry_name(settings: &Settings, user: &Username) -> String {
+    format!("{}{}", settings.username_prefix, user.as_str())
+}
+
+/// Where exec mode keeps the user's tokens.
+pub fn cache_path(home: &Path, entry_name: &str) -> PathBuf {
+    home.join(".kube")
+        .join(CACHE_DIR)
+        .join(format!("{entry_name}.json"))
+}
+
+/// Builds the plan. `exe` is the command the exec entry runs when
+/// `K8S_EXEC_COMMAND` is not set; `now` is Unix seconds.
+pub fn plan(
+    settings: &Settings,
+    user: &Username,
+    namespace: &Namespace,
+    login: &Login,
+    home: &Path,
+    exe: &Path,
+    now: u64,
+) -> Result<Plan, EntryError> {
+    let kc = &settings.kubeconfig;
+    let oidc = &settings.oidc;
+    let name = entry_name(settings, user);
+    let mut warnings = Vec::new();
+    let mut cache = None;
+    let mode = kc.credentials;
+    let need = |v: Option<&String>, key: &'static str| -> Result<String, EntryError> {
+        v.cloned().ok_or(EntryError::Missing {
+            mode: mode.as_str(),
+            key,
+        })
+    };
+    let api_client = oidc.client_id.as_deref();
+    // Checks a token; an expired one is only a warning when kubectl can
+    // refresh it.
+    let mut checked =
+        |token: &str, what: &'static str, refreshable: bool| -> Result<Option<u64>, EntryError> {
+            match tokens::check(token, what, now, api_client) {
+                Ok(c) => {
+                    warnings.extend(c.warning);
+                    Ok(c.claims.exp)
+                }
+                Err(TokenError::Expired { what, ago }) if refreshable => {
+                    warnings.push(format!(
+                        "{what} expired {ago} s ago; kubectl will refresh it with the refresh token"
+                    ));
+                    Ok(Some(now))
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+
+    let user_entry = match (&login.access_token, mode) {
+        (_, CredentialMode::None) | (None, _) => None,
+        (Some(access), CredentialMode::AuthProvider) => {
+            let issuer = need(oidc.issuer_url.as_ref(), "IDP_ISSUER_URL")?;
+            let client_id = need(oidc.client_id.as_ref(), "CLIENT_ID")?;
+            checked(
+                access.expose(),
+                "the access token",
+                login.refresh_token.is_some(),
+            )?;
+            // Exactly the old set-k8s-creds.sh entry: the access token goes
+            // into id-token on purpose.
+            let mut config = serde_json::Map::new();
+            config.insert("idp-issuer-url".into(), issuer.into());
+            config.insert("client-id".into(), client_id.into());
+            if let Some(s) = &oidc.client_secret {
+                config.insert("client-secret".into(), s.expose().into());
+            }
+            if let Some(r) = &login.refresh_token {
+                config.insert("refresh-token".into(), r.expose().into());
+            }
+            config.insert("id-token".into(), access.expose().into());
+            Some(json!({"auth-provider": {"name": "oidc", "config": config}}))
+        }
+        (Some(access), CredentialMode::Token) => {
+            checked(access.expose(), "the access token", false)?;
+            Some(json!({"token": access.expose()}))
+        }
+        (Some(access), CredentialMode::Exec) => {
+            let issuer = need(oidc.issuer_url.as_ref(), "IDP_ISSUER_URL")?;
+            let client_id = need(
+                kc.exec_client_id.as_ref().or(oidc.client_id.as_ref()),
+                "K8S_EXEC_CLIENT_ID (or CLIENT_ID)",
+            )?;
+            // kubectl presents the ID token when the IdP gave one (what the
+            // API server's OIDC authenticator is specified for), else the
+            // access token, as the other modes do.
+            let (bearer, what) = match &login.id_token {
+                Some(id) => (id, "the ID token"),
+                None => (access, "the access token"),
+            };
+            let exp = checked(bearer.expose(), what, login.refresh_token.is_some())?;
+            let path = cache_path(home, &name);
+            cache = Some((
+                path.clone(),
+                Cache {
+                    issuer: issuer.clone(),
+                    client_id: client_id.clone(),
+                    token: bearer.expose().to_owned(),
+                    // A JWT without exp: trust it for five minutes.
+                    expiry: exp.unwrap_or(now + 300),
+                    refresh_token: login.refresh_token.as_ref().map(|r| r.expose().to_owned()),
+                },
+            ));
+            let command = kc.exec_command.as_deref().unwrap_or(exe);
+            Some(exec_entry(command, &issuer, &client_id, &path))
+        }
+    };
+
+    let (cluster, context) = match &kc.server {
+        None => (None, None),
+        Some(server) => (
+            Some(ClusterEntry {
+                name: kc.cluster_name.clone(),
+                server: server.clone(),
+                certificate_authority: kc.ca_file.as_ref().map(|p| p.display().to_string()),
+            }),
+            Some(ContextEntry {
+                name: kc.context_name.clone(),
+                cluster: kc.cluster_name.clone(),
+                user: name.clone(),
+                namespace: namespace.to_string(),
+            }),
+        ),
+    };
+
+    Ok(Plan {
+        has_tokens: user_entry.is_some(),
+        desired: Desired {
+            user: user_entry.map(|user| UserEntry { name, user }),
+            cluster,
+            context,
+        },
+        cache,
+        warnings,
+    })
+}
+
+/// The exec credential plugin entry: this binary's `credential` command.
+/// The arguments name no secret; the tokens are in the cache file.
+pub fn exec_entry(command: &Path, issuer: &str, client_id: &str, cache: &Path) -> Value {
+    json!({
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": command.display().to_string(),
+            "args": [
+                "credential",
+                "--issuer", issuer,
+                "--client-id", client_id,
+                "--cache", cache.display().to_string(),
+            ],
+            "interactiveMode": "Never",
+            "provideClusterInfo": false,
+            "installHint": "ood-k8s-bootstrap is installed by Open OnDemand on its web nodes; \
+                            log in to OnDemand there to get Kubernetes credentials",
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::tokens::fake_jwt;
+
+    fn settings(extra: &str) -> Settings {
+        Settings::parse(
+            Path::new("/etc/ood/config/hook.env"),
+            &format!(
+                "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nIDP_ISSUER_URL=https://idp.example/dex\n\
+                 CLIENT_ID=ood-portal\nCLIENT_SECRET=portal-secret\nK8S_USERNAME_PREFIX=oidc-\n{extra}"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn login(exp: u64) -> Login {
+        Login {
+            access_token: Some(Secret::new(fake_jwt(
+                &json!({"exp": exp, "aud": "ood-portal"}),
+            ))),
+            refresh_token: Some(Secret::new("refresh-1")),
+            id_token: None,
+        }
+    }
+
+    fn run(s: &Settings, l: &Login) -> Result<Plan, EntryError> {
+        let user = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("user-", &user).unwrap();
+        plan(
+            s,
+            &user,
+            &ns,
+            l,
+            Path::new("/home/alice"),
+            Path::new("/usr/bin/ood-k8s-bootstrap"),
+            1000,
+        )
+    }
+
+    #[test]
+    fn auth_provider_is_the_old_entry() {
+        let p = run(&settings(""), &login(2000)).unwrap();
+        let u = p.desired.user.unwrap();
+        assert_eq!(u.name, "oidc-alice");
+        let access = login(2000).access_token.unwrap().expose().to_owned();
+        assert_eq!(
+            u.user,
+            json!({"auth-provider": {"name": "oidc", "config": {
+                "idp-issuer-url": "https://idp.example/dex",
+                "client-id": "ood-portal",
+                "client-secret": "portal-secret",
+                "refresh-token": "refresh-1",
+                "id-token": access,
+            }}})
+        );
+        assert!(p.cache.is_none() && p.desired.cluster.is_none());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn token_mode_and_expiry() {
+        let s = settings("K8S_CREDENTIALS=token\n");
+        let p = run(&s, &login(2000)).unwrap();
+        assert_eq!(
+            p.desired.user.unwrap().user["token"],
+            login(2000).access_token.unwrap().expose()
+        );
+        assert!(matches!(
+            run(&s, &login(999)),
+            Err(EntryError::Token(TokenError::Expired { .. }))
+        ));
+        // refreshable modes only warn
+        let p = run(&settings(""), &login(999)).unwrap();
+        assert_eq!(p.warnings.len(), 1);
+    }
+
+    #[test]
+    fn exec_mode_has_no_secret_in_the_entry() {
+        let s = settings("K8S_CREDENTIALS=exec\nK8S_EXEC_CLIENT_ID=ood-kubectl\n");
+        let p = run(&s, &login(2000)).unwrap();
+        let entry = p.desired.user.unwrap().user.to_string();
+        assert!(!entry.contains("portal-secret") && !entry.contains("refresh-1"));
+        assert!(entry.contains("ood-kubectl") && entry.contains("interactiveMode"));
+        let (path, cache) = p.cache.unwrap();
+        assert_eq!(
+            path,
+            Path::new("/home/alice/.kube/cache/ood-k8s-bootstrap/oidc-alice.json")
+        );
+        assert_eq!(cache.expiry, 2000);
+        assert_eq!(cache.client_id, "ood-kubectl");
+        assert_eq!(cache.refresh_token.as_deref(), Some("refresh-1"));
+        let json = serde_json::to_string(&cache).unwrap();
+        assert!(!json.contains("portal-secret"));
+    }
+
+    #[test]
+    fn no_tokens_leaves_credentials_but_writes_cluster() {
+        let s = settings("K8S_SERVER=https://k8s.example:6443\nK8S_CA_FILE=/etc/passwd\n");
+        let p = run(&s, &Login::default()).unwrap();
+        assert!(!p.has_tokens && p.desired.user.is_none());
+        let c = p.desired.context.unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.user.as_str(), c.namespace.as_str()),
+            ("open-ondemand", "oidc-alice", "user-alice")
+        );
+        assert_eq!(
+            p.desired.cluster.unwrap().certificate_authority.as_deref(),
+            Some("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn opaque_token_is_refused_and_missing_keys_named() {
+        let mut l = login(2000);
+        l.access_token = Some(Secret::new("opaque"));
+        assert!(matches!(
+            run(&settings(""), &l),
+            Err(EntryError::Token(TokenError::NotJwt { .. }))
+        ));
+        let s = Settings::parse(
+            Path::new("/h"),
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nCLIENT_ID=x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            run(&s, &login(2000)).unwrap_err().to_string(),
+            "K8S_CREDENTIALS=auth-provider needs IDP_ISSUER_URL in hook.env"
+        );
+    }
+
+    #[test]
+    fn audience_warning() {
+        let mut l = login(2000);
+        l.access_token = Some(Secret::new(fake_jwt(&json!({"exp": 2000, "aud": "other"}))));
+        let p = run(&settings("K8S_CREDENTIALS=token\n"), &l).unwrap();
+        assert!(p.warnings[0].contains("CLIENT_ID"), "{:?}", p.warnings);
+    }
+}

@@ -1,0 +1,165 @@
+//! Sanity checks on the OIDC tokens before they are written anywhere: the
+//! token is a JWT, it has not expired, and (a warning only) its audience
+//! includes the client id the API server trusts.
+//!
+//! No signature is verified: the API server does that. These checks only
+//! catch the mistakes a site admin can make (an opaque token from the IdP,
+//! a stale session, a client without the Kubernetes audience) with a clear
+//! message at login instead of a puzzling 401 later.
+
+use base64::Engine;
+use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// base64url, with or without padding (JWTs have none, but be lenient).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The claims we look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// Expiry, Unix seconds.
+    pub exp: Option<u64>,
+    pub aud: Vec<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error(
+        "{what} is not a JWT (three base64url parts with a JSON payload); the API server can only verify JWTs (is the IdP issuing opaque access tokens?)"
+    )]
+    NotJwt { what: &'static str },
+    #[error(
+        "{what} expired {ago} s ago (the portal session is older than the token; log out of OnDemand and in again)"
+    )]
+    Expired { what: &'static str, ago: u64 },
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    exp: Option<serde_json::Value>,
+    aud: Option<serde_json::Value>,
+}
+
+/// Decodes the payload of a JWT (no signature check).
+pub fn claims(token: &str, what: &'static str) -> Result<Claims, TokenError> {
+    let not_jwt = || TokenError::NotJwt { what };
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(not_jwt());
+    };
+    let header = B64.decode(header).map_err(|_| not_jwt())?;
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
+        .map_err(|_| not_jwt())?;
+    let payload = B64.decode(payload).map_err(|_| not_jwt())?;
+    let raw: RawClaims = serde_json::from_slice(&payload).map_err(|_| not_jwt())?;
+    let exp = match raw.exp {
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    };
+    let aud = match raw.aud {
+        Some(serde_json::Value::String(s)) => vec![s],
+        Some(serde_json::Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Claims { exp, aud })
+}
+
+/// A token that passed the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub claims: Claims,
+    /// Things to tell the admin that do not stop the write.
+    pub warning: Option<String>,
+}
+
+/// Checks `token` at Unix time `now`: a JWT, not expired; warns when
+/// `client_id` is given and not in `aud`.
+pub fn check(
+    token: &str,
+    what: &'static str,
+    now: u64,
+    client_id: Option<&str>,
+) -> Result<Checked, TokenError> {
+    let claims = claims(token, what)?;
+    if let Some(exp) = claims.exp
+        && exp <= now
+    {
+        return Err(TokenError::Expired {
+            what,
+            ago: now - exp,
+        });
+    }
+    let warning = match client_id {
+        Some(id) if !claims.aud.iter().any(|a| a == id) => Some(format!(
+            "{what} is for audience {:?}, which does not include CLIENT_ID {id:?}: an API server run with --oidc-client-id={id} will refuse it (add the Kubernetes client's audience to the OnDemand client at the IdP)",
+            claims.aud
+        )),
+        _ => None,
+    };
+    Ok(Checked { claims, warning })
+}
+
+/// Encodes claims as an unsigned JWT-shaped string (tests only).
+#[cfg(test)]
+pub fn fake_jwt(payload: &serde_json::Value) -> String {
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.c2ln",
+        enc.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+        enc.encode(payload.to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn good_token() {
+        let t = fake_jwt(&json!({"exp": 2000, "aud": "ood-portal", "sub": "x"}));
+        let c = check(&t, "access token", 1000, Some("ood-portal")).unwrap();
+        assert_eq!(c.claims.exp, Some(2000));
+        assert_eq!(c.warning, None);
+    }
+
+    #[test]
+    fn audience_list_and_warning() {
+        let t = fake_jwt(&json!({"exp": 2000, "aud": ["a", "b"]}));
+        assert_eq!(check(&t, "t", 1, Some("b")).unwrap().warning, None);
+        let w = check(&t, "t", 1, Some("k8s")).unwrap().warning.unwrap();
+        assert!(w.contains("k8s") && !w.contains(&t), "{w}");
+    }
+
+    #[test]
+    fn expired_and_not_jwt() {
+        let t = fake_jwt(&json!({"exp": 1000}));
+        assert_eq!(
+            check(&t, "t", 1500, None),
+            Err(TokenError::Expired {
+                what: "t",
+                ago: 500
+            })
+        );
+        assert_eq!(
+            check("opaque-token", "t", 1, None),
+            Err(TokenError::NotJwt { what: "t" })
+        );
+        assert_eq!(
+            check("a.b.c", "t", 1, None),
+            Err(TokenError::NotJwt { what: "t" })
+        );
+    }
+}
