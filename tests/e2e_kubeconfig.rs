@@ -1,0 +1,759 @@
+//! End-to-end tests of the user's kubeconfig: the real hook binary run as
+//! root the way OnDemand runs it, real Linux users, real tokens from the
+//! local Dex, and real kubectl run as those users against the local
+//! cluster (`tests/cluster/up`).
+//!
+//! The Dex users (alice, bob, carol.smith) are shared with other test
+//! files, so these tests only use their own entries (user entry prefix,
+//! cluster and context names unique to the test) and pass `--context`.
+//! File-safety tests use Linux users of their own (`kc-*`).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Tokens, cluster, linux_user, prefix, scratch, text};
+use serde_json::Value;
+
+/// kubectl and the cluster CA where every user can read them (the state
+/// directory is root-only).
+fn shared() -> &'static (PathBuf, PathBuf) {
+    static SHARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = PathBuf::from(format!("/tmp/ood-e2e-kc-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+        let kubectl = dir.join("kubectl");
+        std::fs::copy(cluster().var("KUBECTL"), &kubectl).unwrap();
+        std::fs::set_permissions(&kubectl, PermissionsExt::from_mode(0o755)).unwrap();
+        let ca = dir.join("ca.crt");
+        std::fs::copy(cluster().var("K8S_CA_FILE"), &ca).unwrap();
+        std::fs::set_permissions(&ca, PermissionsExt::from_mode(0o644)).unwrap();
+        (kubectl, ca)
+    })
+}
+
+/// A hook.env for this cluster: entry names and namespaces unique to `tag`.
+fn hook_env(dir: &Path, tag: &str, mode: &str, extra: &str) -> PathBuf {
+    let c = cluster();
+    cluster().hook_env(
+        dir,
+        &format!(
+            "NAMESPACE_PREFIX=\"{p}\"\nK8S_USERNAME_PREFIX=\"{tag}-\"\nK8S_CLUSTER_NAME=\"{tag}\"\n\
+             K8S_SERVER=\"{}\"\nK8S_CA_FILE=\"{}\"\nK8S_CREDENTIALS={mode}\n{extra}",
+            c.var("K8S_SERVER"),
+            shared().1.display(),
+            p = prefix(tag),
+        ),
+    )
+}
+
+fn hook_cmd(user: &str, env: &Path, tokens: Option<&Tokens>) -> Command {
+    let mut cmd = cluster().hook();
+    cmd.arg("--user").arg(user).arg("--hook-env").arg(env);
+    if let Some(t) = tokens {
+        cmd.env("OOD_OIDC_ACCESS_TOKEN", &t.access)
+            .env("OOD_OIDC_REFRESH_TOKEN", &t.refresh);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn run_hook(user: &str, env: &Path, tokens: Option<&Tokens>) -> Output {
+    hook_cmd(user, env, tokens).output().expect("run the hook")
+}
+
+fn home_of(user: &str) -> PathBuf {
+    linux_user(user).2
+}
+
+/// kubectl as `user`, with nothing but their own home (and `env`).
+fn kubectl_user(user: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let home = home_of(user);
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("PATH=/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    cmd.arg(&shared().0).args(args).current_dir("/");
+    cmd.output().expect("runuser kubectl")
+}
+
+fn config(home: &Path) -> Value {
+    let text = std::fs::read_to_string(home.join(".kube/config")).expect("read kubeconfig");
+    serde_saphyr::from_str(&text).expect("kubeconfig parses")
+}
+
+fn entry<'a>(cfg: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
+    cfg[list]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+}
+
+/// Every file under `dir` (no symlinks followed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn assert_secret_absent(home: &Path) {
+    let secret = cluster().var("OIDC_CLIENT_SECRET");
+    for f in files_under(home) {
+        let data = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&data).contains(secret),
+            "the portal's client secret is in {}",
+            f.display()
+        );
+    }
+}
+
+/// The whole "kubectl works in my namespace, not in another" check.
+fn assert_kubectl_scoped(user: &str, tag: &str, env: &[(&str, &str)]) {
+    let ns = format!("{}{}", prefix(tag), user.replace('.', "-"));
+    let own = kubectl_user(user, &["--context", tag, "get", "pods"], env);
+    assert!(
+        own.status.success(),
+        "kubectl get pods as {user} in {ns}: {}",
+        text(&own)
+    );
+    let other = kubectl_user(
+        user,
+        &["--context", tag, "get", "pods", "-n", "kube-system"],
+        env,
+    );
+    assert!(
+        !other.status.success() && String::from_utf8_lossy(&other.stderr).contains("Forbidden"),
+        "kubectl get pods as {user} in kube-system should be forbidden: {}",
+        text(&other)
+    );
+}
+
+fn no_tokens_in(out: &Output, tokens: &Tokens) {
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in [&tokens.access, &tokens.refresh] {
+        assert!(!all.contains(t.as_str()), "a token is in the hook's output");
+    }
+}
+
+#[test]
+fn auth_provider_mode_works_with_kubectl() {
+    let user = "alice";
+    linux_user(user);
+    let dir = scratch("kc-ap");
+    let env = hook_env(&dir, "kcap", "auth-provider", "");
+    let tokens = cluster().login(user);
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    no_tokens_in(&out, &tokens);
+    let cfg = config(&home_of(user));
+    let e = entry(&cfg, "users", &format!("kcap-{user}")).expect("user entry");
+    let c = &e["user"]["auth-provider"];
+    assert_eq!(c["name"], "oidc");
+    assert_eq!(c["config"]["id-token"], tokens.access.as_str());
+    assert_eq!(c["config"]["refresh-token"], tokens.refresh.as_str());
+    assert_eq!(c["config"]["client-id"], cluster().var("OIDC_CLIENT_ID"));
+    assert_eq!(c["config"]["idp-issuer-url"], cluster().var("OIDC_ISSUER"));
+    assert_kubectl_scoped(user, "kcap", &[]);
+}
+
+#[test]
+fn token_mode_works_with_kubectl() {
+    let user = "bob";
+    linux_user(user);
+    let dir = scratch("kc-tok");
+    let env = hook_env(&dir, "kctok", "token", "");
+    let tokens = cluster().login(user);
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let cfg = config(&home_of(user));
+    let e = entry(&cfg, "users", &format!("kctok-{user}")).expect("user entry");
+    assert_eq!(e["user"], serde_json::json!({"token": tokens.access}));
+    let ctx = entry(&cfg, "contexts", "kctok").expect("context");
+    assert_eq!(
+        ctx["context"]["namespace"],
+        format!("{}bob", prefix("kctok"))
+    );
+    assert_kubectl_scoped(user, "kctok", &[]);
+
+    // An admin's run without tokens leaves the credentials as they are.
+    let out = run_hook(user, &env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left as they are"),
+        "{}",
+        text(&out)
+    );
+    let after = config(&home_of(user));
+    assert_eq!(entry(&after, "users", "kctok-bob"), Some(e));
+}
+
+/// The cache file of an exec-mode entry.
+fn exec_cache(home: &Path, entry_name: &str) -> PathBuf {
+    home.join(".kube/cache/ood-k8s-bootstrap")
+        .join(format!("{entry_name}.json"))
+}
+
+fn set_cache_expiry(path: &Path, expiry: u64) {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["expiry"] = expiry.into();
+    // Overwrite in place: owner and mode stay the user's.
+    std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The plugin needs the IdP's CA; the test IdP's is not in the system
+/// store, and kubectl passes its environment to the plugin.
+fn idp_ca_env() -> Vec<(&'static str, String)> {
+    vec![("SSL_CERT_FILE", shared().1.display().to_string())]
+}
+
+#[test]
+fn exec_mode_works_with_kubectl_and_keeps_the_secret_out_of_home() {
+    let user = "carol.smith";
+    linux_user(user);
+    let home = home_of(user);
+    let dir = scratch("kc-exec");
+    let env = hook_env(&dir, "kcexec", "exec", "");
+    let tokens = cluster().login(user);
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    no_tokens_in(&out, &tokens);
+
+    let cfg = config(&home);
+    let e = entry(&cfg, "users", "kcexec-carol.smith").expect("user entry");
+    let exec = &e["user"]["exec"];
+    assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+    assert_eq!(exec["interactiveMode"], "Never");
+    let args = exec["args"].to_string();
+    assert!(!args.contains(&tokens.access) && !args.contains(&tokens.refresh));
+
+    let cache = exec_cache(&home, "kcexec-carol.smith");
+    let meta = std::fs::metadata(&cache).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(cache.parent().unwrap()).unwrap().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(meta.uid(), linux_user(user).0);
+
+    let ca = idp_ca_env();
+    let ca: Vec<(&str, &str)> = ca.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_kubectl_scoped(user, "kcexec", &ca);
+    assert_secret_absent(&home);
+
+    // The portal's own refresh token belongs to a confidential client: the
+    // plugin cannot refresh it without the secret, and says what to do.
+    set_cache_expiry(&cache, now() - 1);
+    let out = kubectl_user(user, &["--context", "kcexec", "get", "pods"], &ca);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("log in to Open OnDemand again"),
+        "{}",
+        text(&out)
+    );
+    assert_secret_absent(&home);
+}
+
+/// Password grant as the public kubectl client, asking for the API
+/// server's client as audience too when `audience` is given.
+fn public_login(user: &str, audience: Option<&str>) -> Result<Tokens, String> {
+    let c = cluster();
+    let password = c
+        .var("OIDC_TEST_USERS")
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix(user).and_then(|r| r.strip_prefix(':')))
+        .unwrap();
+    let mut scope = "openid+profile+email+groups+offline_access".to_owned();
+    if let Some(a) = audience {
+        scope.push_str(&format!("+audience:server:client_id:{a}"));
+    }
+    let form = format!(
+        "grant_type=password&username={user}&password={password}&scope={scope}&client_id={}",
+        c.var("OIDC_PUBLIC_CLIENT_ID")
+    );
+    let out = common::pipe(
+        Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            c.var("OIDC_CA_FILE"),
+            "--data-binary",
+            "@-",
+            &format!("{}/token", c.var("OIDC_ISSUER")),
+        ]),
+        form.as_bytes(),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
+        (Some(a), Some(r)) => Ok(Tokens {
+            access: a.to_owned(),
+            refresh: r.to_owned(),
+            id: v["id_token"].as_str().unwrap_or_default().to_owned(),
+        }),
+        _ => Err(String::from_utf8_lossy(&out.stdout).into_owned()),
+    }
+}
+
+/// The plugin itself, as the user, with the args of the kubeconfig entry.
+fn run_plugin(user: &str, exec: &Value) -> Output {
+    let home = home_of(user);
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("SSL_CERT_FILE={}", shared().1.display()))
+        .arg(exec["command"].as_str().unwrap());
+    for a in exec["args"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    cmd.current_dir("/").output().unwrap()
+}
+
+#[test]
+fn exec_plugin_refreshes_an_expired_token_as_a_public_client() {
+    let user = "kc-refresh";
+    linux_user(user);
+    let home = home_of(user);
+    let dir = scratch("kc-refresh");
+    let public = cluster().var("OIDC_PUBLIC_CLIENT_ID");
+    let env = hook_env(
+        &dir,
+        "kcref",
+        "exec",
+        &format!("K8S_EXEC_CLIENT_ID=\"{public}\"\n"),
+    );
+    let tokens = public_login("alice", None).expect("public client login");
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    // aud is the public client only: the hook warns about CLIENT_ID
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not include CLIENT_ID"),
+        "{}",
+        text(&out)
+    );
+    let cfg = config(&home);
+    let exec = entry(&cfg, "users", "kcref-kc-refresh").unwrap()["user"]["exec"].clone();
+    let cache = exec_cache(&home, "kcref-kc-refresh");
+
+    // valid: the cached token, no IdP round trip
+    let out = run_plugin(user, &exec);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "ExecCredential");
+    assert_eq!(v["status"]["token"], tokens.access.as_str());
+
+    // "expired": refreshed at the discovered token endpoint, no secret
+    set_cache_expiry(&cache, now() - 1);
+    let out = run_plugin(user, &exec);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fresh = v["status"]["token"].as_str().unwrap();
+    assert_ne!(fresh, tokens.access);
+    let c: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(c["token"], fresh);
+    assert!(c["expiry"].as_u64().unwrap() > now() + 60);
+    let meta = std::fs::metadata(&cache).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o600, linux_user(user).0)
+    );
+
+    // several kubectl at once: one refresh, every one gets a token
+    set_cache_expiry(&cache, now() - 1);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let exec = exec.clone();
+            std::thread::spawn(move || run_plugin("kc-refresh", &exec))
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_secret_absent(&home);
+}
+
+/// The full promise of exec mode: after the IdP's token lifetime, the
+/// user's kubectl still works. Needs tokens the API server accepts that a
+/// public client may refresh: the public client asks Dex for the API
+/// server's client (`ood-portal`) as audience, which Dex only allows when
+/// `ood-portal` lists the public client in its `trustedPeers`.
+#[test]
+fn exec_mode_kubectl_keeps_working_after_expiry() {
+    let user = "alice";
+    linux_user(user);
+    let home = home_of(user);
+    let dir = scratch("kc-exec2");
+    let c = cluster();
+    let public = c.var("OIDC_PUBLIC_CLIENT_ID");
+    let tokens = public_login(user, Some(c.var("OIDC_CLIENT_ID"))).unwrap_or_else(|e| {
+        panic!(
+            "Dex refused the public client {public} the audience {}: {e}\n\
+             tests/cluster/up must give the portal client \"trustedPeers\": [\"{public}\"] \
+             so a public client can hold tokens the API server accepts",
+            c.var("OIDC_CLIENT_ID")
+        )
+    });
+    let env = hook_env(
+        &dir,
+        "kcexec2",
+        "exec",
+        &format!("K8S_EXEC_CLIENT_ID=\"{public}\"\n"),
+    );
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let ca = idp_ca_env();
+    let ca: Vec<(&str, &str)> = ca.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_kubectl_scoped(user, "kcexec2", &ca);
+
+    let cache = exec_cache(&home, "kcexec2-alice");
+    let wait = std::env::var("OOD_TEST_WAIT_TOKEN_TTL").is_ok();
+    if wait {
+        // Real expiry (with a short OIDC_TOKEN_TTL, e.g. 20s).
+        let c: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        let exp = c["expiry"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_secs(exp.saturating_sub(now()) + 1));
+    } else {
+        set_cache_expiry(&cache, now() - 1);
+    }
+    assert_kubectl_scoped(user, "kcexec2", &ca);
+    let after: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_ne!(after["token"], tokens.access.as_str(), "not refreshed");
+    assert_secret_absent(&home);
+}
+
+#[test]
+fn other_entries_survive() {
+    let user = "kc-keep";
+    let (uid, gid, home) = linux_user(user);
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).unwrap();
+    let mine = "apiVersion: v1\nkind: Config\ncurrent-context: work\n\
+preferences:\n  colors: true\n\
+clusters:\n- name: work\n  cluster:\n    server: https://work.example:6443\n    certificate-authority-data: QUJD\n    extensions:\n    - name: x\n      extension: {a: \"007\", b: 'true'}\n\
+- name: kckeep\n  cluster:\n    server: https://old.example\n    proxy-url: http://proxy:3128\n\
+contexts:\n- name: work\n  context: {cluster: work, user: me, namespace: team}\n\
+users:\n- name: me\n  user:\n    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n\
+- name: other\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/true\n      interactiveMode: Never\n\
+extensions:\n- name: top\n  extension: {v: 1}\n";
+    std::fs::write(kube.join("config"), mine).unwrap();
+    for p in [&kube, &kube.join("config")] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(kube.join("config"), PermissionsExt::from_mode(0o644)).unwrap();
+    let before: Value = serde_saphyr::from_str(mine).unwrap();
+
+    let dir = scratch("kc-keep");
+    let env = hook_env(&dir, "kckeep", "token", "");
+    let tokens = cluster().login("alice");
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let after = config(&home);
+    for key in ["preferences", "extensions", "current-context"] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    assert_eq!(after["clusters"][0], before["clusters"][0]);
+    assert_eq!(after["contexts"][0], before["contexts"][0]);
+    assert_eq!(after["users"][0], before["users"][0]);
+    assert_eq!(after["users"][1], before["users"][1]);
+    assert_eq!(after["users"].as_array().unwrap().len(), 3);
+    // the dashboard's cluster entry: ours set, the user's extra key kept
+    let cl = &after["clusters"][1]["cluster"];
+    assert_eq!(cl["server"], cluster().var("K8S_SERVER"));
+    assert_eq!(cl["proxy-url"], "http://proxy:3128");
+    let meta = std::fs::metadata(kube.join("config")).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, uid));
+    // kubectl reads it
+    let view = kubectl_user(user, &["config", "view", "-o", "json"], &[]);
+    assert!(view.status.success(), "{}", text(&view));
+    // same input, same bytes
+    let first = std::fs::read(kube.join("config")).unwrap();
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(kube.join("config")).unwrap(), first);
+}
+
+#[test]
+fn unparsable_kubeconfig_is_never_overwritten() {
+    let user = "kc-bad";
+    let (uid, gid, home) = linux_user(user);
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).unwrap();
+    std::fs::write(kube.join("config"), "users: [ {name: x\n").unwrap();
+    for p in [&kube, &kube.join("config")] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let dir = scratch("kc-bad");
+    let env = hook_env(&dir, "kcbad", "token", "");
+    let tokens = cluster().login("alice");
+    let out = run_hook(user, &env, Some(&tokens));
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&kube.join("config").display().to_string()) && err.contains(user),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(kube.join("config")).unwrap(),
+        "users: [ {name: x\n"
+    );
+    assert!(!kube.join("config.lock").exists());
+}
+
+#[test]
+fn symlinks_and_unsafe_directories_are_refused() {
+    let dir = scratch("kc-sym");
+    let env = hook_env(&dir, "kcsym", "token", "");
+    let tokens = cluster().login("alice");
+
+    // ~/.kube/config -> a root-owned file
+    let (uid, gid, home) = linux_user("kc-sym1");
+    let root_file = dir.join("root-owned");
+    std::fs::write(&root_file, "precious\n").unwrap();
+    std::fs::set_permissions(&root_file, PermissionsExt::from_mode(0o666)).unwrap();
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).unwrap();
+    std::os::unix::fs::chown(&kube, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::symlink(&root_file, kube.join("config")).unwrap();
+    let out = run_hook("kc-sym1", &env, Some(&tokens));
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&root_file).unwrap(), "precious\n");
+
+    // ~/.kube -> another user's ~/.kube
+    let (vuid, vgid, vhome) = linux_user("kc-victim");
+    let vkube = vhome.join(".kube");
+    let _ = std::fs::remove_dir_all(&vkube);
+    std::fs::create_dir(&vkube).unwrap();
+    std::fs::write(vkube.join("config"), "victim: true\n").unwrap();
+    for p in [&vkube, &vkube.join("config")] {
+        std::os::unix::fs::chown(p, Some(vuid), Some(vgid)).unwrap();
+    }
+    std::fs::set_permissions(&vkube, PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(vkube.join("config"), PermissionsExt::from_mode(0o666)).unwrap();
+    let (_, _, home2) = linux_user("kc-sym2");
+    let kube2 = home2.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube2);
+    let _ = std::fs::remove_file(&kube2);
+    std::os::unix::fs::symlink(&vkube, &kube2).unwrap();
+    let out = run_hook("kc-sym2", &env, Some(&tokens));
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(vkube.join("config")).unwrap(),
+        "victim: true\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(&vkube)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("config")]);
+
+    // ~/.kube owned by root
+    let (_, _, home3) = linux_user("kc-sym3");
+    let kube3 = home3.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube3);
+    std::fs::create_dir(&kube3).unwrap();
+    std::fs::set_permissions(&kube3, PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_hook("kc-sym3", &env, Some(&tokens));
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(!kube3.join("config").exists());
+}
+
+fn assert_clean_kube(home: &Path, entry_name: &str) {
+    let cfg = config(home);
+    assert!(
+        entry(&cfg, "users", entry_name).is_some(),
+        "entry {entry_name} missing"
+    );
+    let names: Vec<String> = std::fs::read_dir(home.join(".kube"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "config" || n == "cache"),
+        "left behind in ~/.kube: {names:?}"
+    );
+}
+
+#[test]
+fn concurrent_runs_for_one_user() {
+    let user = "kc-race";
+    let (_, _, home) = linux_user(user);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let dir = scratch("kc-race");
+    let env = hook_env(&dir, "kcrace", "token", "");
+    let tokens = cluster().login("alice");
+    // first run creates the namespace; then 10 at once
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let children: Vec<_> = (0..10)
+        .map(|_| hook_cmd(user, &env, Some(&tokens)).spawn().unwrap())
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_clean_kube(&home, "kcrace-kc-race");
+}
+
+#[test]
+fn killed_at_random_moments_the_file_always_parses() {
+    let user = "kc-kill";
+    let (_, _, home) = linux_user(user);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let dir = scratch("kc-kill");
+    let env = hook_env(&dir, "kckill", "token", "");
+    let tokens = cluster().login("alice");
+    let t = Instant::now();
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let full = t.elapsed().as_micros() as u64;
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    for i in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // anywhere in a run, mostly near its end where the file is written
+        let delay = seed % (full + full / 4 + 1);
+        let mut cmd = hook_cmd(user, &env, Some(&tokens));
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(delay));
+        // the hook and its writer child together
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait_with_output();
+        let cfg = std::fs::read_to_string(home.join(".kube/config")).unwrap();
+        let v: Result<Value, _> = serde_saphyr::from_str(&cfg);
+        assert!(
+            v.is_ok(),
+            "run {i} (killed after {delay} us): torn kubeconfig"
+        );
+    }
+    // afterwards the hook still works, and cleans up after the killed runs
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_clean_kube(&home, "kckill-kc-kill");
+}
+
+/// Every process's argv (and the writer child's environment) while the
+/// hook runs: no token anywhere.
+#[test]
+fn tokens_never_in_argv_or_the_writers_environment() {
+    let user = "kc-argv";
+    let (uid, gid, home) = linux_user(user);
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).unwrap();
+    std::os::unix::fs::chown(&kube, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&kube, PermissionsExt::from_mode(0o700)).unwrap();
+    // A fresh foreign lock keeps the writer child alive for a while
+    // (it is taken over as stale after a few seconds).
+    std::fs::write(kube.join("config.lock"), "").unwrap();
+    let dir = scratch("kc-argv");
+    let env = hook_env(&dir, "kcargv", "exec", "");
+    let tokens = cluster().login("alice");
+    let mut child = hook_cmd(user, &env, Some(&tokens)).spawn().unwrap();
+    let needles = [tokens.access.clone(), tokens.refresh.clone()];
+    let mut saw_writer = false;
+    while child.try_wait().unwrap().is_none() {
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = p.file_name();
+            if !name.to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            for n in &needles {
+                assert!(!cmdline.contains(n.as_str()), "a token is in an argv");
+            }
+            if cmdline.contains("__write-kubeconfig") {
+                saw_writer = true;
+                let environ = std::fs::read(p.path().join("environ")).unwrap_or_default();
+                let environ = String::from_utf8_lossy(&environ);
+                assert!(
+                    !environ.contains("OOD_OIDC")
+                        && !needles.iter().any(|n| environ.contains(n.as_str())),
+                    "the writer's environment holds tokens"
+                );
+                let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+                let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+                if !uid_line.is_empty() {
+                    assert!(
+                        uid_line
+                            .split_whitespace()
+                            .skip(1)
+                            .all(|u| u == uid.to_string()),
+                        "the writer runs with {uid_line}"
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    no_tokens_in(&out, &tokens);
+    assert!(saw_writer, "never saw the writer child");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stale lock"),
+        "{}",
+        text(&out)
+    );
+}
