@@ -32,6 +32,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "NAMESPACE_PREFIX",
     "NETWORK_POLICY_ALLOW_CIDR",
     "IDP_ISSUER_URL",
+    "IDP_CA_FILE",
     "CLIENT_ID",
     "CLIENT_SECRET",
     "IMAGE_PULL_SECRET",
@@ -296,6 +297,9 @@ pub struct Oidc {
     pub issuer_url: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
+    /// `IDP_CA_FILE`: CA bundle the exec plugin trusts the issuer with (for
+    /// an IdP whose certificate is not from a system-trusted CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What goes into the user's `~/.kube/config`.
@@ -544,11 +548,6 @@ impl Settings {
                 Some(url)
             }
         };
-        let oidc = Oidc {
-            issuer_url,
-            client_id: env.get("CLIENT_ID").map(|(v, _)| v.to_owned()),
-            client_secret: env.get("CLIENT_SECRET").map(|(v, _)| Secret::new(v)),
-        };
 
         let credentials = match env.get("K8S_CREDENTIALS") {
             None | Some(("auth-provider", _)) => CredentialMode::AuthProvider,
@@ -600,6 +599,12 @@ impl Settings {
                 }
                 Some((v, _)) => Ok(Some(PathBuf::from(v))),
             }
+        };
+        let oidc = Oidc {
+            issuer_url,
+            client_id: env.get("CLIENT_ID").map(|(v, _)| v.to_owned()),
+            client_secret: env.get("CLIENT_SECRET").map(|(v, _)| Secret::new(v)),
+            ca_file: abs_path("IDP_CA_FILE")?,
         };
         let ca_file = abs_path("K8S_CA_FILE")?;
         if let (Some(ca), Some(line)) = (&ca_file, env.get("K8S_CA_FILE").map(|(_, l)| l))

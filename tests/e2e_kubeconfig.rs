@@ -381,7 +381,8 @@ fn exec_plugin_refreshes_an_expired_token_as_a_public_client() {
     assert_ne!(fresh, tokens.access);
     let c: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     assert_eq!(c["token"], fresh);
-    assert!(c["expiry"].as_u64().unwrap() > now() + 60);
+    // A new expiry, in the future (the test IdP's lifetime is short).
+    assert!(c["expiry"].as_u64().unwrap() > now() + 5, "{c}");
     let meta = std::fs::metadata(&cache).unwrap();
     assert_eq!(
         (meta.mode() & 0o777, meta.uid()),
@@ -410,7 +411,7 @@ fn exec_plugin_refreshes_an_expired_token_as_a_public_client() {
 /// `ood-portal` lists the public client in its `trustedPeers`.
 #[test]
 fn exec_mode_kubectl_keeps_working_after_expiry() {
-    let user = "alice";
+    let user = "dave";
     linux_user(user);
     let home = home_of(user);
     let dir = scratch("kc-exec2");
@@ -436,8 +437,15 @@ fn exec_mode_kubectl_keeps_working_after_expiry() {
     let ca: Vec<(&str, &str)> = ca.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_kubectl_scoped(user, "kcexec2", &ca);
 
-    let cache = exec_cache(&home, "kcexec2-alice");
-    let wait = std::env::var("OOD_TEST_WAIT_TOKEN_TTL").is_ok();
+    let cache = exec_cache(&home, "kcexec2-dave");
+    // With the test IdP's short token lifetime (tests/cluster/lib.sh), wait
+    // for the real expiry; with a long one, fake it in the cache.
+    let ttl = c.var("OIDC_TOKEN_TTL");
+    let short_ttl = ttl
+        .strip_suffix('s')
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n <= 60);
+    let wait = short_ttl || std::env::var("OOD_TEST_WAIT_TOKEN_TTL").is_ok();
     if wait {
         // Real expiry (with a short OIDC_TOKEN_TTL, e.g. 20s).
         let c: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
@@ -723,7 +731,14 @@ fn tokens_never_in_argv_or_the_writers_environment() {
             for n in &needles {
                 assert!(!cmdline.contains(n.as_str()), "a token is in an argv");
             }
-            if cmdline.contains("__write-kubeconfig") {
+            let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .map(str::trim)
+                .unwrap_or("");
+            // Only our hook's writer: other tests run hooks concurrently.
+            if cmdline.contains("__write-kubeconfig") && ppid == child.id().to_string() {
                 saw_writer = true;
                 let environ = std::fs::read(p.path().join("environ")).unwrap_or_default();
                 let environ = String::from_utf8_lossy(&environ);
@@ -732,7 +747,6 @@ fn tokens_never_in_argv_or_the_writers_environment() {
                         && !needles.iter().any(|n| environ.contains(n.as_str())),
                     "the writer's environment holds tokens"
                 );
-                let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
                 let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
                 if !uid_line.is_empty() {
                     assert!(

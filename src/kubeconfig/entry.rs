@@ -145,7 +145,13 @@ pub fn plan(
                 },
             ));
             let command = kc.exec_command.as_deref().unwrap_or(exe);
-            Some(exec_entry(command, &issuer, &client_id, &path))
+            Some(exec_entry(
+                command,
+                &issuer,
+                &client_id,
+                &path,
+                settings.oidc.ca_file.as_deref(),
+            ))
         }
     };
 
@@ -180,17 +186,31 @@ pub fn plan(
 
 /// The exec credential plugin entry: this binary's `credential` command.
 /// The arguments name no secret; the tokens are in the cache file.
-pub fn exec_entry(command: &Path, issuer: &str, client_id: &str, cache: &Path) -> Value {
+pub fn exec_entry(
+    command: &Path,
+    issuer: &str,
+    client_id: &str,
+    cache: &Path,
+    issuer_ca: Option<&Path>,
+) -> Value {
+    let mut args = vec![
+        "credential".to_owned(),
+        "--issuer".to_owned(),
+        issuer.to_owned(),
+        "--client-id".to_owned(),
+        client_id.to_owned(),
+        "--cache".to_owned(),
+        cache.display().to_string(),
+    ];
+    if let Some(ca) = issuer_ca {
+        args.push("--issuer-ca-file".to_owned());
+        args.push(ca.display().to_string());
+    }
     json!({
         "exec": {
             "apiVersion": "client.authentication.k8s.io/v1",
             "command": command.display().to_string(),
-            "args": [
-                "credential",
-                "--issuer", issuer,
-                "--client-id", client_id,
-                "--cache", cache.display().to_string(),
-            ],
+            "args": args,
             "interactiveMode": "Never",
             "provideClusterInfo": false,
             "installHint": "ood-k8s-bootstrap is installed by Open OnDemand on its web nodes; \

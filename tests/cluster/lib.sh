@@ -22,9 +22,9 @@ APISERVER_PORT="${OOD_TEST_APISERVER_PORT:-16443}"
 KCM_PORT="${OOD_TEST_KCM_PORT:-10357}"
 DEX_PORT="${OOD_TEST_DEX_PORT:-15556}"
 
-# Lifetime of the IdP's ID and access tokens; short values let tests watch a
-# refresh happen.
-OIDC_TOKEN_TTL="${OOD_TEST_OIDC_TOKEN_TTL:-5m}"
+# Lifetime of the IdP's ID and access tokens: short, so the tests watch real
+# expiry and refresh happen (a test's own token use lasts a few seconds).
+OIDC_TOKEN_TTL="${OOD_TEST_OIDC_TOKEN_TTL:-40s}"
 
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"

@@ -109,6 +109,8 @@ impl Cluster {
         let out = pipe(
             Command::new("curl").args([
                 "-sS",
+                "--max-time",
+                "20",
                 "--fail-with-body",
                 "--cacert",
                 self.var("OIDC_CA_FILE"),

@@ -7,6 +7,13 @@
 // module on the Go module proxy and does not compile against it. The OIDC
 // server itself is unchanged Dex. Configuration is Dex's own shape for
 // clients and passwords, read from the JSON file given as the only argument.
+//
+// One workaround: in this Dex version, rotating a refresh token issued by
+// the local password connector deadlocks the in-memory storage (the
+// rotation callback runs under the storage mutex and reads the offline
+// session, which takes the same mutex). serialRefresh runs that callback
+// under a lock of its own instead, keeping rotation and its
+// "claimed twice" check.
 package main
 
 import (
@@ -16,6 +23,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/AppsFlyer/go-sundheit"
@@ -65,7 +73,7 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	now := func() time.Time { return time.Now().UTC() }
 
-	var s storage.Storage = memory.New(logger)
+	var s storage.Storage = &serialRefresh{Storage: memory.New(logger)}
 	s = storage.WithStaticClients(s, c.Clients)
 	s = storage.WithStaticPasswords(s, c.Passwords, logger)
 	s = storage.WithStaticConnectors(s, []storage.Connector{{ID: "local", Name: "Email", Type: "local"}})
@@ -99,4 +107,27 @@ func run() error {
 	logger.Info("listening", "addr", c.Listen, "issuer", c.Issuer)
 	return (&http.Server{Addr: c.Listen, Handler: srv, ReadHeaderTimeout: 10 * time.Second}).
 		ListenAndServeTLS(c.TLSCert, c.TLSKey)
+}
+
+// serialRefresh serialises refresh-token updates itself, so the updater runs
+// without holding the memory storage's lock (see the package comment).
+type serialRefresh struct {
+	storage.Storage
+	mu sync.Mutex
+}
+
+func (s *serialRefresh) UpdateRefreshToken(ctx context.Context, id string, updater func(storage.RefreshToken) (storage.RefreshToken, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, err := s.Storage.GetRefresh(ctx, id)
+	if err != nil {
+		return err
+	}
+	updated, err := updater(old)
+	if err != nil {
+		return err
+	}
+	return s.Storage.UpdateRefreshToken(ctx, id, func(storage.RefreshToken) (storage.RefreshToken, error) {
+		return updated, nil
+	})
 }
