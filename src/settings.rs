@@ -55,7 +55,6 @@ pub const KNOWN_KEYS: &[&str] = &[
     "K8S_CA_FILE",
     "K8S_EXEC_CLIENT_ID",
     "K8S_EXEC_COMMAND",
-    "K8S_TOKEN_EXCHANGE_CLIENT_ID",
 ];
 
 /// What is wrong with the hook.env file. Each variant names the file, and
@@ -290,7 +289,6 @@ impl CredentialMode {
 
 /// OIDC client settings written into the kubeconfig.
 #[derive(Debug, Clone, Default)]
-#[allow(dead_code)] // some fields are read only by the kubeconfig writer, still in progress
 pub struct Oidc {
     /// `IDP_ISSUER_URL`, with the shipped example's token-endpoint mistake
     /// corrected.
@@ -304,7 +302,6 @@ pub struct Oidc {
 
 /// What goes into the user's `~/.kube/config`.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // some fields are read only by the kubeconfig writer, still in progress
 pub struct KubeconfigSettings {
     pub credentials: CredentialMode,
     /// `K8S_CLUSTER_NAME`: the dashboard's cluster entry name.
@@ -320,14 +317,10 @@ pub struct KubeconfigSettings {
     pub exec_client_id: Option<String>,
     /// `K8S_EXEC_COMMAND`: path of this binary as users' kubectl runs it.
     pub exec_command: Option<PathBuf>,
-    /// `K8S_TOKEN_EXCHANGE_CLIENT_ID`: when set, the portal's token is
-    /// exchanged at login for tokens of this (public) client.
-    pub token_exchange_client_id: Option<String>,
 }
 
 /// Everything hook.env says, validated.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // some fields are read only by the kubeconfig writer, still in progress
 pub struct Settings {
     /// `K8S_USERNAME_PREFIX`: kubeconfig user entry = prefix + username.
     pub username_prefix: String,
@@ -617,6 +610,15 @@ impl Settings {
                 format!("cannot read it: {e}"),
             ));
         }
+        if let Some((v, line)) = env.get("K8S_TOKEN_EXCHANGE_CLIENT_ID") {
+            return Err(env.invalid(
+                "K8S_TOKEN_EXCHANGE_CLIENT_ID",
+                line,
+                v,
+                "RFC 8693 token exchange is not supported yet; for exec mode give a public client in \
+                 K8S_EXEC_CLIENT_ID that the IdP lets request the API server's audience",
+            ));
+        }
         let kubeconfig = KubeconfigSettings {
             credentials,
             cluster_name,
@@ -625,9 +627,6 @@ impl Settings {
             ca_file,
             exec_client_id: env.get("K8S_EXEC_CLIENT_ID").map(|(v, _)| v.to_owned()),
             exec_command: abs_path("K8S_EXEC_COMMAND")?,
-            token_exchange_client_id: env
-                .get("K8S_TOKEN_EXCHANGE_CLIENT_ID")
-                .map(|(v, _)| v.to_owned()),
         };
         if credentials == CredentialMode::AuthProvider || credentials == CredentialMode::Exec {
             for key in ["IDP_ISSUER_URL", "CLIENT_ID"] {
