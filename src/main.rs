@@ -113,6 +113,20 @@ fn run_hook(_cli: &Cli, args: &HookArgs) -> Exit {
     };
     let deadline = started + settings.timeout;
     let state = desired::desired_state(&settings, &user, &namespace, unix_now());
+    // Everything about the kubeconfig that can be refused is refused now,
+    // before any change.
+    let prepared = if args.dry_run || args.cluster_only {
+        None
+    } else {
+        match kubeconfig::prepare(&settings, &user, &account, &namespace, &login) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(e.exit(), e),
+        }
+    };
+    drop(login);
+    // The kubeconfig is written (by a child running as the user) while the
+    // cluster side is applied: the two are independent.
+    let writer = prepared.map(|p| std::thread::spawn(move || p.execute()));
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,23 +156,31 @@ fn run_hook(_cli: &Cli, args: &HookArgs) -> Exit {
         }
     });
     drop(runtime);
+    let kube = writer.map(|w| {
+        w.join().unwrap_or_else(|_| {
+            Err(kubeconfig::KubeconfigError::Writer {
+                user: user.to_string(),
+                why: "the writer thread panicked".into(),
+            })
+        })
+    });
     let applied = match applied {
         Ok(a) => a,
-        Err(e) => return fail(e.exit(), e),
-    };
-
-    let kube = if args.dry_run || args.cluster_only {
-        None
-    } else {
-        match kubeconfig::update(&settings, &user, &account, &namespace, &login) {
-            Ok(outcome) => Some(outcome),
-            Err(e) => {
-                eprintln!(
-                    "{PROG}: {}",
-                    summary(&user, &namespace, &applied, args.dry_run)
-                );
-                return fail(e.exit(), e);
+        Err(e) => {
+            if let Some(Err(k)) = &kube {
+                eprintln!("{PROG}: error: {k}");
             }
+            return fail(e.exit(), e);
+        }
+    };
+    let kube = match kube.transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "{PROG}: {}",
+                summary(&user, &namespace, &applied, args.dry_run)
+            );
+            return fail(e.exit(), e);
         }
     };
 

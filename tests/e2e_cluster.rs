@@ -999,3 +999,34 @@ fn render_needs_no_cluster_and_redacts_secrets() {
     assert!(yaml.contains("<redacted"), "{yaml}");
     assert!(!yaml.contains("eyJhdXRocy"), "{yaml}");
 }
+
+#[test]
+fn a_bad_token_is_refused_before_the_cluster_is_touched() {
+    let c = cluster();
+    let dir = scratch("bad-token");
+    linux_user("alice");
+    let prefix = common::prefix("badtok");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=token\n"),
+    );
+    let out = c
+        .hook()
+        .env("OOD_OIDC_ACCESS_TOKEN", "not-a-jwt-at-all")
+        .args(["--user", "alice", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("alice"), "{stderr}");
+    assert!(
+        !stderr.contains("not-a-jwt-at-all"),
+        "the token was echoed: {stderr}"
+    );
+    assert!(
+        c.get_json(&["namespace", &format!("{prefix}alice")])
+            .is_none(),
+        "the cluster was changed"
+    );
+}

@@ -65,26 +65,17 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
         .unwrap_or(Ok(()));
     drop(input);
 
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(Reply::Failed(Failure::new(
-                    FailKind::LockTimeout,
-                    &job.home.join(".kube/config"),
-                    format!(
-                        "the writer did not finish within {} s (a hung home file system?)",
-                        timeout.as_secs()
-                    ),
-                )));
-            }
-            Err(e) => return Err(format!("cannot wait for the writer: {e}")),
+    // A watchdog kills the writer if it overruns; otherwise we simply read
+    // its answer to EOF (no polling delay on the login path).
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let overran = done_rx.recv_timeout(timeout).is_err();
+        if overran {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
-    };
+        overran
+    });
     let mut out = Vec::new();
     let mut err = String::new();
     if let Some(mut s) = child.stdout.take() {
@@ -93,6 +84,31 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
     if let Some(s) = child.stderr.take() {
         let _ = s.take(2000).read_to_string(&mut err);
     }
+    // Both pipes are closed: the child has exited (or closed them and is
+    // about to). Reap it, briefly, before telling the watchdog.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+        }
+    };
+    let _ = done.send(());
+    if watchdog.join().unwrap_or(true) {
+        return Ok(Reply::Failed(Failure::new(
+            FailKind::LockTimeout,
+            &job.home.join(".kube/config"),
+            format!(
+                "the writer did not finish within {} s (a hung home file system?)",
+                timeout.as_secs()
+            ),
+        )));
+    }
+    let status = status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
     match serde_json::from_slice::<Reply>(&out) {
         Ok(r) => Ok(r),
         Err(_) => {

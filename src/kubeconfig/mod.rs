@@ -120,16 +120,34 @@ impl KubeconfigError {
     }
 }
 
-/// Writes the user's entry. Runs the file work as the user.
-pub fn update(
+/// What [`prepare`] decided: nothing to write, or a checked job for the
+/// writer.
+pub enum Prepared {
+    Done(Outcome),
+    Write(Box<PreparedWrite>),
+}
+
+pub struct PreparedWrite {
+    who: String,
+    user: String,
+    job: Job,
+    has_tokens: bool,
+    as_root: bool,
+    lock_wait: Duration,
+}
+
+/// Everything that can be checked before any change: the settings the mode
+/// needs, the tokens, and whether we may write this user's file at all.
+/// Pure apart from reading the clock and our uid.
+pub fn prepare(
     settings: &Settings,
     user: &Username,
     account: &Account,
     namespace: &Namespace,
     login: &Login,
-) -> Result<Outcome, KubeconfigError> {
+) -> Result<Prepared, KubeconfigError> {
     if settings.kubeconfig.credentials == crate::settings::CredentialMode::None {
-        return Ok(Outcome::Disabled);
+        return Ok(Prepared::Done(Outcome::Disabled));
     }
     let who = user.to_string();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
@@ -156,7 +174,15 @@ pub fn update(
         eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
     }
     if plan.desired.is_empty() {
-        return Ok(Outcome::NoTokens);
+        return Ok(Prepared::Done(Outcome::NoTokens));
+    }
+    let euid = Uid::effective();
+    if !euid.is_root() && euid != account.uid {
+        return Err(KubeconfigError::NotRoot {
+            user: who,
+            euid: euid.as_raw(),
+            uid: account.uid.as_raw(),
+        });
     }
 
     // Half the run's budget for the locks, the rest for slack.
@@ -176,49 +202,69 @@ pub fn update(
             (name, cache)
         }),
     };
-    let euid = Uid::effective();
-    let reply = if euid.is_root() {
-        as_user::run_as(user.as_str(), &job, lock_wait + Duration::from_secs(5)).map_err(|why| {
-            KubeconfigError::Writer {
-                user: who.clone(),
-                why,
+    Ok(Prepared::Write(Box::new(PreparedWrite {
+        user: user.as_str().to_owned(),
+        who,
+        job,
+        has_tokens: plan.has_tokens,
+        as_root: euid.is_root(),
+        lock_wait,
+    })))
+}
+
+impl Prepared {
+    /// Does the file work: as the user in a child process when we are root,
+    /// in-process when we are that user.
+    pub fn execute(self) -> Result<Outcome, KubeconfigError> {
+        let w = match self {
+            Prepared::Done(outcome) => return Ok(outcome),
+            Prepared::Write(w) => *w,
+        };
+        let PreparedWrite {
+            who,
+            user,
+            job,
+            has_tokens,
+            as_root,
+            lock_wait,
+        } = w;
+        let reply = if as_root {
+            as_user::run_as(&user, &job, lock_wait + Duration::from_secs(5)).map_err(|why| {
+                KubeconfigError::Writer {
+                    user: who.clone(),
+                    why,
+                }
+            })?
+        } else {
+            write::run(&job)
+        };
+        drop(job);
+        match reply {
+            Reply::Done {
+                path,
+                changed,
+                warnings,
+            } => {
+                for w in warnings {
+                    eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
+                }
+                Ok(if !has_tokens {
+                    Outcome::NoTokens
+                } else if changed {
+                    Outcome::Written(path)
+                } else {
+                    Outcome::Unchanged(path)
+                })
             }
-        })?
-    } else if euid == account.uid {
-        write::run(&job)
-    } else {
-        return Err(KubeconfigError::NotRoot {
-            user: who,
-            euid: euid.as_raw(),
-            uid: account.uid.as_raw(),
-        });
-    };
-    drop(job);
-    match reply {
-        Reply::Done {
-            path,
-            changed,
-            warnings,
-        } => {
-            for w in warnings {
-                eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
+            Reply::Failed(f) => {
+                let (user, path, why) = (who, f.path, f.why);
+                Err(match f.kind {
+                    FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
+                    FailKind::Io => KubeconfigError::Io { user, path, why },
+                    FailKind::Parse => KubeconfigError::Parse { user, path, why },
+                    FailKind::LockTimeout => KubeconfigError::LockTimeout { user, path, why },
+                })
             }
-            Ok(if !plan.has_tokens {
-                Outcome::NoTokens
-            } else if changed {
-                Outcome::Written(path)
-            } else {
-                Outcome::Unchanged(path)
-            })
-        }
-        Reply::Failed(f) => {
-            let (user, path, why) = (who, f.path, f.why);
-            Err(match f.kind {
-                FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
-                FailKind::Io => KubeconfigError::Io { user, path, why },
-                FailKind::Parse => KubeconfigError::Parse { user, path, why },
-                FailKind::LockTimeout => KubeconfigError::LockTimeout { user, path, why },
-            })
         }
     }
 }
