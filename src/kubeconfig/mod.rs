@@ -133,7 +133,8 @@ pub struct PreparedWrite {
     job: Job,
     has_tokens: bool,
     as_root: bool,
-    lock_wait: Duration,
+    /// The whole run's budget: the writer is killed after it.
+    timeout: Duration,
 }
 
 /// Everything that can be checked before any change: the settings the mode
@@ -208,7 +209,7 @@ pub fn prepare(
         job,
         has_tokens: plan.has_tokens,
         as_root: euid.is_root(),
-        lock_wait,
+        timeout: settings.timeout,
     })))
 }
 
@@ -226,14 +227,12 @@ impl Prepared {
             job,
             has_tokens,
             as_root,
-            lock_wait,
+            timeout,
         } = w;
         let reply = if as_root {
-            as_user::run_as(&user, &job, lock_wait + Duration::from_secs(5)).map_err(|why| {
-                KubeconfigError::Writer {
-                    user: who.clone(),
-                    why,
-                }
+            as_user::run_as(&user, &job, timeout).map_err(|why| KubeconfigError::Writer {
+                user: who.clone(),
+                why,
             })?
         } else {
             write::run(&job)
