@@ -398,26 +398,21 @@ impl Ctx<'_> {
             };
             let patch = serde_json::json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, add]);
             match self.write(obj, Write::JsonPatch(patch), dry_run).await {
-                // The test op failed: someone changed the ServiceAccount
-                // between our read and write. Read again.
-                Err(
-                    ApplyError::Invalid { ref message, .. }
-                    | ApplyError::Server {
-                        status: 409,
-                        ref message,
-                        ..
-                    },
-                ) if message.contains("test")
-                    || message.contains("resourceVersion")
-                    || message.contains("modified") =>
-                {
-                    if Instant::now() >= self.deadline {
-                        return Err(ApplyError::Deadline {
-                            user: self.user.into(),
-                            server: self.cluster.server.clone(),
-                            secs: 0.0,
-                            last: "the default ServiceAccount kept changing".into(),
-                        });
+                // A failed `test` op (422) or a conflict (409): someone
+                // changed the ServiceAccount between our read and write —
+                // overlapping runs do. Read again, unless it did not change
+                // (then the refusal is real).
+                Err(e @ (ApplyError::Invalid { .. } | ApplyError::Server { status: 409, .. })) => {
+                    let now_rv = match self.write(obj, Write::Get, false).await {
+                        Ok(r) => r
+                            .body
+                            .pointer("/metadata/resourceVersion")
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                        Err(_) => Value::Null,
+                    };
+                    if now_rv == rv || Instant::now() >= self.deadline {
+                        return Err(e);
                     }
                 }
                 other => return other,

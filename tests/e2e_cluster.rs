@@ -1030,3 +1030,72 @@ fn a_bad_token_is_refused_before_the_cluster_is_touched() {
         "the cluster was changed"
     );
 }
+
+/// nginx_stage retries and several web nodes log the same user in at once:
+/// overlapping runs for a brand-new user all succeed, and the pull secret
+/// is listed once, next to one another tool added meanwhile.
+#[test]
+fn overlapping_runs_for_one_user_converge() {
+    let c = cluster();
+    let dir = scratch("overlap");
+    linux_user("carol.smith");
+    let reg = dir.join("registry.json");
+    std::fs::write(&reg, r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#).unwrap();
+    let prefix = common::prefix("overlap");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nUSE_JOB_POD_REAPER=true\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\nK8S_CREDENTIALS=none\n",
+            reg.display()
+        ),
+    );
+    let ns = format!("{prefix}carol-smith");
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            c.hook()
+                .args(["--user", "carol.smith", "--hook-env"])
+                .arg(&env)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert_ok(&out);
+    }
+    // Another tool adds its own pull secret; more overlapping runs follow.
+    c.admin(&[
+        "patch",
+        "serviceaccount",
+        "default",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/imagePullSecrets/-","value":{"name":"site-mirror"}}]"#,
+    ]);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            c.hook()
+                .args(["--user", "carol.smith", "--hook-env"])
+                .arg(&env)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        assert_ok(&run.wait_with_output().unwrap());
+    }
+    let sa = c
+        .get_json(&["serviceaccount", "-n", &ns, "default"])
+        .unwrap();
+    let names: Vec<&str> = sa["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["regcred", "site-mirror"], "{sa}");
+}
