@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::account::Account;
 use crate::apply::{Applied, Change, Cluster, Mode};
-use crate::cli::{Cli, Command, HookArgs};
+use crate::cli::{Command, HookArgs};
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::settings::Settings;
@@ -33,10 +33,19 @@ use crate::settings::Settings;
 const PROG: &str = "ood-k8s-bootstrap";
 
 fn main() -> ExitCode {
-    // Hidden subcommands, before any runtime or thread exists.
-    match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
-        Some(kubeconfig::as_user::CHILD_ARG) => return kubeconfig::child_main(),
-        Some("credential") => return credential::main(credential::CredentialArgs::from_env()),
+    // Hidden subcommands, before any runtime or thread exists. (`credential
+    // --issuer ...` as kubectl runs it; `credential /path` would be the old
+    // call form for a user named "credential".)
+    let arg = |n| {
+        std::env::args_os()
+            .nth(n)
+            .and_then(|a| a.into_string().ok())
+    };
+    match (arg(1).as_deref(), arg(2)) {
+        (Some(kubeconfig::as_user::CHILD_ARG), _) => return kubeconfig::child_main(),
+        (Some("credential"), Some(next)) if next.starts_with("--") => {
+            return credential::main(credential::CredentialArgs::from_env());
+        }
         _ => {}
     }
     let cli = cli::parse();
@@ -49,21 +58,22 @@ fn main() -> ExitCode {
         }
         Some(Command::Reconcile {
             users,
-            all,
+            all: _,
             concurrency,
             dry_run,
             common,
         }) => {
             init_logging(common.verbose);
-            let source = match (&users, all) {
-                (Some(path), _) => reconcile::Source::List(path),
-                (None, _) => reconcile::Source::Labelled,
+            // clap makes --users and --all exclusive, one of them required.
+            let source = match &users {
+                Some(path) => reconcile::Source::List(path),
+                None => reconcile::Source::Labelled,
             };
             reconcile::main(source, &common.hook_env, concurrency, dry_run).into()
         }
         None => {
             init_logging(cli.hook.common.verbose);
-            run_hook(&cli, &cli.hook).into()
+            run_hook(&cli.hook).into()
         }
     }
 }
@@ -89,7 +99,7 @@ pub(crate) fn load(
     Ok((settings, user, namespace))
 }
 
-fn run_hook(_cli: &Cli, args: &HookArgs) -> Exit {
+fn run_hook(args: &HookArgs) -> Exit {
     let started = Instant::now();
     let Some(user) = args.user.as_deref() else {
         return fail(
