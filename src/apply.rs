@@ -165,6 +165,31 @@ impl Cluster {
         Ok(Self { client, server })
     }
 
+    /// Sends one request and reads its JSON answer (Null if not JSON). A
+    /// failure to talk to the server comes back as its one-line cause.
+    async fn exchange(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(StatusCode, http::Version, Value), String> {
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let (status, version) = (response.status(), response.version());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?
+            .to_bytes();
+        Ok((
+            status,
+            version,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
     /// Namespaces matching a label selector (for `reconcile`); needs `list`
     /// on namespaces, which the `ondemand` ClusterRole does not grant.
     pub async fn list_namespaces(&self, selector: &str) -> Result<Vec<Value>, ApplyError> {
@@ -187,24 +212,12 @@ impl Cluster {
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
             .map_err(|e| unreachable(e.to_string()))?;
-        let response = self
-            .client
-            .send(request)
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(format!("reading the response: {e}")))?
-            .to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let message = body
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("(no message)")
-            .to_owned();
+        let (status, _, body) = self.exchange(request).await.map_err(unreachable)?;
+        let message = one_line(
+            body.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)"),
+        );
         match status.as_u16() {
             200 => Ok(body
                 .get("items")
@@ -529,21 +542,12 @@ impl Ctx<'_> {
             .map_err(|e| self.unreachable(e.to_string()))?;
         tracing::trace!(object = %obj.describe(), dry_run, "request");
 
-        let response = self
+        let (status, version, body) = self
             .cluster
-            .client
-            .send(request)
+            .exchange(request)
             .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
-        let status = response.status();
-        tracing::trace!(object = %obj.describe(), ?status, version = ?response.version(), "response");
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(format!("reading the response: {e}")))?
-            .to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            .map_err(|e| self.unreachable(e))?;
+        tracing::trace!(object = %obj.describe(), ?status, ?version, "response");
         if status.is_success() {
             return Ok(Response { status, body });
         }
