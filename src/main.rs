@@ -79,24 +79,43 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error the way nginx_stage will log it: one line, prefixed.
-fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
+pub(crate) fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
     eprintln!("{PROG}: error: {msg}");
     exit
 }
 
-/// Validates the inputs shared by every subcommand.
-pub(crate) fn load(
-    user: &str,
-    hook_env: &std::path::Path,
-) -> Result<(Settings, Username, Namespace), Exit> {
+/// Reads and validates hook.env, printing its warnings.
+pub(crate) fn load_settings(hook_env: &std::path::Path) -> Result<Settings, Exit> {
     let settings = Settings::load(hook_env).map_err(|e| fail(Exit::Config, e))?;
     for w in &settings.warnings {
         eprintln!("{PROG}: warning: {w}");
     }
+    Ok(settings)
+}
+
+/// Validates the inputs shared by the per-user subcommands.
+pub(crate) fn load(
+    user: &str,
+    hook_env: &std::path::Path,
+) -> Result<(Settings, Username, Namespace), Exit> {
+    let settings = load_settings(hook_env)?;
     let user = Username::parse(user).map_err(|e| fail(Exit::NoUser, e))?;
     let namespace = Namespace::for_user(&settings.namespace_prefix, &user)
         .map_err(|e| fail(Exit::DataErr, e))?;
     Ok((settings, user, namespace))
+}
+
+/// The single-threaded async runtime the API calls run on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            fail(
+                Exit::Software,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
 }
 
 fn run_hook(args: &HookArgs) -> Exit {
@@ -138,17 +157,9 @@ fn run_hook(args: &HookArgs) -> Exit {
     // cluster side is applied: the two are independent.
     let writer = prepared.map(|p| std::thread::spawn(move || p.execute()));
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            return fail(
-                Exit::Software,
-                format!("cannot start the async runtime: {e}"),
-            );
-        }
+        Err(exit) => return exit,
     };
     let applied = runtime.block_on(async {
         let work = async {

@@ -29,26 +29,11 @@ pub enum Source<'a> {
 }
 
 pub fn main(source: Source<'_>, hook_env: &Path, concurrency: usize, dry_run: bool) -> Exit {
-    let settings = match Settings::load(hook_env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ood-k8s-bootstrap: error: {e}");
-            return Exit::Config;
-        }
-    };
-    for w in &settings.warnings {
-        eprintln!("ood-k8s-bootstrap: warning: {w}");
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ood-k8s-bootstrap: error: cannot start the async runtime: {e}");
-            return Exit::Software;
-        }
-    };
+    let (settings, runtime) =
+        match crate::load_settings(hook_env).and_then(|s| Ok((s, crate::runtime()?))) {
+            Ok(v) => v,
+            Err(exit) => return exit,
+        };
     runtime.block_on(run(source, &settings, concurrency.max(1), dry_run))
 }
 
@@ -56,10 +41,7 @@ async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_ru
     let started = Instant::now();
     let cluster = match Cluster::connect(settings.timeout).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ood-k8s-bootstrap: error: {e}");
-            return e.exit();
-        }
+        Err(e) => return crate::fail(e.exit(), e),
     };
     let names = match source {
         Source::List(path) => read_list(path),
@@ -67,10 +49,7 @@ async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_ru
     };
     let names = match names {
         Ok(n) => n,
-        Err((exit, msg)) => {
-            eprintln!("ood-k8s-bootstrap: error: {msg}");
-            return exit;
-        }
+        Err((exit, msg)) => return crate::fail(exit, msg),
     };
 
     let total = names.len();
