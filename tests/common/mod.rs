@@ -191,11 +191,16 @@ pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().expect("wait")
 }
 
-/// A fresh scratch directory for one test.
+/// A fresh scratch directory for one test, root-only: the files tests put
+/// there (hook.env with the client secret, kubeconfigs with tokens) are
+/// readable by nobody else.
 pub fn scratch(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("ood-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod scratch dir");
     dir
 }
 
