@@ -1,0 +1,22 @@
+//! ood-k8s-bootstrap: Open OnDemand's PUN pre-hook for Kubernetes, as a
+//! library. The binary (`main.rs`) only dispatches; fuzz targets and tests
+//! reach the parsers of outside input through here. See README.md for the
+//! module map.
+
+pub mod account;
+pub mod apply;
+pub mod cli;
+pub mod credential;
+pub mod desired;
+pub mod exit;
+pub mod hook;
+pub mod kubeconfig;
+pub mod names;
+pub mod reconcile;
+pub mod render;
+pub mod run;
+pub mod secret;
+pub mod settings;
+pub mod tokens;
+
+pub use run::{PROG, fail, load, load_settings, runtime, unix_now};

@@ -1,0 +1,74 @@
+//! The steps every command shares: load and validate hook.env, report a
+//! failure as one stderr line with its exit status, start the async runtime,
+//! read the clock, set up logging. Kept apart so `main` stays a dispatcher.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::exit::Exit;
+use crate::names::{Namespace, Username};
+use crate::settings::Settings;
+
+/// The program's name, as it prefixes every stderr line.
+pub const PROG: &str = "ood-k8s-bootstrap";
+
+/// Prints an error the way nginx_stage will log it: one line, prefixed.
+pub fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
+    eprintln!("{PROG}: error: {msg}");
+    exit
+}
+
+/// Reads and validates hook.env, printing its warnings.
+pub fn load_settings(hook_env: &std::path::Path) -> Result<Settings, Exit> {
+    let settings = Settings::load(hook_env).map_err(|e| fail(Exit::Config, e))?;
+    for w in &settings.warnings {
+        eprintln!("{PROG}: warning: {w}");
+    }
+    Ok(settings)
+}
+
+/// Validates the inputs shared by the per-user subcommands.
+pub fn load(
+    user: &str,
+    hook_env: &std::path::Path,
+) -> Result<(Settings, Username, Namespace), Exit> {
+    let settings = load_settings(hook_env)?;
+    let user = Username::parse(user).map_err(|e| fail(Exit::NoUser, e))?;
+    let namespace = Namespace::for_user(&settings.namespace_prefix, &user)
+        .map_err(|e| fail(Exit::DataErr, e))?;
+    Ok((settings, user, namespace))
+}
+
+/// The single-threaded async runtime the API calls run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            fail(
+                Exit::Software,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Logging to stderr: warnings by default, more with each `-v`.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 | 1 => "warn",
+        2 => "ood_k8s_bootstrap=debug",
+        _ => "ood_k8s_bootstrap=trace,kube=debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .try_init();
+}
