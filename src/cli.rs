@@ -73,6 +73,16 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Check hook.env (exit 78 naming key and line if it is wrong), or print
+    /// a commented example with every key.
+    Config {
+        /// Print the example hook.env, every key with its meaning and
+        /// default, instead of checking a file.
+        #[arg(long)]
+        example: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Re-bootstrap many users' cluster side in one process (no kubeconfig
     /// changes): after a hook.env change, or to repair drift.
     Reconcile {

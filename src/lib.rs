@@ -6,6 +6,7 @@
 pub mod account;
 pub mod apply;
 pub mod cli;
+pub mod config;
 pub mod credential;
 pub mod desired;
 pub mod exit;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ood_k8s_bootstrap::cli::{self, Command};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
-use ood_k8s_bootstrap::{credential, hook, kubeconfig, reconcile, render};
+use ood_k8s_bootstrap::{config, credential, hook, kubeconfig, reconcile, render};
 
 fn main() -> ExitCode {
     // Hidden subcommands, before any runtime or thread exists. (`credential
@@ -32,6 +32,10 @@ fn main() -> ExitCode {
         Some(Command::Render { user, time, common }) => {
             init_logging(common.verbose);
             render::main(&user, &common.hook_env, time.unwrap_or_else(unix_now)).into()
+        }
+        Some(Command::Config { example, common }) => {
+            init_logging(common.verbose);
+            config::main(example, &common.hook_env).into()
         }
         Some(Command::Reconcile {
             users,

@@ -1,0 +1,722 @@
+//! Every hook.env key, defined once: name, meaning, default, the form of its
+//! value and the small function that parses it. The parser, the shipped
+//! example (`hooks/hook.env.example`, `config --example`) and the
+//! hook.env(5) man page are all derived from [`KEYS`], so they cannot drift
+//! (a test compares the shipped example with [`example`]). Adding a key is
+//! one entry here plus its field in [`Draft`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::{CredentialMode, PodSecurity, PsaLevel};
+use crate::names::{ObjectName, dns1123_label_problem};
+use crate::secret::Secret;
+
+/// Which part of the example file a key is listed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Keys the old bash hooks read; their meaning is unchanged.
+    OldHooks,
+    /// Keys this program added; their defaults keep the old behaviour.
+    New,
+}
+
+impl Section {
+    fn title(self) -> &'static str {
+        match self {
+            Self::OldHooks => "keys of the old hooks (same meaning)",
+            Self::New => "new keys (defaults keep the old behaviour)",
+        }
+    }
+}
+
+/// One hook.env key.
+pub struct Key {
+    pub name: &'static str,
+    pub section: Section,
+    /// What it means, for admins: the example's comment and the man page.
+    pub doc: &'static str,
+    /// The form of the value (`true|false`, `CIDR[,CIDR...]`, ...).
+    pub value: &'static str,
+    /// Used when the key is unset or empty; parsed like a given value.
+    pub default: &'static str,
+    /// The value the shipped example shows.
+    pub example: &'static str,
+    /// Checks a (trimmed, non-default or default) value and records it.
+    pub parse: fn(&str, &mut Draft) -> Result<(), String>,
+}
+
+/// Settings as the per-key parsers fill them in; `Settings::parse` then
+/// checks what spans keys and reads the files they name.
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub username_prefix: String,
+    pub namespace_prefix: String,
+    pub allow_cidrs: Vec<IpNet>,
+    pub issuer_url: Option<String>,
+    pub idp_ca_file: Option<PathBuf>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub image_pull_secret: Option<ObjectName>,
+    pub registry_docker_config_json: Option<PathBuf>,
+    pub use_job_pod_reaper: bool,
+    pub user_subject_prefix: String,
+    pub reaper_cluster_role: Option<ObjectName>,
+    pub reaper_service_account: Option<ObjectName>,
+    pub reaper_namespace: Option<ObjectName>,
+    pub pod_security: PodSecurity,
+    pub timeout: Duration,
+    pub credentials: CredentialMode,
+    pub cluster_name: String,
+    pub context_name: Option<String>,
+    pub server: Option<String>,
+    pub k8s_ca_file: Option<PathBuf>,
+    pub exec_client_id: Option<String>,
+    pub exec_command: Option<PathBuf>,
+    /// Remarks about the value just parsed (not errors); the caller adds
+    /// file, line and key.
+    pub notes: Vec<String>,
+}
+
+/// Keys that are refused with a reason, though not documented.
+pub const REFUSED: &[(&str, &str)] = &[(
+    "K8S_TOKEN_EXCHANGE_CLIENT_ID",
+    "RFC 8693 token exchange is not supported yet; for exec mode give a public client in \
+     K8S_EXEC_CLIENT_ID that the IdP lets request the API server's audience",
+)];
+
+/// The keys, in the order of the shipped example.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "K8S_USERNAME_PREFIX",
+        section: Section::OldHooks,
+        doc: "Prefix of the user entry's name in ~/.kube/config (no hyphen is added); \
+              must equal `username_prefix` in the cluster's clusters.d file.",
+        value: "text without whitespace, '/' or ':'",
+        default: "",
+        example: "",
+        parse: |v, d| prefix(v).map(|p| d.username_prefix = p),
+    },
+    Key {
+        name: "NAMESPACE_PREFIX",
+        section: Section::OldHooks,
+        doc: "Namespace = NAMESPACE_PREFIX + username, with \".\" and \"@\" turned into \"-\", \
+              exactly as the dashboard computes it; must equal `namespace_prefix`.",
+        value: "lower-case letters, digits and '-', starting with a letter or digit",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            let p = prefix(v)?;
+            if !p.is_empty()
+                && let Some(why) = dns1123_label_problem(&format!("{p}x"))
+            {
+                return Err(format!("namespaces would be invalid: {why}"));
+            }
+            d.namespace_prefix = p;
+            Ok(())
+        },
+    },
+    Key {
+        name: "NETWORK_POLICY_ALLOW_CIDR",
+        section: Section::OldHooks,
+        doc: "Required. CIDR(s) besides the namespace's own pods allowed to reach the user's \
+              pods: the OnDemand web node(s). Several may be given, separated by commas or \
+              spaces (e.g. \"192.0.2.10/32, 192.0.2.11/32\").",
+        value: "CIDR[,CIDR...]",
+        default: "",
+        example: "127.0.0.1/32",
+        parse: |v, d| cidrs(v).map(|c| d.allow_cidrs = c),
+    },
+    Key {
+        name: "IDP_ISSUER_URL",
+        section: Section::OldHooks,
+        doc: "OIDC issuer written into the kubeconfig. (The example OnDemand shipped put a \
+              Keycloak token endpoint here; that suffix is stripped with a warning.)",
+        value: "https:// URL",
+        default: "",
+        example: "https://idp.example.com/auth/realms/main",
+        parse: |v, d| {
+            if v.is_empty() {
+                return Ok(());
+            }
+            let (url, note) = issuer_url(v)?;
+            d.notes.extend(note);
+            d.issuer_url = Some(url);
+            Ok(())
+        },
+    },
+    Key {
+        name: "IDP_CA_FILE",
+        section: Section::New,
+        doc: "CA bundle for the issuer's HTTPS certificate, if not a system-trusted CA \
+              (exec mode: the plugin refreshes tokens there). Must be readable by users.",
+        value: "absolute path",
+        default: "",
+        example: "",
+        parse: |v, d| abs_path(v).map(|p| d.idp_ca_file = p),
+    },
+    Key {
+        name: "CLIENT_ID",
+        section: Section::OldHooks,
+        doc: "OIDC client written into the kubeconfig.",
+        value: "text",
+        default: "",
+        example: "changeme",
+        parse: |v, d| {
+            d.client_id = non_empty(v);
+            Ok(())
+        },
+    },
+    Key {
+        name: "CLIENT_SECRET",
+        section: Section::OldHooks,
+        doc: "Only written into users' kubeconfigs in K8S_CREDENTIALS=auth-provider mode \
+              (where every user can read it, as with the old hook). Prefer exec or token.",
+        value: "text (secret)",
+        default: "",
+        example: "changeme",
+        parse: |v, d| {
+            d.client_secret = non_empty(v).map(Secret::new);
+            Ok(())
+        },
+    },
+    Key {
+        name: "IMAGE_PULL_SECRET",
+        section: Section::OldHooks,
+        doc: "Name of an image pull Secret to create in each namespace; empty = off.",
+        value: "Kubernetes object name",
+        default: "",
+        example: "",
+        parse: |v, d| object_name("IMAGE_PULL_SECRET", v).map(|n| d.image_pull_secret = n),
+    },
+    Key {
+        name: "REGISTRY_DOCKER_CONFIG_JSON",
+        section: Section::OldHooks,
+        doc: "Root-only docker config.json ({\"auths\": {...}}) the pull Secret is made from; \
+              read only when IMAGE_PULL_SECRET is set.",
+        value: "absolute path",
+        default: "",
+        example: "/etc/ood/config/image-registry.json",
+        parse: |v, d| abs_path(v).map(|p| d.registry_docker_config_json = p),
+    },
+    Key {
+        name: "USE_JOB_POD_REAPER",
+        section: Section::OldHooks,
+        doc: "\"true\" adds the RoleBinding job-pod-reaper needs to delete expired pods.",
+        value: "true|false",
+        default: "false",
+        example: "false",
+        parse: |v, d| boolean(v).map(|b| d.use_job_pod_reaper = b),
+    },
+    Key {
+        name: "USE_POD_SECURITY_POLICY",
+        section: Section::OldHooks,
+        doc: "PodSecurityPolicy was removed in Kubernetes 1.25: \"true\" is refused. Use the \
+              POD_SECURITY_* keys instead.",
+        value: "false",
+        default: "false",
+        example: "false",
+        parse: |v, _| match v {
+            "false" => Ok(()),
+            "true" => Err("PodSecurityPolicy was removed in Kubernetes 1.25; set \
+                           POD_SECURITY_ENFORCE=restricted (Pod Security Admission) instead and \
+                           remove this key"
+                .into()),
+            _ => Err("expected false (PodSecurityPolicy no longer exists)".into()),
+        },
+    },
+    Key {
+        name: "OIDC_USERNAME_PREFIX",
+        section: Section::New,
+        doc: "Prefix of the RoleBinding's User subject, for API servers started with \
+              --oidc-username-prefix (e.g. \"oidc-\"). Default: none (the plain username).",
+        value: "text without whitespace, '/' or ':'",
+        default: "",
+        example: "",
+        parse: |v, d| prefix(v).map(|p| d.user_subject_prefix = p),
+    },
+    Key {
+        name: "JOB_POD_REAPER_CLUSTER_ROLE",
+        section: Section::New,
+        doc: "ClusterRole of job-pod-reaper (its Helm release can rename it).",
+        value: "Kubernetes object name",
+        default: "job-pod-reaper",
+        example: "job-pod-reaper",
+        parse: |v, d| {
+            object_name("JOB_POD_REAPER_CLUSTER_ROLE", v).map(|n| d.reaper_cluster_role = n)
+        },
+    },
+    Key {
+        name: "JOB_POD_REAPER_SERVICE_ACCOUNT",
+        section: Section::New,
+        doc: "ServiceAccount job-pod-reaper runs as.",
+        value: "Kubernetes object name",
+        default: "job-pod-reaper",
+        example: "job-pod-reaper",
+        parse: |v, d| {
+            object_name("JOB_POD_REAPER_SERVICE_ACCOUNT", v).map(|n| d.reaper_service_account = n)
+        },
+    },
+    Key {
+        name: "JOB_POD_REAPER_NAMESPACE",
+        section: Section::New,
+        doc: "Namespace of job-pod-reaper's ServiceAccount.",
+        value: "Kubernetes object name",
+        default: "job-pod-reaper",
+        example: "job-pod-reaper",
+        parse: |v, d| object_name("JOB_POD_REAPER_NAMESPACE", v).map(|n| d.reaper_namespace = n),
+    },
+    Key {
+        name: "POD_SECURITY_ENFORCE",
+        section: Section::New,
+        doc: "Pod Security Admission `enforce` label on each user namespace; empty = no label.",
+        value: "privileged|baseline|restricted",
+        default: "",
+        example: "",
+        parse: |v, d| psa_level(v).map(|l| d.pod_security.enforce = l),
+    },
+    Key {
+        name: "POD_SECURITY_AUDIT",
+        section: Section::New,
+        doc: "Pod Security Admission `audit` label; empty = no label.",
+        value: "privileged|baseline|restricted",
+        default: "",
+        example: "",
+        parse: |v, d| psa_level(v).map(|l| d.pod_security.audit = l),
+    },
+    Key {
+        name: "POD_SECURITY_WARN",
+        section: Section::New,
+        doc: "Pod Security Admission `warn` label; empty = no label.",
+        value: "privileged|baseline|restricted",
+        default: "",
+        example: "",
+        parse: |v, d| psa_level(v).map(|l| d.pod_security.warn = l),
+    },
+    Key {
+        name: "POD_SECURITY_VERSION",
+        section: Section::New,
+        doc: "Pins the Pod Security policy version for every POD_SECURITY_* mode that is set.",
+        value: "latest|v1.N",
+        default: "",
+        example: "",
+        parse: |v, d| psa_version(v).map(|p| d.pod_security.version = p),
+    },
+    Key {
+        name: "HOOK_TIMEOUT_SECONDS",
+        section: Section::New,
+        doc: "Upper bound on one whole run, in seconds (nginx_stage itself waits forever).",
+        value: "1-600",
+        default: "10",
+        example: "10",
+        parse: |v, d| match v.parse::<u64>() {
+            Ok(n @ 1..=600) => {
+                d.timeout = Duration::from_secs(n);
+                Ok(())
+            }
+            _ => Err("expected a whole number of seconds from 1 to 600".into()),
+        },
+    },
+    Key {
+        name: "K8S_CREDENTIALS",
+        section: Section::New,
+        doc: "How the user's kubeconfig entry carries credentials: auth-provider = the old \
+              hook's `auth-provider: oidc` entry; token = the portal's access token as a bearer \
+              token, no secret; exec = this binary as a kubectl exec credential plugin with a \
+              per-user token cache refreshed without any client secret; none = leave users' \
+              kubeconfigs alone (cluster side only).",
+        value: "auth-provider|token|exec|none",
+        default: "auth-provider",
+        example: "auth-provider",
+        parse: |v, d| {
+            d.credentials = match v {
+                "auth-provider" => CredentialMode::AuthProvider,
+                "token" => CredentialMode::Token,
+                "exec" => CredentialMode::Exec,
+                "none" => CredentialMode::None,
+                _ => return Err("expected auth-provider, token, exec or none".into()),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "K8S_CLUSTER_NAME",
+        section: Section::New,
+        doc: "Name of the cluster entry, as the dashboard writes it (its `cluster`).",
+        value: "kubeconfig entry name",
+        default: "open-ondemand",
+        example: "open-ondemand",
+        parse: |v, d| kube_name(v).map(|n| d.cluster_name = n),
+    },
+    Key {
+        name: "K8S_CONTEXT_NAME",
+        section: Section::New,
+        doc: "Name of the context entry; default: K8S_CLUSTER_NAME, as the dashboard does.",
+        value: "kubeconfig entry name",
+        default: "",
+        example: "",
+        parse: |v, d| kube_name(v).map(|n| d.context_name = non_empty(&n)),
+    },
+    Key {
+        name: "K8S_SERVER",
+        section: Section::New,
+        doc: "The API server's URL. When set, the cluster and context entries are written too, \
+              so users' kubectl works before the dashboard ever starts; an existing \
+              current-context is never changed.",
+        value: "https:// URL",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            if v.is_empty() {
+                return Ok(());
+            }
+            if !v.starts_with("https://") {
+                return Err("expected the API server's https:// URL".into());
+            }
+            d.server = Some(v.trim_end_matches('/').to_owned());
+            Ok(())
+        },
+    },
+    Key {
+        name: "K8S_CA_FILE",
+        section: Section::New,
+        doc: "CA bundle for K8S_SERVER.",
+        value: "absolute path",
+        default: "",
+        example: "",
+        parse: |v, d| abs_path(v).map(|p| d.k8s_ca_file = p),
+    },
+    Key {
+        name: "K8S_EXEC_CLIENT_ID",
+        section: Section::New,
+        doc: "exec mode: the (public) client the plugin refreshes tokens with; default CLIENT_ID.",
+        value: "text",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.exec_client_id = non_empty(v);
+            Ok(())
+        },
+    },
+    Key {
+        name: "K8S_EXEC_COMMAND",
+        section: Section::New,
+        doc: "exec mode: the path users' kubectl runs this binary from.",
+        value: "absolute path",
+        default: "",
+        example: "/usr/bin/ood-k8s-bootstrap",
+        parse: |v, d| abs_path(v).map(|p| d.exec_command = p),
+    },
+];
+
+/// The key named `name`, if it is one.
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The known key most like a misspelt `name`, for the unknown-key warning.
+pub fn closest(name: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (strsim::jaro_winkler(name, k.name), k.name))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+fn prefix(v: &str) -> Result<String, String> {
+    if v.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':')
+    {
+        return Err("a prefix may not contain whitespace, '/' or ':'".into());
+    }
+    Ok(v.to_owned())
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(
+            "expected true or false (lower case: the old hooks treated anything but \
+                  \"true\" as false)"
+                .into(),
+        ),
+    }
+}
+
+fn abs_path(v: &str) -> Result<Option<PathBuf>, String> {
+    match v {
+        "" => Ok(None),
+        v if v.starts_with('/') => Ok(Some(PathBuf::from(v))),
+        _ => Err("expected an absolute path".into()),
+    }
+}
+
+fn object_name(key: &'static str, v: &str) -> Result<Option<ObjectName>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    ObjectName::parse(key, v).map(Some).map_err(|e| match e {
+        crate::names::NameError::BadObjectName { why, .. } => why.to_owned(),
+        other => other.to_string(),
+    })
+}
+
+fn kube_name(v: &str) -> Result<String, String> {
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a kubeconfig entry name may not contain whitespace".into());
+    }
+    Ok(v.to_owned())
+}
+
+fn psa_level(v: &str) -> Result<Option<PsaLevel>, String> {
+    Ok(Some(match v {
+        "" => return Ok(None),
+        "privileged" => PsaLevel::Privileged,
+        "baseline" => PsaLevel::Baseline,
+        "restricted" => PsaLevel::Restricted,
+        _ => return Err("expected privileged, baseline or restricted".into()),
+    }))
+}
+
+fn psa_version(v: &str) -> Result<Option<String>, String> {
+    let ok = v == "latest"
+        || v.strip_prefix("v1.")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    match v {
+        "" => Ok(None),
+        _ if ok => Ok(Some(v.to_owned())),
+        _ => Err("expected latest or v1.N, e.g. v1.33".into()),
+    }
+}
+
+/// One or more CIDRs, duplicates dropped.
+fn cidrs(v: &str) -> Result<Vec<IpNet>, String> {
+    let mut out = Vec::new();
+    for part in v.split([',', ' ', '\t']).filter(|p| !p.is_empty()) {
+        let net = parse_cidr(part).map_err(|why| format!("{part}: {why}"))?;
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+/// A CIDR with its host bits clear (the API server refuses `10.0.0.5/24`).
+/// A bare address means that one host.
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = match s.parse() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<std::net::IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => {
+                return Err("not a CIDR (expected e.g. 192.0.2.10/32 or 2001:db8::/64)".into());
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// Validates `IDP_ISSUER_URL`. The example OnDemand shipped holds a Keycloak
+/// *token endpoint*, on which OIDC discovery (and so kubectl's refresh)
+/// fails; that suffix is removed, with a note.
+fn issuer_url(v: &str) -> Result<(String, Option<String>), String> {
+    if !v.starts_with("https://") && !v.starts_with("http://") {
+        return Err("expected the issuer's https:// URL".into());
+    }
+    for suffix in [
+        "/protocol/openid-connect/token",
+        "/.well-known/openid-configuration",
+    ] {
+        if let Some(base) = v.trim_end_matches('/').strip_suffix(suffix) {
+            let note =
+                format!("{v} is not an issuer URL; using {base} (fix hook.env to silence this)");
+            return Ok((base.to_owned(), Some(note)));
+        }
+    }
+    Ok((v.to_owned(), None))
+}
+
+const EXAMPLE_HEADER: &str = "\
+# /etc/ood/config/hook.env — configuration of ood-k8s-bootstrap, Open OnDemand's
+# Kubernetes pre-hook. Shell-style KEY=VALUE lines (\"export\", quotes, comments
+# and CRLF line ends are fine). The keys of the old bash hooks keep their
+# meaning, so an existing hook.env works unchanged. Unknown keys are warned
+# about; malformed values stop the run (naming key and line) before anything
+# is changed. Keep it root-only (chmod 600): it may hold the client secret.
+# Check a file with:  ood-k8s-bootstrap config --hook-env FILE
+#
+# Generated by `ood-k8s-bootstrap config --example`; `man 5
+# ood-k8s-bootstrap-hook.env` describes every key.
+";
+
+/// The example hook.env: every key with its meaning and example value.
+pub fn example() -> String {
+    let mut out = String::from(EXAMPLE_HEADER);
+    for section in [Section::OldHooks, Section::New] {
+        let title = section.title();
+        out.push_str(&format!(
+            "\n# ---- {title} {}\n",
+            "-".repeat(70 - title.len())
+        ));
+        for key in KEYS.iter().filter(|k| k.section == section) {
+            out.push('\n');
+            for line in wrap(&comment_doc(key), 76) {
+                out.push_str(&format!("# {line}\n"));
+            }
+            out.push_str(&format!("{}=\"{}\"\n", key.name, key.example));
+        }
+    }
+    out
+}
+
+/// A key's comment in the example: its meaning, form and default.
+fn comment_doc(key: &Key) -> String {
+    let default = match key.default {
+        "" => "empty".to_owned(),
+        d => d.to_owned(),
+    };
+    format!("{} [{}; default: {default}]", key.doc, key.value)
+}
+
+/// Greedy word wrap.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// The hook.env(5) man page, in roff.
+pub fn man_page(version: &str) -> String {
+    let mut out = format!(
+        ".TH OOD-K8S-BOOTSTRAP-HOOK.ENV 5 \"\" \"ood-k8s-bootstrap {version}\" \"File Formats\"\n\
+         .SH NAME\nhook.env \\- configuration of ood\\-k8s\\-bootstrap, Open OnDemand's Kubernetes pre\\-hook\n\
+         .SH SYNOPSIS\n/etc/ood/config/hook.env\n\
+         .SH DESCRIPTION\nA shell\\-style KEY=VALUE file: comments, blank lines, quotes, \
+         \\fBexport KEY=...\\fR and CRLF line ends are accepted; the last assignment of a key \
+         wins; an empty value is the same as an unset key. The keys of OnDemand's old bash hooks \
+         keep their meaning. Unknown keys are warned about; a malformed value stops the run with \
+         exit status 78, naming the file, line and key, before anything is changed. The file may \
+         hold the OIDC client secret: keep it owned by root, mode 0600.\n\
+         .PP\n\\fBood\\-k8s\\-bootstrap config \\-\\-example\\fR prints a commented example.\n"
+    );
+    for section in [Section::OldHooks, Section::New] {
+        out.push_str(&format!(
+            ".SH \"{}\"\n",
+            roff(&section.title().to_uppercase())
+        ));
+        for key in KEYS.iter().filter(|k| k.section == section) {
+            let default = match key.default {
+                "" => "empty".to_owned(),
+                d => format!("\\fB{}\\fR", roff(d)),
+            };
+            out.push_str(&format!(
+                ".TP\n\\fB{}\\fR=\\fI{}\\fR\n{}\nDefault: {default}.\n",
+                roff(key.name),
+                roff(key.value),
+                roff(key.doc),
+            ));
+        }
+    }
+    out.push_str(".SH SEE ALSO\n\\fBood\\-k8s\\-bootstrap\\fR(1)\n");
+    out
+}
+
+/// Escapes text for roff: backslashes, hyphens, and a leading dot or quote.
+fn roff(s: &str) -> String {
+    let s = s.replace('\\', "\\e").replace('-', "\\-");
+    match s.chars().next() {
+        Some('.' | '\'') => format!("\\&{s}"),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_the_generated_one() {
+        let shipped = include_str!("../../hooks/hook.env.example");
+        assert!(
+            shipped == example(),
+            "hooks/hook.env.example differs from the key table; regenerate it with \
+             `cargo run -- config --example > hooks/hook.env.example`"
+        );
+    }
+
+    #[test]
+    fn every_key_is_documented_once_everywhere() {
+        let example = example();
+        let man = man_page("test");
+        for (i, key) in KEYS.iter().enumerate() {
+            assert_eq!(
+                KEYS.iter().position(|k| k.name == key.name),
+                Some(i),
+                "{} twice",
+                key.name
+            );
+            assert_eq!(
+                example.matches(&format!("\n{}=", key.name)).count(),
+                1,
+                "{}",
+                key.name
+            );
+            assert!(
+                man.contains(&roff(key.name)),
+                "{} not in man page",
+                key.name
+            );
+            assert!(!key.doc.is_empty() && !key.value.is_empty(), "{}", key.name);
+        }
+    }
+
+    #[test]
+    fn every_default_and_example_value_parses() {
+        for key in KEYS {
+            let mut d = Draft::default();
+            (key.parse)(key.default, &mut d)
+                .unwrap_or_else(|e| panic!("{} default: {e}", key.name));
+            (key.parse)(key.example, &mut d)
+                .unwrap_or_else(|e| panic!("{} example: {e}", key.name));
+        }
+    }
+
+    #[test]
+    fn misspelt_keys_get_a_suggestion() {
+        assert_eq!(closest("NAMESPACE_PREFX"), Some("NAMESPACE_PREFIX"));
+        assert_eq!(closest("FOO"), None);
+    }
+
+    #[test]
+    fn wrap_keeps_words_and_width() {
+        let lines = wrap("aaa bbb ccc ddd", 7);
+        assert_eq!(lines, vec!["aaa bbb", "ccc ddd"]);
+    }
+
+    #[test]
+    fn roff_escapes() {
+        assert_eq!(roff(".x-y\\"), "\\&.x\\-y\\e");
+    }
+}

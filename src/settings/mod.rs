@@ -1,0 +1,620 @@
+//! `/etc/ood/config/hook.env`: reading the file sites already have and
+//! turning it into validated [`Settings`].
+//!
+//! The syntax is `envfile.rs`; what each key means and how its value is
+//! checked is the key table in `keys.rs`. This module runs the table over a
+//! file, then checks what spans keys and reads the files keys name —
+//! everything before the cluster or any file is touched, every error naming
+//! the key and the line.
+
+pub mod envfile;
+pub mod keys;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use thiserror::Error;
+
+use crate::names::{ObjectName, truncate};
+use crate::secret::Secret;
+
+use envfile::EnvFile;
+use keys::{Draft, KEYS};
+
+/// Where OnDemand keeps the hook's configuration.
+pub const DEFAULT_HOOK_ENV: &str = "/etc/ood/config/hook.env";
+
+/// What is wrong with the hook.env file. Each variant names the file, and
+/// where it can, the key and line, and says what to do.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: cannot parse this line (expected KEY=VALUE, shell-style)")]
+    Syntax { path: PathBuf, line: usize },
+    #[error("{path}:{line}: {key}={value:?}: {why}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{path}: {key} is not set: {why}")]
+    Missing {
+        path: PathBuf,
+        key: &'static str,
+        why: &'static str,
+    },
+}
+
+/// The image pull secret to create in each namespace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImagePull {
+    pub secret_name: ObjectName,
+    /// Content of `REGISTRY_DOCKER_CONFIG_JSON`, checked to be a docker
+    /// config with an `auths` object.
+    pub docker_config_json: Secret,
+    pub source: PathBuf,
+}
+
+impl fmt::Debug for ImagePull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImagePull")
+            .field("secret_name", &self.secret_name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whom the job-pod-reaper RoleBinding names (its Helm release can rename them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPodReaper {
+    pub cluster_role: ObjectName,
+    pub service_account: ObjectName,
+    pub namespace: ObjectName,
+}
+
+/// A Pod Security Admission level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PsaLevel {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PsaLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Privileged => "privileged",
+            Self::Baseline => "baseline",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+/// Pod Security Admission labels for the namespace; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSecurity {
+    pub enforce: Option<PsaLevel>,
+    pub audit: Option<PsaLevel>,
+    pub warn: Option<PsaLevel>,
+    /// `latest` or `v1.N`; applied to every mode that is set.
+    pub version: Option<String>,
+}
+
+/// How the user's kubeconfig entry carries credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CredentialMode {
+    /// The old hooks' `auth-provider: oidc` entry, field for field.
+    #[default]
+    AuthProvider,
+    /// The access token as a plain bearer token; no secret at all.
+    Token,
+    /// This binary as a kubectl exec credential plugin with a per-user
+    /// token cache; no client secret in the user's home.
+    Exec,
+    /// Do not touch the user's kubeconfig (cluster side only).
+    None,
+}
+
+impl CredentialMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthProvider => "auth-provider",
+            Self::Token => "token",
+            Self::Exec => "exec",
+            Self::None => "none",
+        }
+    }
+}
+
+/// OIDC client settings written into the kubeconfig.
+#[derive(Debug, Clone, Default)]
+pub struct Oidc {
+    /// `IDP_ISSUER_URL`, with the shipped example's token-endpoint mistake
+    /// corrected.
+    pub issuer_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// `IDP_CA_FILE`: CA bundle the exec plugin trusts the issuer with (for
+    /// an IdP whose certificate is not from a system-trusted CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What goes into the user's `~/.kube/config`.
+#[derive(Debug, Clone)]
+pub struct KubeconfigSettings {
+    pub credentials: CredentialMode,
+    /// `K8S_CLUSTER_NAME`: the dashboard's cluster entry name.
+    pub cluster_name: String,
+    /// `K8S_CONTEXT_NAME`: defaults to the cluster name, as the dashboard does.
+    pub context_name: String,
+    /// `K8S_SERVER`: when set, cluster and context entries are written too.
+    pub server: Option<String>,
+    /// `K8S_CA_FILE`: CA bundle for `K8S_SERVER`.
+    pub ca_file: Option<PathBuf>,
+    /// `K8S_EXEC_CLIENT_ID`: client the exec plugin refreshes with (no
+    /// secret); defaults to `CLIENT_ID`.
+    pub exec_client_id: Option<String>,
+    /// `K8S_EXEC_COMMAND`: path of this binary as users' kubectl runs it.
+    pub exec_command: Option<PathBuf>,
+}
+
+/// Everything hook.env says, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `K8S_USERNAME_PREFIX`: kubeconfig user entry = prefix + username.
+    pub username_prefix: String,
+    /// `NAMESPACE_PREFIX`: namespace = prefix + username.
+    pub namespace_prefix: String,
+    /// `NETWORK_POLICY_ALLOW_CIDR`: one or more CIDRs (comma or space
+    /// separated) allowed to reach the user's pods.
+    pub allow_cidrs: Vec<IpNet>,
+    /// `OIDC_USERNAME_PREFIX`: prefix of the RoleBinding's User subject, for
+    /// API servers run with `--oidc-username-prefix`.
+    pub user_subject_prefix: String,
+    pub image_pull: Option<ImagePull>,
+    pub job_pod_reaper: Option<JobPodReaper>,
+    pub pod_security: PodSecurity,
+    /// `HOOK_TIMEOUT_SECONDS`: bound on the whole run.
+    pub timeout: Duration,
+    pub oidc: Oidc,
+    pub kubeconfig: KubeconfigSettings,
+    /// Things worth an admin's attention that do not stop the run.
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    /// Reads and validates a hook.env file.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates hook.env text; `path` is used for messages (file paths
+    /// inside are absolute).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SettingsError> {
+        let file = EnvFile::parse(path, text)?;
+        let mut warnings = unknown_keys(&file)?;
+        let mut draft = Draft::default();
+        for key in KEYS {
+            let (value, line) = file.get(key.name).unwrap_or((key.default, 0));
+            (key.parse)(value, &mut draft)
+                .map_err(|why| invalid(&file, key.name, line, value, why))?;
+            for note in draft.notes.drain(..) {
+                warnings.push(format!("{}:{line}: {}: {note}", path.display(), key.name));
+            }
+        }
+        Checked { file: &file, draft }.finish(warnings)
+    }
+}
+
+/// Warnings for keys the table does not know (with a suggestion), errors for
+/// keys that are refused outright.
+fn unknown_keys(file: &EnvFile) -> Result<Vec<String>, SettingsError> {
+    let mut warnings = Vec::new();
+    for (name, entry) in &file.entries {
+        if keys::find(name).is_some() {
+            continue;
+        }
+        if let Some((key, why)) = keys::REFUSED.iter().find(|(k, _)| k == name) {
+            return Err(invalid(
+                file,
+                key,
+                entry.line,
+                &entry.value,
+                (*why).to_owned(),
+            ));
+        }
+        let hint = match keys::closest(name) {
+            Some(k) => format!("did you mean {k}?"),
+            None => "`ood-k8s-bootstrap config --example` lists the keys this hook reads".into(),
+        };
+        warnings.push(format!(
+            "{}:{}: unknown key {name} is ignored ({hint})",
+            file.path.display(),
+            entry.line
+        ));
+    }
+    Ok(warnings)
+}
+
+fn invalid(
+    file: &EnvFile,
+    key: &'static str,
+    line: usize,
+    value: &str,
+    why: String,
+) -> SettingsError {
+    SettingsError::Invalid {
+        path: file.path.clone(),
+        line,
+        key,
+        value: truncate(value, 80),
+        why,
+    }
+}
+
+/// The per-key values, ready for the checks that span keys.
+struct Checked<'a> {
+    file: &'a EnvFile,
+    draft: Draft,
+}
+
+impl Checked<'_> {
+    fn missing(&self, key: &'static str, why: &'static str) -> SettingsError {
+        SettingsError::Missing {
+            path: self.file.path.clone(),
+            key,
+            why,
+        }
+    }
+
+    fn invalid(&self, key: &'static str, value: &str, why: String) -> SettingsError {
+        let line = self.file.get(key).map_or(0, |(_, l)| l);
+        invalid(self.file, key, line, value, why)
+    }
+
+    fn finish(self, mut warnings: Vec<String>) -> Result<Settings, SettingsError> {
+        if self.draft.allow_cidrs.is_empty() {
+            return Err(self.missing(
+                "NETWORK_POLICY_ALLOW_CIDR",
+                "set it to the address (CIDR) of the OnDemand web node(s), e.g. 192.0.2.10/32, so the portal can reach users' pods",
+            ));
+        }
+        let image_pull = self.image_pull(&mut warnings)?;
+        self.check_readable("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
+        let d = self.draft;
+        let job_pod_reaper = match (
+            d.use_job_pod_reaper,
+            d.reaper_cluster_role,
+            d.reaper_service_account,
+            d.reaper_namespace,
+        ) {
+            (true, Some(cluster_role), Some(service_account), Some(namespace)) => {
+                Some(JobPodReaper {
+                    cluster_role,
+                    service_account,
+                    namespace,
+                })
+            }
+            _ => None,
+        };
+        let credentials = d.credentials;
+        if matches!(
+            credentials,
+            CredentialMode::AuthProvider | CredentialMode::Exec
+        ) {
+            for (key, set) in [
+                ("IDP_ISSUER_URL", d.issuer_url.is_some()),
+                ("CLIENT_ID", d.client_id.is_some()),
+            ] {
+                if !set {
+                    warnings.push(format!(
+                        "{}: {key} is not set, but K8S_CREDENTIALS={} needs it to refresh tokens",
+                        self.file.path.display(),
+                        credentials.as_str()
+                    ));
+                }
+            }
+        }
+        Ok(Settings {
+            username_prefix: d.username_prefix,
+            namespace_prefix: d.namespace_prefix,
+            allow_cidrs: d.allow_cidrs,
+            user_subject_prefix: d.user_subject_prefix,
+            image_pull,
+            job_pod_reaper,
+            pod_security: d.pod_security,
+            timeout: d.timeout,
+            oidc: Oidc {
+                issuer_url: d.issuer_url,
+                client_id: d.client_id,
+                client_secret: d.client_secret,
+                ca_file: d.idp_ca_file,
+            },
+            kubeconfig: KubeconfigSettings {
+                credentials,
+                context_name: d.context_name.unwrap_or_else(|| d.cluster_name.clone()),
+                cluster_name: d.cluster_name,
+                server: d.server,
+                ca_file: d.k8s_ca_file,
+                exec_client_id: d.exec_client_id,
+                exec_command: d.exec_command,
+            },
+            warnings,
+        })
+    }
+
+    /// The pull secret: name and docker config, read now.
+    fn image_pull(&self, warnings: &mut Vec<String>) -> Result<Option<ImagePull>, SettingsError> {
+        let Some(secret_name) = self.draft.image_pull_secret.clone() else {
+            return Ok(None);
+        };
+        let Some(file) = self.draft.registry_docker_config_json.clone() else {
+            return Err(self.missing(
+                "REGISTRY_DOCKER_CONFIG_JSON",
+                "IMAGE_PULL_SECRET is set, so this must name the registry's docker config.json",
+            ));
+        };
+        let (json, warning) = read_docker_config(&file).map_err(|why| {
+            self.invalid("REGISTRY_DOCKER_CONFIG_JSON", &file.to_string_lossy(), why)
+        })?;
+        warnings.extend(warning);
+        Ok(Some(ImagePull {
+            secret_name,
+            docker_config_json: json,
+            source: file,
+        }))
+    }
+
+    fn check_readable(&self, key: &'static str, path: Option<&Path>) -> Result<(), SettingsError> {
+        match path.map(std::fs::metadata) {
+            Some(Err(e)) => Err(self.invalid(
+                key,
+                &path.map(|p| p.to_string_lossy()).unwrap_or_default(),
+                format!("cannot read it: {e}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a docker config.json, checking it is JSON with an `auths` object.
+/// Returns the content and a warning if others can read the file.
+fn read_docker_config(path: &Path) -> Result<(Secret, Option<String>), String> {
+    if !path.is_absolute() {
+        return Err("expected an absolute path".into());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the file is not valid JSON (line {})", e.line()))?;
+    match json.get("auths") {
+        Some(serde_json::Value::Object(auths)) if !auths.is_empty() => {}
+        Some(serde_json::Value::Object(_)) => return Err("its \"auths\" object is empty".into()),
+        _ => return Err("the file has no \"auths\" object; expected a docker config.json".into()),
+    }
+    let mut warning = None;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            warning = Some(format!(
+                "REGISTRY_DOCKER_CONFIG_JSON: {} holds registry credentials but is readable by others; chmod 600 it",
+                path.display()
+            ));
+        }
+    }
+    Ok((Secret::new(text), warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/etc/ood/config/hook.env";
+
+    fn parse(text: &str) -> Result<Settings, SettingsError> {
+        Settings::parse(Path::new(P), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn the_shipped_example_parses_with_old_meanings() {
+        let s = parse(
+            "# /etc/ood/config/hook.env\nK8S_USERNAME_PREFIX=\"\"\nNAMESPACE_PREFIX=\"\"\n\
+             NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\n\
+             IDP_ISSUER_URL=\"https://idp.example.com/auth/realms/main/protocol/openid-connect/token\"\n\
+             CLIENT_ID=\"changeme\"\nCLIENT_SECRET=\"changeme\"\nIMAGE_PULL_SECRET=\"\"\n\
+             REGISTRY_DOCKER_CONFIG_JSON=\"/some/path/to/docker/config.json\"\nUSE_JOB_POD_REAPER=false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.allow_cidrs,
+            vec!["127.0.0.1/32".parse::<IpNet>().unwrap()]
+        );
+        assert!(s.image_pull.is_none() && s.job_pod_reaper.is_none());
+        assert_eq!(
+            s.oidc.issuer_url.as_deref(),
+            Some("https://idp.example.com/auth/realms/main")
+        );
+        assert_eq!(s.kubeconfig.credentials, CredentialMode::AuthProvider);
+        assert_eq!(s.kubeconfig.cluster_name, "open-ondemand");
+        assert_eq!(s.kubeconfig.context_name, "open-ondemand");
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert!(
+            s.warnings.iter().any(|w| w.contains("not an issuer URL")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn shell_syntax_sites_have() {
+        let s = parse(
+            "export NAMESPACE_PREFIX='user-'\r\n  # comment\r\n\r\nexport NETWORK_POLICY_ALLOW_CIDR=\"10.0.0.0/8, 192.0.2.7\"\r\nK8S_USERNAME_PREFIX=prod-\r\n",
+        )
+        .unwrap();
+        assert_eq!(s.namespace_prefix, "user-");
+        assert_eq!(s.username_prefix, "prod-");
+        assert_eq!(s.allow_cidrs.len(), 2);
+        assert_eq!(s.allow_cidrs[1].to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn bad_cidr_names_key_and_line() {
+        let msg = err("# x\nNETWORK_POLICY_ALLOW_CIDR=10.0.0.300/8\n");
+        assert!(
+            msg.contains("hook.env:2") && msg.contains("NETWORK_POLICY_ALLOW_CIDR"),
+            "{msg}"
+        );
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.1.2.3/8\n");
+        assert!(msg.contains("did you mean 10.0.0.0/8"), "{msg}");
+    }
+
+    #[test]
+    fn missing_cidr_is_an_error() {
+        let msg = err("NAMESPACE_PREFIX=user-\n");
+        assert!(
+            msg.contains("NETWORK_POLICY_ALLOW_CIDR is not set"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn non_boolean_is_an_error() {
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_JOB_POD_REAPER=True\n");
+        assert!(msg.contains(":2: USE_JOB_POD_REAPER=\"True\""), "{msg}");
+    }
+
+    #[test]
+    fn psp_true_points_at_the_replacement() {
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_POD_SECURITY_POLICY=true\n");
+        assert!(msg.contains("POD_SECURITY_ENFORCE"), "{msg}");
+        assert!(
+            parse("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_POD_SECURITY_POLICY=false\n").is_ok()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_line() {
+        let s = parse("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n\nNAMESPACE_PREFX=x\n").unwrap();
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains(":3: unknown key NAMESPACE_PREFX")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn docker_config_checks() {
+        let dir = std::env::temp_dir().join(format!("ood-settings-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, r#"{"auths":{"r.example":{"auth":"dTpw"}}}"#).unwrap();
+        let noauths = dir.join("noauths.json");
+        std::fs::write(&noauths, r#"{"credHelpers":{}}"#).unwrap();
+        let base = "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nIMAGE_PULL_SECRET=regcred\n";
+
+        let s = parse(&format!(
+            "{base}REGISTRY_DOCKER_CONFIG_JSON={}\n",
+            good.display()
+        ))
+        .unwrap();
+        let ip = s.image_pull.unwrap();
+        assert_eq!(ip.secret_name.as_str(), "regcred");
+        assert!(ip.docker_config_json.expose().contains("auths"));
+
+        let msg = err(&format!(
+            "{base}REGISTRY_DOCKER_CONFIG_JSON={}\n",
+            noauths.display()
+        ));
+        assert!(
+            msg.contains("REGISTRY_DOCKER_CONFIG_JSON") && msg.contains("auths"),
+            "{msg}"
+        );
+        let msg = err(&format!(
+            "{base}REGISTRY_DOCKER_CONFIG_JSON={}/missing.json\n",
+            dir.display()
+        ));
+        assert!(msg.contains("cannot read"), "{msg}");
+        let msg = err(base);
+        assert!(
+            msg.contains("REGISTRY_DOCKER_CONFIG_JSON is not set"),
+            "{msg}"
+        );
+        let msg = err(
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nIMAGE_PULL_SECRET=Reg_Cred\nREGISTRY_DOCKER_CONFIG_JSON=/x\n",
+        );
+        assert!(msg.contains("IMAGE_PULL_SECRET"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn new_keys_and_defaults() {
+        let s = parse(
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=reaper\n\
+             POD_SECURITY_ENFORCE=restricted\nPOD_SECURITY_VERSION=v1.33\nHOOK_TIMEOUT_SECONDS=4\nOIDC_USERNAME_PREFIX=oidc:\n",
+        );
+        // ':' is refused in prefixes
+        assert!(s.is_err());
+        let s = parse(
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=reaper\n\
+             POD_SECURITY_ENFORCE=restricted\nPOD_SECURITY_VERSION=v1.33\nHOOK_TIMEOUT_SECONDS=4\nOIDC_USERNAME_PREFIX=oidc-\n",
+        )
+        .unwrap();
+        let r = s.job_pod_reaper.unwrap();
+        assert_eq!(
+            (r.cluster_role.as_str(), r.namespace.as_str()),
+            ("job-pod-reaper", "reaper")
+        );
+        assert_eq!(s.pod_security.enforce, Some(PsaLevel::Restricted));
+        assert_eq!(s.timeout, Duration::from_secs(4));
+        assert_eq!(s.user_subject_prefix, "oidc-");
+        assert!(
+            err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nPOD_SECURITY_ENFORCE=strict\n")
+                .contains("POD_SECURITY_ENFORCE")
+        );
+        assert!(
+            err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nHOOK_TIMEOUT_SECONDS=0\n")
+                .contains("HOOK_TIMEOUT_SECONDS")
+        );
+        assert!(
+            err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nNAMESPACE_PREFIX=User-\n")
+                .contains("NAMESPACE_PREFIX")
+        );
+    }
+
+    #[test]
+    fn shipped_example_documents_every_key_and_parses_cleanly() {
+        let example = include_str!("../../hooks/hook.env.example");
+        let s = parse(example).unwrap();
+        assert!(
+            !s.warnings.iter().any(|w| w.contains("unknown key")),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nthis is not a pair\n");
+        assert!(msg.contains("hook.env:2"), "{msg}");
+    }
+}
