@@ -102,6 +102,18 @@ impl ApplyError {
             Self::Invalid { .. } => Exit::DataErr,
         }
     }
+
+    /// For a failure to reach the API server at all, what went wrong,
+    /// without the user's name (for the fast-fail memory, `outage.rs`).
+    pub fn outage_detail(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { detail, .. } => Some(format!("is unreachable: {detail}")),
+            Self::Deadline { secs, last, .. } => {
+                Some(format!("did not answer within {secs:.1}s: {last}"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Whether to change the cluster or only ask what would change.
@@ -163,6 +175,11 @@ impl Cluster {
             .service(hyper);
         let client = kube::Client::new(service, config.default_namespace.clone());
         Ok(Self { client, server })
+    }
+
+    /// The API server's URL, from root's kubeconfig.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// Sends one request and reads its JSON answer (Null if not JSON). A

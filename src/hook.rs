@@ -1,15 +1,18 @@
 //! The hook itself: one user's cluster side and kubeconfig, as OnDemand runs
 //! it (`ood-k8s-bootstrap --user alice`), ending in one summary line.
 
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::account::Account;
-use crate::apply::{self, Applied, Change, Cluster, Mode};
+use crate::apply::{Applied, ApplyError, Change, Cluster, Mode};
 use crate::cli::HookArgs;
+use crate::desired::DesiredState;
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::run::{PROG, fail, load, runtime, unix_now};
-use crate::{desired, kubeconfig};
+use crate::settings::Settings;
+use crate::{desired, kubeconfig, outage};
 
 /// Runs the hook for `args.user`; every failure is already printed.
 pub fn run_hook(args: &HookArgs) -> Exit {
@@ -55,21 +58,7 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         Ok(rt) => rt,
         Err(exit) => return exit,
     };
-    let applied = runtime.block_on(async {
-        let work = async {
-            let cluster = Cluster::connect(settings.timeout).await?;
-            cluster.apply(user.as_str(), &state, mode, deadline).await
-        };
-        match tokio::time::timeout_at(deadline.into(), work).await {
-            Ok(result) => result,
-            Err(_) => Err(apply::ApplyError::Deadline {
-                user: user.to_string(),
-                server: "(root's kubeconfig)".into(),
-                secs: settings.timeout.as_secs_f64(),
-                last: "no answer".into(),
-            }),
-        }
-    });
+    let applied = runtime.block_on(cluster_side(&settings, &user, &state, mode, deadline));
     drop(runtime);
     let kube = writer.map(|w| {
         w.join().unwrap_or_else(|_| {
@@ -85,7 +74,12 @@ pub fn run_hook(args: &HookArgs) -> Exit {
             if let Some(Err(k)) = &kube {
                 eprintln!("{PROG}: error: {k}");
             }
-            return fail(e.exit(), e);
+            return match e {
+                ClusterError::Apply(e) => fail(e.exit(), e),
+                ClusterError::Down(record) => {
+                    fail(record.exit(), record.message(user.as_str(), unix_ms()))
+                }
+            };
         }
     };
     let kube = match kube.transpose() {
@@ -119,6 +113,65 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         }
     }
     Exit::Ok
+}
+
+/// Why the cluster side failed.
+enum ClusterError {
+    Apply(ApplyError),
+    /// The API server was found unreachable by a recent run and still
+    /// refuses connections: failing at once (`outage.rs`).
+    Down(outage::Record),
+}
+
+/// Applies `state`, bounded by `deadline`, failing at once while the API
+/// server is remembered to be down, and remembering whether it was reached.
+async fn cluster_side(
+    settings: &Settings,
+    user: &Username,
+    state: &DesiredState,
+    mode: Mode,
+    deadline: Instant,
+) -> Result<Vec<Applied>, ClusterError> {
+    let timed_out = |server: &str| ApplyError::Deadline {
+        user: user.to_string(),
+        server: server.to_owned(),
+        secs: settings.timeout.as_secs_f64(),
+        last: "no answer".into(),
+    };
+    let cluster =
+        match tokio::time::timeout_at(deadline.into(), Cluster::connect(settings.timeout)).await {
+            Ok(c) => c.map_err(ClusterError::Apply)?,
+            Err(_) => return Err(ClusterError::Apply(timed_out("(root's kubeconfig)"))),
+        };
+    let memory = outage::Memory::new(
+        Path::new(outage::STATE_DIR),
+        cluster.server(),
+        settings.fast_fail,
+    );
+    if let Some(record) = memory.current(unix_ms()) {
+        return Err(ClusterError::Down(record));
+    }
+    let work = cluster.apply(user.as_str(), state, mode, deadline);
+    let result = match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(cluster.server())),
+    };
+    match &result {
+        Ok(_) => memory.recovered(),
+        Err(e) => {
+            if let Some(detail) = e.outage_detail() {
+                memory.failed(unix_ms(), &detail, e.exit());
+            }
+        }
+    }
+    result.map_err(ClusterError::Apply)
+}
+
+/// Unix time in milliseconds.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn change_word(c: Change, dry_run: bool) -> &'static str {

@@ -13,11 +13,13 @@ pub mod exit;
 pub mod hook;
 pub mod kubeconfig;
 pub mod names;
+pub mod outage;
 pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod secret;
 pub mod settings;
 pub mod tokens;
+pub mod trusted;
 
 pub use run::{PROG, fail, load, load_settings, runtime, unix_now};

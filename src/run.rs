@@ -2,7 +2,7 @@
 //! failure as one stderr line with its exit status, start the async runtime,
 //! read the clock, set up logging. Kept apart so `main` stays a dispatcher.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
@@ -17,9 +17,32 @@ pub fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
     exit
 }
 
-/// Reads and validates hook.env, printing its warnings.
+/// How long reading hook.env and the files it names may take; the run's own
+/// deadline (`HOOK_TIMEOUT_SECONDS`) is not known before the file is read.
+pub const CONFIG_READ_LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads and validates hook.env, printing its warnings. The reading is
+/// bounded: a file on a hung network file system fails the run (75) rather
+/// than hanging the login.
 pub fn load_settings(hook_env: &std::path::Path) -> Result<Settings, Exit> {
-    let settings = Settings::load(hook_env).map_err(|e| fail(Exit::Config, e))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = hook_env.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(Settings::load(&path));
+    });
+    let settings = match rx.recv_timeout(CONFIG_READ_LIMIT) {
+        Ok(result) => result.map_err(|e| fail(Exit::Config, e))?,
+        Err(_) => {
+            return Err(fail(
+                Exit::TempFail,
+                format!(
+                    "{}: reading it (or a file it names) took longer than {}s; is a network file system hung?",
+                    hook_env.display(),
+                    CONFIG_READ_LIMIT.as_secs()
+                ),
+            ));
+        }
+    };
     for w in &settings.warnings {
         eprintln!("{PROG}: warning: {w}");
     }

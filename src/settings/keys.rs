@@ -68,6 +68,7 @@ pub struct Draft {
     pub reaper_namespace: Option<ObjectName>,
     pub pod_security: PodSecurity,
     pub timeout: Duration,
+    pub fast_fail: Duration,
     pub credentials: CredentialMode,
     pub cluster_name: String,
     pub context_name: Option<String>,
@@ -317,6 +318,25 @@ pub const KEYS: &[Key] = &[
                 Ok(())
             }
             _ => Err("expected a whole number of seconds from 1 to 600".into()),
+        },
+    },
+    Key {
+        name: "FAST_FAIL_SECONDS",
+        section: Section::New,
+        doc: "After a run found the API server unreachable, runs fail at once (after a quick \
+              connection probe, so recovery is noticed at once) instead of waiting out \
+              HOOK_TIMEOUT_SECONDS; the window starts at 5 s and doubles with each failed run \
+              up to this many seconds. 0 turns it off. Remembered root-only in \
+              /run/ood-k8s-bootstrap.",
+        value: "0-3600",
+        default: "30",
+        example: "30",
+        parse: |v, d| match v.parse::<u64>() {
+            Ok(n @ 0..=3600) => {
+                d.fast_fail = Duration::from_secs(n);
+                Ok(())
+            }
+            _ => Err("expected a whole number of seconds from 0 to 3600".into()),
         },
     },
     Key {

@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::names::{ObjectName, truncate};
 use crate::secret::Secret;
+use crate::trusted::{self, TrustError};
 
 use envfile::EnvFile;
 use keys::{Draft, KEYS};
@@ -44,6 +45,17 @@ pub enum SettingsError {
         key: &'static str,
         value: String,
         why: String,
+    },
+    #[error("{0}; the hook runs as root and trusts only files root controls")]
+    Untrusted(#[from] TrustError),
+    #[error(
+        "{path}:{line}: {key}: {source}; the hook runs as root and trusts only files root controls"
+    )]
+    UntrustedNamed {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        source: TrustError,
     },
     #[error("{path}: {key} is not set: {why}")]
     Missing {
@@ -184,6 +196,9 @@ pub struct Settings {
     pub pod_security: PodSecurity,
     /// `HOOK_TIMEOUT_SECONDS`: bound on the whole run.
     pub timeout: Duration,
+    /// `FAST_FAIL_SECONDS`: longest window of failing at once after the API
+    /// server was unreachable; zero = off.
+    pub fast_fail: Duration,
     pub oidc: Oidc,
     pub kubeconfig: KubeconfigSettings,
     /// Things worth an admin's attention that do not stop the run.
@@ -193,9 +208,9 @@ pub struct Settings {
 impl Settings {
     /// Reads and validates a hook.env file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.to_owned(),
-            source,
+        let text = trusted::read_to_string(path).map_err(|e| match e {
+            TrustError::Io { path, source } => SettingsError::Read { path, source },
+            other => SettingsError::Untrusted(other),
         })?;
         Self::parse(path, &text)
     }
@@ -292,7 +307,8 @@ impl Checked<'_> {
             ));
         }
         let image_pull = self.image_pull(&mut warnings)?;
-        self.check_readable("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
+        self.check_trusted("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
+        self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
         let d = self.draft;
         let job_pod_reaper = match (
             d.use_job_pod_reaper,
@@ -336,6 +352,7 @@ impl Checked<'_> {
             job_pod_reaper,
             pod_security: d.pod_security,
             timeout: d.timeout,
+            fast_fail: d.fast_fail,
             oidc: Oidc {
                 issuer_url: d.issuer_url,
                 client_id: d.client_id,
@@ -377,15 +394,19 @@ impl Checked<'_> {
         }))
     }
 
-    fn check_readable(&self, key: &'static str, path: Option<&Path>) -> Result<(), SettingsError> {
-        match path.map(std::fs::metadata) {
-            Some(Err(e)) => Err(self.invalid(
+    /// A file root reads because `key` names it must be one root controls.
+    fn check_trusted(&self, key: &'static str, path: Option<&Path>) -> Result<(), SettingsError> {
+        let Some(path) = path else {
+            return Ok(());
+        };
+        trusted::read(path)
+            .map(drop)
+            .map_err(|source| SettingsError::UntrustedNamed {
+                path: self.file.path.clone(),
+                line: self.file.get(key).map_or(0, |(_, l)| l),
                 key,
-                &path.map(|p| p.to_string_lossy()).unwrap_or_default(),
-                format!("cannot read it: {e}"),
-            )),
-            _ => Ok(()),
-        }
+                source,
+            })
     }
 }
 
@@ -395,7 +416,10 @@ fn read_docker_config(path: &Path) -> Result<(Secret, Option<String>), String> {
     if !path.is_absolute() {
         return Err("expected an absolute path".into());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let text = trusted::read_to_string(path).map_err(|e| match e {
+        TrustError::Io { source, .. } => format!("cannot read the file: {source}"),
+        other => format!("{other}; the hook runs as root and trusts only files root controls"),
+    })?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| format!("the file is not valid JSON (line {})", e.line()))?;
     match json.get("auths") {

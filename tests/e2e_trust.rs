@@ -1,0 +1,308 @@
+//! End-to-end: what root trusts and how it behaves while the cluster is
+//! down. hook.env and the files it names must be root's and closed to
+//! others (refused with 78, naming the file, within a second, before any
+//! write); after a run found the API server unreachable, the next runs fail
+//! at once, and recovery is picked up by the very next run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{cluster, linux_user, scratch, text};
+
+fn run(hook_env: &Path, kubeconfig: Option<&Path>) -> (Output, Duration) {
+    let mut cmd = cluster().hook();
+    if let Some(kc) = kubeconfig {
+        cmd.env("KUBECONFIG", kc);
+    }
+    let started = Instant::now();
+    let out = cmd
+        .args(["--user", "alice", "--hook-env"])
+        .arg(hook_env)
+        .output()
+        .expect("run hook");
+    (out, started.elapsed())
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(p: &Path, uid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), None).expect("chown");
+}
+
+/// Asserts a refusal: 78, quick, naming `what`, and the cluster untouched.
+fn assert_refused(out: &Output, took: Duration, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{}", text(out));
+    assert!(stderr.contains(what), "should name {what}:\n{}", text(out));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+}
+
+#[test]
+fn unsafe_hook_env_is_refused_before_anything_happens() {
+    let c = cluster();
+    let (alice_uid, _, _) = linux_user("alice");
+    let dir = scratch("trust-hookenv");
+    chmod(&dir, 0o755);
+    let env = c.hook_env(&dir, "K8S_CREDENTIALS=none\n");
+    chmod(&env, 0o600);
+    let (out, _) = run(&env, None);
+    assert!(out.status.success(), "a safe file works:\n{}", text(&out));
+
+    chown(&env, alice_uid);
+    let (out, took) = run(&env, None);
+    assert_refused(&out, took, "owned by uid");
+    chown(&env, 0);
+
+    for (mode, who) in [(0o620, "its group"), (0o602, "everyone")] {
+        chmod(&env, mode);
+        let (out, took) = run(&env, None);
+        assert_refused(&out, took, who);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("chmod go-w"));
+    }
+    chmod(&env, 0o600);
+
+    // A directory on the way that others may write (not sticky): they could
+    // swap the file.
+    chmod(&dir, 0o777);
+    let (out, took) = run(&env, None);
+    assert_refused(&out, took, &dir.display().to_string());
+    chmod(&dir, 0o755);
+
+    // A symlink to the file is fine through safe directories, refused
+    // through an open one.
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let link = open.join("hook.env");
+    std::os::unix::fs::symlink(&env, &link).unwrap();
+    let (out, took) = run(&link, None);
+    assert_refused(&out, took, "open");
+}
+
+#[test]
+fn fifo_directory_and_huge_hook_env_are_refused_within_a_second() {
+    let dir = scratch("trust-kinds");
+    let fifo = dir.join("fifo.env");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (out, took) = run(&fifo, None);
+    assert_refused(&out, took, "FIFO");
+
+    let (out, took) = run(&dir, None);
+    assert_refused(&out, took, "directory");
+
+    let huge = dir.join("huge.env");
+    let mut f = std::fs::File::create(&huge).unwrap();
+    for _ in 0..(2 << 10) {
+        f.write_all(&[b'#'; 1024]).unwrap();
+    }
+    drop(f);
+    let (out, took) = run(&huge, None);
+    assert_refused(&out, took, "larger than");
+}
+
+#[test]
+fn files_hook_env_names_must_be_safe_too() {
+    let c = cluster();
+    let (alice_uid, _, _) = linux_user("alice");
+    let dir = scratch("trust-named");
+    let docker = dir.join("registry.json");
+    std::fs::write(&docker, r#"{"auths":{"r.example":{"auth":"dTpw"}}}"#).unwrap();
+    chmod(&docker, 0o600);
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "K8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+            docker.display()
+        ),
+    );
+    chown(&docker, alice_uid);
+    let (out, took) = run(&env, None);
+    assert_refused(&out, took, "REGISTRY_DOCKER_CONFIG_JSON");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid"));
+
+    let ca = dir.join("ca.crt");
+    std::fs::copy(c.var("K8S_CA_FILE"), &ca).unwrap();
+    chmod(&ca, 0o666);
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "K8S_CREDENTIALS=none\nK8S_SERVER={}\nK8S_CA_FILE={}\n",
+            c.var("K8S_SERVER"),
+            ca.display()
+        ),
+    );
+    let (out, took) = run(&env, None);
+    assert_refused(&out, took, "K8S_CA_FILE");
+}
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Root's kubeconfig (the ondemand account's), pointing at `port` instead of
+/// the API server's own.
+fn ondemand_kubeconfig_via(dir: &Path, port: u16) -> PathBuf {
+    let c = cluster();
+    let text = std::fs::read_to_string(c.var("KUBECONFIG_ONDEMAND")).unwrap();
+    let real = c.var("K8S_SERVER");
+    assert!(text.contains(real));
+    let path = dir.join(format!("via-{port}.kubeconfig"));
+    std::fs::write(
+        &path,
+        text.replace(real, &format!("https://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    chmod(&path, 0o600);
+    path
+}
+
+/// A plain TCP relay from `port` to the real API server (TLS passes
+/// through): the API server "coming back" on the address root uses.
+fn relay(port: u16) {
+    let target = cluster()
+        .var("K8S_SERVER")
+        .trim_start_matches("https://")
+        .to_owned();
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind relay");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+            pipe(server, client);
+        }
+    });
+}
+
+fn state_file(port: u16) -> PathBuf {
+    PathBuf::from(format!(
+        "/run/ood-k8s-bootstrap/outage-127.0.0.1_{port}.json"
+    ))
+}
+
+#[test]
+fn while_the_api_server_is_down_runs_fail_at_once_and_recovery_is_immediate() {
+    let c = cluster();
+    linux_user("alice");
+    let dir = scratch("fastfail");
+    let port = free_port();
+    let kc = ondemand_kubeconfig_via(&dir, port);
+    let env = c.hook_env(&dir, "HOOK_TIMEOUT_SECONDS=3\nK8S_CREDENTIALS=none\n");
+
+    let (first, took) = run(&env, Some(&kc));
+    assert_eq!(first.status.code(), Some(69), "{}", text(&first));
+    assert!(took < Duration::from_secs(4), "first run took {took:?}");
+    let meta = std::fs::metadata(state_file(port)).expect("outage remembered");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    for _ in 0..3 {
+        let (out, took) = run(&env, Some(&kc));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+        assert!(took < Duration::from_secs(1), "fast fail took {took:?}");
+        assert!(
+            stderr.contains(&format!("https://127.0.0.1:{port}"))
+                && stderr.contains("is unreachable")
+                && stderr.contains("FAST_FAIL_SECONDS"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&read_token()), "token leaked");
+    }
+
+    relay(port);
+    let (out, took) = run(&env, Some(&kc));
+    assert!(out.status.success(), "after recovery:\n{}", text(&out));
+    assert!(took < Duration::from_secs(3), "recovery run took {took:?}");
+    assert!(
+        !state_file(port).exists(),
+        "outage forgotten after recovery"
+    );
+}
+
+#[test]
+fn fast_fail_can_be_turned_off() {
+    let c = cluster();
+    linux_user("alice");
+    let dir = scratch("fastfail-off");
+    let port = free_port();
+    let kc = ondemand_kubeconfig_via(&dir, port);
+    let env = c.hook_env(
+        &dir,
+        "HOOK_TIMEOUT_SECONDS=2\nFAST_FAIL_SECONDS=0\nK8S_CREDENTIALS=none\n",
+    );
+    for _ in 0..2 {
+        let (out, took) = run(&env, Some(&kc));
+        assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+        assert!(took >= Duration::from_millis(1500), "waited: {took:?}");
+    }
+    assert!(!state_file(port).exists());
+}
+
+#[test]
+fn a_corrupt_or_foreign_outage_record_is_not_trusted() {
+    let c = cluster();
+    let (alice_uid, _, _) = linux_user("alice");
+    let dir = scratch("fastfail-distrust");
+    let port = free_port();
+    let kc = ondemand_kubeconfig_via(&dir, port);
+    let env = c.hook_env(&dir, "HOOK_TIMEOUT_SECONDS=2\nK8S_CREDENTIALS=none\n");
+    // A first run creates the directory and a genuine record.
+    let (out, _) = run(&env, Some(&kc));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    let genuine = std::fs::read_to_string(state_file(port)).unwrap();
+
+    // Someone else's file: ignored, so the run waits (and the record is
+    // rewritten as ours).
+    std::fs::write(state_file(port), &genuine).unwrap();
+    chown(&state_file(port), alice_uid);
+    let (out, took) = run(&env, Some(&kc));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "trusted a foreign file: {took:?}"
+    );
+
+    std::fs::write(state_file(port), "{\"server\": 42").unwrap();
+    chmod(&state_file(port), 0o600);
+    let (out, took) = run(&env, Some(&kc));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "trusted garbage: {took:?}"
+    );
+}
+
+/// The ondemand account's token, to check it never shows up in output.
+fn read_token() -> String {
+    let text = std::fs::read_to_string(cluster().var("KUBECONFIG_ONDEMAND")).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().to_owned())
+        .expect("token in the ondemand kubeconfig")
+}
