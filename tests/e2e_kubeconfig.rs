@@ -180,6 +180,53 @@ fn auth_provider_mode_works_with_kubectl() {
     assert_kubectl_scoped(user, "kcap", &[]);
 }
 
+/// The test IdP's token lifetime in seconds (tests/cluster/lib.sh).
+fn token_ttl() -> u64 {
+    let ttl = cluster().var("OIDC_TOKEN_TTL");
+    ttl.strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("OIDC_TOKEN_TTL={ttl}: expected seconds like 40s"))
+}
+
+/// auth-provider promises refresh: kubectl's oidc provider refreshes with
+/// the refresh token and the client secret, and must trust the IdP's site
+/// CA (IDP_CA_FILE, embedded as idp-certificate-authority-data) to do so.
+/// Checked past twice the token lifetime, as a user would meet it.
+#[test]
+fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
+    let user = "bob";
+    linux_user(user);
+    let dir = scratch("kc-ap-refresh");
+    let env = hook_env(
+        &dir,
+        "kcapr",
+        "auth-provider",
+        &format!("IDP_CA_FILE=\"{}\"\n", shared().1.display()),
+    );
+    let tokens = cluster().login(user);
+    let logged_in = std::time::Instant::now();
+    let out = run_hook(user, &env, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let cfg = config(&home_of(user));
+    let e = entry(&cfg, "users", "kcapr-bob").expect("user entry");
+    let ca = e["user"]["auth-provider"]["config"]["idp-certificate-authority-data"]
+        .as_str()
+        .expect("idp-certificate-authority-data");
+    assert!(!ca.is_empty());
+    assert_kubectl_scoped(user, "kcapr", &[]);
+
+    let wait = Duration::from_secs(2 * token_ttl() + 2).saturating_sub(logged_in.elapsed());
+    std::thread::sleep(wait);
+    assert_kubectl_scoped(user, "kcapr", &[]);
+    let cfg = config(&home_of(user));
+    let e = entry(&cfg, "users", "kcapr-bob").expect("user entry");
+    assert_ne!(
+        e["user"]["auth-provider"]["config"]["id-token"],
+        tokens.access.as_str(),
+        "kubectl did not refresh"
+    );
+}
+
 #[test]
 fn token_mode_works_with_kubectl() {
     let user = "bob";

@@ -111,6 +111,13 @@ pub fn plan(
             if let Some(r) = &login.refresh_token {
                 config.insert("refresh-token".into(), r.expose().into());
             }
+            // Without it kubectl's refresh fails against an IdP whose
+            // certificate comes from a site CA ("x509: unknown authority").
+            if let Some(pem) = &oidc.ca_pem {
+                use base64::Engine as _;
+                let data = base64::engine::general_purpose::STANDARD.encode(pem);
+                config.insert("idp-certificate-authority-data".into(), data.into());
+            }
             config.insert("id-token".into(), access.expose().into());
             Some(json!({"auth-provider": {"name": "oidc", "config": config}}))
         }

@@ -157,6 +157,9 @@ pub struct Oidc {
     /// `IDP_CA_FILE`: CA bundle the exec plugin trusts the issuer with (for
     /// an IdP whose certificate is not from a system-trusted CA).
     pub ca_file: Option<PathBuf>,
+    /// The content of `IDP_CA_FILE`, read (as root, trusted) at load time:
+    /// auth-provider mode embeds it so kubectl's refresh trusts the IdP.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What goes into the user's `~/.kube/config`.
@@ -308,7 +311,7 @@ impl Checked<'_> {
         }
         let image_pull = self.image_pull(&mut warnings)?;
         self.check_trusted("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
-        self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
+        let idp_ca_pem = self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
         let d = self.draft;
         let job_pod_reaper = match (
             d.use_job_pod_reaper,
@@ -358,6 +361,7 @@ impl Checked<'_> {
                 client_id: d.client_id,
                 client_secret: d.client_secret,
                 ca_file: d.idp_ca_file,
+                ca_pem: idp_ca_pem,
             },
             kubeconfig: KubeconfigSettings {
                 credentials,
@@ -394,13 +398,18 @@ impl Checked<'_> {
         }))
     }
 
-    /// A file root reads because `key` names it must be one root controls.
-    fn check_trusted(&self, key: &'static str, path: Option<&Path>) -> Result<(), SettingsError> {
+    /// A file root reads because `key` names it must be one root controls;
+    /// returns its content.
+    fn check_trusted(
+        &self,
+        key: &'static str,
+        path: Option<&Path>,
+    ) -> Result<Option<Vec<u8>>, SettingsError> {
         let Some(path) = path else {
-            return Ok(());
+            return Ok(None);
         };
         trusted::read(path)
-            .map(drop)
+            .map(Some)
             .map_err(|source| SettingsError::UntrustedNamed {
                 path: self.file.path.clone(),
                 line: self.file.get(key).map_or(0, |(_, l)| l),
