@@ -11,8 +11,9 @@ use crate::desired::DesiredState;
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::run::{PROG, fail, load, runtime, unix_now};
+use crate::settings::ExchangeSettings;
 use crate::settings::Settings;
-use crate::{desired, kubeconfig, outage};
+use crate::{desired, exchange, kubeconfig, outage};
 
 /// Runs the hook for `args.user`; every failure is already printed.
 pub fn run_hook(args: &HookArgs) -> Exit {
@@ -40,19 +41,28 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     let deadline = started + settings.timeout;
     let state = desired::desired_state(&settings, &user, &namespace, unix_now());
     // Everything about the kubeconfig that can be refused is refused now,
-    // before any change.
-    let prepared = if args.dry_run || args.cluster_only {
+    // before any change (with a token exchange, the tokens to write are
+    // only known once the IdP has answered).
+    let job = if args.dry_run || args.cluster_only {
         None
+    } else if let (Some(exchange), Some(_)) = (&settings.exchange, &login.access_token) {
+        Some(KubeJob::AfterExchange(Box::new(Exchange {
+            exchange: exchange.clone(),
+            settings: settings.clone(),
+            user: user.clone(),
+            account: account.clone(),
+            namespace: namespace.clone(),
+            login,
+        })))
     } else {
         match kubeconfig::prepare(&settings, &user, &account, &namespace, &login) {
-            Ok(p) => Some(p),
+            Ok(p) => Some(KubeJob::Ready(p)),
             Err(e) => return fail(e.exit(), e),
         }
     };
-    drop(login);
     // The kubeconfig is written (by a child running as the user) while the
     // cluster side is applied: the two are independent.
-    let writer = prepared.map(|p| std::thread::spawn(move || p.execute()));
+    let writer = job.map(|j| std::thread::spawn(move || j.run(deadline)));
 
     let runtime = match runtime() {
         Ok(rt) => rt,
@@ -62,10 +72,10 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     drop(runtime);
     let kube = writer.map(|w| {
         w.join().unwrap_or_else(|_| {
-            Err(kubeconfig::KubeconfigError::Writer {
+            Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
                 user: user.to_string(),
                 why: "the writer thread panicked".into(),
-            })
+            }))
         })
     });
     let applied = match applied {
@@ -113,6 +123,52 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         }
     }
     Exit::Ok
+}
+
+/// The kubeconfig's part of the run, done in a thread of its own.
+enum KubeJob {
+    Ready(kubeconfig::Prepared),
+    AfterExchange(Box<Exchange>),
+}
+
+/// Everything the kubeconfig job needs after a token exchange.
+struct Exchange {
+    exchange: ExchangeSettings,
+    settings: Settings,
+    user: Username,
+    account: Account,
+    namespace: Namespace,
+    login: kubeconfig::Login,
+}
+
+/// Why the kubeconfig was not written.
+#[derive(Debug, thiserror::Error)]
+enum KubeError {
+    #[error(transparent)]
+    Write(#[from] kubeconfig::KubeconfigError),
+    #[error(transparent)]
+    Exchange(#[from] exchange::ExchangeError),
+}
+
+impl KubeError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Write(e) => e.exit(),
+            Self::Exchange(e) => e.exit(),
+        }
+    }
+}
+
+impl KubeJob {
+    fn run(self, deadline: Instant) -> Result<kubeconfig::Outcome, KubeError> {
+        let x = match self {
+            KubeJob::Ready(p) => return Ok(p.execute()?),
+            KubeJob::AfterExchange(x) => x,
+        };
+        let login = exchange::exchange(&x.exchange, x.user.as_str(), &x.login, deadline)?;
+        let prepared = kubeconfig::prepare(&x.settings, &x.user, &x.account, &x.namespace, &login)?;
+        Ok(prepared.execute()?)
+    }
 }
 
 /// Why the cluster side failed.

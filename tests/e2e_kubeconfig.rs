@@ -818,3 +818,78 @@ fn tokens_never_in_argv_or_the_writers_environment() {
         text(&out)
     );
 }
+
+/// Token exchange refused by a real IdP (Dex has no RFC 8693 exchange for
+/// OAuth clients): exit 77 with the IdP's error and a hint, the cluster side
+/// applied, the kubeconfig's existing credentials untouched.
+#[test]
+fn refused_token_exchange_keeps_existing_credentials() {
+    let user = "carol.smith";
+    linux_user(user);
+    let home = home_of(user);
+    let dir = scratch("kc-xchg-refused");
+    let tokens = cluster().login(user);
+    let plain = hook_env(&dir, "kcxr", "token", "");
+    let out = run_hook(user, &plain, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let before = std::fs::read(home.join(".kube/config")).unwrap();
+
+    let env = hook_env(
+        &dir,
+        "kcxr",
+        "token",
+        &format!(
+            "K8S_TOKEN_EXCHANGE_AUDIENCE=\"kubernetes\"\nIDP_CA_FILE=\"{}\"\n",
+            shared().1.display()
+        ),
+    );
+    let out = run_hook(user, &env, Some(&tokens));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        stderr.contains("refused the token exchange") && stderr.contains("namespace "),
+        "names the refusal and still reports the cluster side:\n{stderr}"
+    );
+    no_tokens_in(&out, &tokens);
+    assert!(!stderr.contains(cluster().var("OIDC_CLIENT_SECRET")));
+    assert_eq!(
+        std::fs::read(home.join(".kube/config")).unwrap(),
+        before,
+        "kubeconfig changed"
+    );
+}
+
+/// An IdP that cannot be reached: bounded by the run's deadline, exit 69,
+/// cluster side applied, credentials untouched.
+#[test]
+fn unreachable_idp_for_the_exchange_is_bounded() {
+    let user = "carol.smith";
+    linux_user(user);
+    let dir = scratch("kc-xchg-down");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tokens = cluster().login(user);
+    let env = hook_env(
+        &dir,
+        "kcxd",
+        "token",
+        &format!(
+            "K8S_TOKEN_EXCHANGE_AUDIENCE=\"kubernetes\"\nIDP_ISSUER_URL=\"https://127.0.0.1:{port}/dex\"\nHOOK_TIMEOUT_SECONDS=3\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = run_hook(user, &env, Some(&tokens));
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(
+        stderr.contains("cannot reach the IdP") && stderr.contains("namespace "),
+        "{stderr}"
+    );
+    let cfg = config(&home_of(user));
+    assert!(entry(&cfg, "users", &format!("kcxd-{user}")).is_none());
+}

@@ -76,6 +76,8 @@ pub struct Draft {
     pub k8s_ca_file: Option<PathBuf>,
     pub exec_client_id: Option<String>,
     pub exec_command: Option<PathBuf>,
+    pub exchange_audience: Option<String>,
+    pub exchange_scope: Option<String>,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -84,8 +86,8 @@ pub struct Draft {
 /// Keys that are refused with a reason, though not documented.
 pub const REFUSED: &[(&str, &str)] = &[(
     "K8S_TOKEN_EXCHANGE_CLIENT_ID",
-    "RFC 8693 token exchange is not supported yet; for exec mode give a public client in \
-     K8S_EXEC_CLIENT_ID that the IdP lets request the API server's audience",
+    "not a key: the token exchange is made as the portal client (CLIENT_ID, CLIENT_SECRET); \
+     set K8S_TOKEN_EXCHANGE_AUDIENCE to the Kubernetes client id instead",
 )];
 
 /// The keys, in the order of the shipped example.
@@ -428,6 +430,35 @@ pub const KEYS: &[Key] = &[
         default: "",
         example: "/usr/bin/ood-k8s-bootstrap",
         parse: |v, d| abs_path(v).map(|p| d.exec_command = p),
+    },
+    Key {
+        name: "K8S_TOKEN_EXCHANGE_AUDIENCE",
+        section: Section::New,
+        doc: "When set, the hook trades the portal's access token at the issuer (RFC 8693 \
+              token exchange, as the portal client: CLIENT_ID, CLIENT_SECRET) for tokens meant \
+              for this audience — the Kubernetes client id — asking for a refresh token where \
+              the IdP allows it, and uses those instead of the portal's. Keycloak: enable \
+              \"Standard token exchange\" on the portal client. Empty = no exchange.",
+        value: "client id",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.exchange_audience = non_empty(v);
+            Ok(())
+        },
+    },
+    Key {
+        name: "K8S_TOKEN_EXCHANGE_SCOPE",
+        section: Section::New,
+        doc: "Scopes the exchange asks for, space separated (e.g. an optional client scope \
+              holding the audience mapper for the Kubernetes client).",
+        value: "scope [scope...]",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.exchange_scope = non_empty(v);
+            Ok(())
+        },
     },
 ];
 

@@ -162,6 +162,24 @@ pub struct Oidc {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// RFC 8693 token exchange at login (`exchange.rs`): the portal client
+/// trades the portal's access token for one meant for Kubernetes.
+#[derive(Debug, Clone)]
+pub struct ExchangeSettings {
+    /// `IDP_ISSUER_URL`: discovery finds the token endpoint there.
+    pub issuer: String,
+    /// `CLIENT_ID`/`CLIENT_SECRET`: the portal client, which the portal's
+    /// tokens belong to.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `K8S_TOKEN_EXCHANGE_AUDIENCE`: the Kubernetes client id.
+    pub audience: String,
+    /// `K8S_TOKEN_EXCHANGE_SCOPE`: scopes to ask for, space separated.
+    pub scope: Option<String>,
+    /// PEM CA bundle for the issuer (`IDP_CA_FILE`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// What goes into the user's `~/.kube/config`.
 #[derive(Debug, Clone)]
 pub struct KubeconfigSettings {
@@ -203,6 +221,8 @@ pub struct Settings {
     /// server was unreachable; zero = off.
     pub fast_fail: Duration,
     pub oidc: Oidc,
+    /// Set when `K8S_TOKEN_EXCHANGE_AUDIENCE` is.
+    pub exchange: Option<ExchangeSettings>,
     pub kubeconfig: KubeconfigSettings,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
@@ -312,6 +332,7 @@ impl Checked<'_> {
         let image_pull = self.image_pull(&mut warnings)?;
         self.check_trusted("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
         let idp_ca_pem = self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
+        let exchange = self.exchange(idp_ca_pem.clone())?;
         let d = self.draft;
         let job_pod_reaper = match (
             d.use_job_pod_reaper,
@@ -363,6 +384,7 @@ impl Checked<'_> {
                 ca_file: d.idp_ca_file,
                 ca_pem: idp_ca_pem,
             },
+            exchange,
             kubeconfig: KubeconfigSettings {
                 credentials,
                 context_name: d.context_name.unwrap_or_else(|| d.cluster_name.clone()),
@@ -374,6 +396,36 @@ impl Checked<'_> {
             },
             warnings,
         })
+    }
+
+    /// The token exchange, if asked for: it needs the issuer and the portal
+    /// client with its secret.
+    fn exchange(&self, ca_pem: Option<Vec<u8>>) -> Result<Option<ExchangeSettings>, SettingsError> {
+        let d = &self.draft;
+        let Some(audience) = d.exchange_audience.clone() else {
+            return Ok(None);
+        };
+        const WHY: &str = "K8S_TOKEN_EXCHANGE_AUDIENCE is set: the exchange is made at the issuer as the portal client";
+        let issuer = d
+            .issuer_url
+            .clone()
+            .ok_or_else(|| self.missing("IDP_ISSUER_URL", WHY))?;
+        let client_id = d
+            .client_id
+            .clone()
+            .ok_or_else(|| self.missing("CLIENT_ID", WHY))?;
+        let client_secret = d
+            .client_secret
+            .clone()
+            .ok_or_else(|| self.missing("CLIENT_SECRET", WHY))?;
+        Ok(Some(ExchangeSettings {
+            issuer,
+            client_id,
+            client_secret,
+            audience,
+            scope: d.exchange_scope.clone(),
+            ca_pem,
+        }))
     }
 
     /// The pull secret: name and docker config, read now.

@@ -1,0 +1,374 @@
+//! RFC 8693 token exchange at login. The portal's tokens belong to the
+//! portal's confidential client and are meant for the portal; with
+//! `K8S_TOKEN_EXCHANGE_AUDIENCE` set, the hook trades the portal's access
+//! token at the issuer's token endpoint (authenticated as the portal client,
+//! whose secret stays in root-only hook.env) for tokens whose audience is
+//! the Kubernetes client, asking for a refresh token where the IdP allows
+//! it, and uses those instead (Keycloak's standard token exchange).
+//!
+//! The form and the answer are pure ([`form`], [`parse`]); [`exchange`] is
+//! the thin HTTP edge, bounded by the run's deadline.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::exit::Exit;
+use crate::kubeconfig::Login;
+use crate::names::truncate;
+use crate::secret::Secret;
+use crate::settings::ExchangeSettings;
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+
+#[derive(Debug, Error)]
+pub enum ExchangeError {
+    #[error(
+        "user {user}: the IdP {issuer} refused the token exchange for audience {audience}: {refusal} — {hint}; the cluster side was applied, the kubeconfig's credentials were left as they are"
+    )]
+    Refused {
+        user: String,
+        issuer: String,
+        audience: String,
+        /// The OAuth `error`, with its description in parentheses.
+        refusal: String,
+        hint: &'static str,
+    },
+    #[error(
+        "user {user}: cannot reach the IdP {issuer} for the token exchange: {detail}; the cluster side was applied, the kubeconfig's credentials were left as they are"
+    )]
+    Unreachable {
+        user: String,
+        issuer: String,
+        detail: String,
+    },
+    #[error(
+        "user {user}: the IdP {issuer} gave an unusable token exchange answer: {detail}; the kubeconfig's credentials were left as they are"
+    )]
+    BadAnswer {
+        user: String,
+        issuer: String,
+        detail: String,
+    },
+}
+
+impl ExchangeError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Refused { .. } => Exit::NoPerm,
+            Self::Unreachable { .. } => Exit::Unavailable,
+            Self::BadAnswer { .. } => Exit::Software,
+        }
+    }
+}
+
+/// The exchange request's form (without client authentication, which goes
+/// in the Authorization header).
+pub fn form(
+    s: &ExchangeSettings,
+    subject_token: &str,
+    want_refresh: bool,
+) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("grant_type", GRANT_TYPE.to_owned()),
+        ("subject_token", subject_token.to_owned()),
+        ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ("audience", s.audience.clone()),
+    ];
+    if want_refresh {
+        f.push(("requested_token_type", REFRESH_TOKEN_TYPE.to_owned()));
+    }
+    if let Some(scope) = &s.scope {
+        f.push(("scope", scope.clone()));
+    }
+    f
+}
+
+/// What the IdP answered, classified.
+#[derive(Debug)]
+pub enum Answer {
+    Tokens(Login),
+    /// An OAuth error (`error`, `error_description`).
+    Refused {
+        error: String,
+        description: String,
+    },
+    Bad(String),
+}
+
+/// Reads the token endpoint's answer.
+pub fn parse(status: u16, body: &[u8]) -> Answer {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Answer::Bad(format!("HTTP {status}, not JSON"));
+    };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    if let Some(error) = text("error") {
+        let description = text("error_description").unwrap_or_default();
+        return Answer::Refused {
+            error: truncate(&error, 80),
+            description: truncate(&description, 200),
+        };
+    }
+    if !(200..300).contains(&status) {
+        return Answer::Bad(format!("HTTP {status} without an OAuth error"));
+    }
+    match text("access_token") {
+        Some(access) => Answer::Tokens(Login {
+            access_token: Some(Secret::new(access)),
+            refresh_token: text("refresh_token").map(Secret::new),
+            id_token: text("id_token").map(Secret::new),
+        }),
+        None => Answer::Bad("no access_token in the answer".into()),
+    }
+}
+
+/// The usual cause of a refusal, for the admin.
+pub fn hint(error: &str, description: &str) -> &'static str {
+    let d = description.to_ascii_lowercase();
+    if error == "unauthorized_client" || d.contains("not enabled") || d.contains("not allowed") {
+        "enable standard token exchange for the portal client (Keycloak: client attribute \
+         standard.token.exchange.enabled=true, \"Standard token exchange\" in its settings)"
+    } else if d.contains("audience") || error == "invalid_target" {
+        "the audience is not available to the portal client: add an audience mapper for the \
+         Kubernetes client to one of its client scopes (requested with K8S_TOKEN_EXCHANGE_SCOPE \
+         if optional)"
+    } else if error == "invalid_client" {
+        "CLIENT_ID/CLIENT_SECRET in hook.env are not the portal client's"
+    } else if d.contains("token") && (d.contains("expired") || d.contains("invalid")) {
+        "the portal's access token is expired or not from this issuer; log in again"
+    } else {
+        "check the IdP's token exchange settings for the portal client"
+    }
+}
+
+/// Whether a refusal is about the refresh token we asked for, so that the
+/// exchange is worth repeating without it.
+fn refresh_not_allowed(error: &str, description: &str) -> bool {
+    let d = description.to_ascii_lowercase();
+    error == "invalid_request" && d.contains("requested_token_type")
+        || d.contains("refresh token") && d.contains("not")
+}
+
+/// Exchanges the portal's access token; blocking, for the kubeconfig
+/// thread, bounded by `deadline`.
+pub fn exchange(
+    s: &ExchangeSettings,
+    user: &str,
+    login: &Login,
+    deadline: Instant,
+) -> Result<Login, ExchangeError> {
+    let unreachable = |detail: String| ExchangeError::Unreachable {
+        user: user.to_owned(),
+        issuer: s.issuer.clone(),
+        detail,
+    };
+    let Some(subject) = &login.access_token else {
+        return Ok(Login::default());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(format!("cannot start the async runtime: {e}")))?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    runtime.block_on(async {
+        match tokio::time::timeout(left, exchange_async(s, user, subject.expose(), left)).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!(
+                "no answer within the run's deadline ({:.1}s left)",
+                left.as_secs_f64()
+            ))),
+        }
+    })
+}
+
+async fn exchange_async(
+    s: &ExchangeSettings,
+    user: &str,
+    subject: &str,
+    left: Duration,
+) -> Result<Login, ExchangeError> {
+    let unreachable = |detail: String| ExchangeError::Unreachable {
+        user: user.to_owned(),
+        issuer: s.issuer.clone(),
+        detail,
+    };
+    let http = client(s, left).map_err(unreachable)?;
+    let endpoint = token_endpoint(&http, &s.issuer)
+        .await
+        .map_err(unreachable)?;
+    let mut want_refresh = true;
+    loop {
+        let resp = http
+            .post(&endpoint)
+            .basic_auth(&s.client_id, Some(s.client_secret.expose()))
+            .form(&form(s, subject, want_refresh))
+            .send()
+            .await
+            .map_err(|e| unreachable(one_line(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| unreachable(one_line(&e)))?;
+        match parse(status, &body) {
+            Answer::Tokens(login) => return Ok(login),
+            Answer::Refused { error, description }
+                if want_refresh && refresh_not_allowed(&error, &description) =>
+            {
+                tracing::debug!("no refresh token allowed from the exchange; asking without");
+                want_refresh = false;
+            }
+            Answer::Refused { error, description } => {
+                return Err(ExchangeError::Refused {
+                    user: user.to_owned(),
+                    issuer: s.issuer.clone(),
+                    audience: s.audience.clone(),
+                    hint: hint(&error, &description),
+                    refusal: if description.is_empty() {
+                        error
+                    } else {
+                        format!("{error} ({description})")
+                    },
+                });
+            }
+            Answer::Bad(detail) => {
+                return Err(ExchangeError::BadAnswer {
+                    user: user.to_owned(),
+                    issuer: s.issuer.clone(),
+                    detail,
+                });
+            }
+        }
+    }
+}
+
+fn client(s: &ExchangeSettings, left: Duration) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(left)
+        .connect_timeout(left.min(Duration::from_secs(5)));
+    if let Some(pem) = &s.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("IDP_CA_FILE is not a PEM CA bundle: {e}"))?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up HTTPS: {e}"))
+}
+
+/// The token endpoint, from OIDC discovery on the issuer.
+async fn token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<String, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let resp = http.get(&url).send().await.map_err(|e| one_line(&e))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("OIDC discovery at {url} (HTTP {status}): {}", one_line(&e)))?;
+    match (
+        v.get("issuer").and_then(Value::as_str),
+        v.get("token_endpoint").and_then(Value::as_str),
+    ) {
+        (Some(i), Some(t)) if i.trim_end_matches('/') == issuer.trim_end_matches('/') => {
+            Ok(t.to_owned())
+        }
+        (Some(i), Some(_)) => Err(format!(
+            "OIDC discovery at {url} names the issuer {i}, not {issuer}; fix IDP_ISSUER_URL"
+        )),
+        _ => Err(format!(
+            "OIDC discovery at {url} (HTTP {status}) has no token_endpoint"
+        )),
+    }
+}
+
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    truncate(&s.split_whitespace().collect::<Vec<_>>().join(" "), 300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ExchangeSettings {
+        ExchangeSettings {
+            issuer: "https://idp.example/realms/ood".into(),
+            client_id: "ondemand".into(),
+            client_secret: Secret::new("s3cret"),
+            audience: "kubernetes".into(),
+            scope: Some("openid kubernetes-audience".into()),
+            ca_pem: None,
+        }
+    }
+
+    #[test]
+    fn form_asks_for_the_audience_and_a_refresh_token() {
+        let f = form(&settings(), "tok", true);
+        let get = |k| f.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("grant_type"), Some(GRANT_TYPE));
+        assert_eq!(get("subject_token"), Some("tok"));
+        assert_eq!(get("subject_token_type"), Some(ACCESS_TOKEN_TYPE));
+        assert_eq!(get("audience"), Some("kubernetes"));
+        assert_eq!(get("requested_token_type"), Some(REFRESH_TOKEN_TYPE));
+        assert_eq!(get("scope"), Some("openid kubernetes-audience"));
+        assert!(
+            !f.iter().any(|(_, v)| v.contains("s3cret")),
+            "secret goes in the header"
+        );
+        let f = form(&settings(), "tok", false);
+        assert!(!f.iter().any(|(n, _)| *n == "requested_token_type"));
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        match parse(
+            200,
+            br#"{"access_token":"a","refresh_token":"r","token_type":"Bearer"}"#,
+        ) {
+            Answer::Tokens(l) => {
+                assert_eq!(l.access_token.unwrap().expose(), "a");
+                assert_eq!(l.refresh_token.unwrap().expose(), "r");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(400, br#"{"error":"invalid_client","error_description":"Invalid client credentials"}"#),
+            Answer::Refused { ref error, .. } if error == "invalid_client"
+        ));
+        assert!(matches!(parse(502, b"<html>"), Answer::Bad(_)));
+        assert!(matches!(parse(200, b"{}"), Answer::Bad(_)));
+    }
+
+    #[test]
+    fn hints_name_the_usual_cause() {
+        assert!(
+            hint("unauthorized_client", "Client not allowed to exchange")
+                .contains("standard.token.exchange")
+        );
+        assert!(
+            hint(
+                "invalid_request",
+                "Requested audience not available: kubernetes"
+            )
+            .contains("audience mapper")
+        );
+        assert!(hint("invalid_client", "").contains("CLIENT_SECRET"));
+        assert!(refresh_not_allowed(
+            "invalid_request",
+            "requested_token_type unsupported"
+        ));
+        assert!(!refresh_not_allowed("invalid_client", "bad secret"));
+    }
+}
