@@ -37,6 +37,31 @@ pub struct Applied {
     pub change: Change,
 }
 
+/// One object as the API sees it: where it lives and what apply sends.
+/// The hook's typed [`Object`]s and `install`'s manifests both become
+/// targets, so they share one request, retry and error path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// API path of the object itself, without query.
+    pub path: String,
+    /// `Kind/name`, for reports and errors.
+    pub describe: String,
+    pub namespace: Option<String>,
+    /// The apply body.
+    pub body: Value,
+}
+
+impl Target {
+    pub fn of(obj: &Object) -> Self {
+        Self {
+            path: Cluster::path(obj),
+            describe: obj.describe(),
+            namespace: obj.meta().namespace.clone(),
+            body: obj.to_json(),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ApplyError {
     #[error(
@@ -123,6 +148,34 @@ pub enum Mode {
     DryRun,
 }
 
+/// Which credentials [`Cluster::connect_with`] uses.
+#[derive(Debug, Default, Clone)]
+pub struct Connect {
+    /// This kubeconfig file instead of `KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// This bearer token instead of the kubeconfig's credentials.
+    pub bearer: Option<crate::secret::Secret>,
+}
+
+/// A status and JSON body (Null when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The API server's `message`, on one line.
+    pub fn message(&self) -> String {
+        one_line(
+            self.body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)"),
+        )
+    }
+}
+
 /// A connection to the API server, made from root's kubeconfig.
 #[derive(Clone)]
 pub struct Cluster {
@@ -135,13 +188,37 @@ impl Cluster {
     /// request. The client speaks HTTP/2 when the API server offers it (it
     /// does), so the concurrent writes share one TLS connection.
     pub async fn connect(timeout: Duration) -> Result<Self, ApplyError> {
+        Self::connect_with(&Connect::default(), timeout).await
+    }
+
+    /// Like [`Cluster::connect`], with another kubeconfig file and/or a
+    /// bearer token in place of the kubeconfig's credentials (`doctor`
+    /// asks the API server about a user's token this way).
+    pub async fn connect_with(how: &Connect, timeout: Duration) -> Result<Self, ApplyError> {
         use kube::client::ConfigExt;
 
-        let config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| ApplyError::Kubeconfig {
-                detail: e.to_string(),
-            })?;
+        let kubeconfig_error = |detail: String| ApplyError::Kubeconfig { detail };
+        let options = kube::config::KubeConfigOptions::default();
+        let mut config = match &how.kubeconfig {
+            None => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| kubeconfig_error(e.to_string()))?,
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| kubeconfig_error(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| kubeconfig_error(format!("{}: {e}", path.display())))?
+            }
+        };
+        if let Some(token) = &how.bearer {
+            // Neither the kubeconfig's token nor its client certificate.
+            config.auth_info = kube::config::AuthInfo::default();
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| kubeconfig_error("the token is not a valid HTTP header value".into()))?;
+            value.set_sensitive(true);
+            config.headers.push((header::AUTHORIZATION, value));
+        }
         let server = config
             .cluster_url
             .to_string()
@@ -205,6 +282,101 @@ impl Cluster {
             version,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         ))
+    }
+
+    /// The API server's URL, as the kubeconfig names it.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// One request with a JSON body (or none), answered with whatever
+    /// status came back: the caller interprets 401/403/404. Only a failure
+    /// to talk to the server is an error (its one-line cause).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ACCEPT, "application/json");
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(v).unwrap_or_default())
+            }
+            None => Body::empty(),
+        };
+        let request = builder.body(body).map_err(|e| e.to_string())?;
+        let (status, _, body) = self.exchange(request).await?;
+        Ok(Reply {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// Server-side-applies `targets` one after another, in order (a
+    /// namespace before what lives in it), reporting for each whether it
+    /// was created, changed or left unchanged. `who` names the run in
+    /// errors. A dry run reports the same without changing anything.
+    pub async fn apply_targets(
+        &self,
+        who: &str,
+        targets: &[Target],
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let ctx = Ctx {
+            cluster: self,
+            user: who,
+            deadline,
+        };
+        let dry_run = mode == Mode::DryRun;
+        // Namespaces a dry run would create: nothing inside them can be
+        // dry-run, it would all be created.
+        let mut new_namespaces: Vec<&str> = Vec::new();
+        let mut report = Vec::new();
+        for t in targets {
+            let in_new = t
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| new_namespaces.contains(&ns));
+            let before = if in_new { None } else { ctx.read(t).await? };
+            let change = match &before {
+                None if in_new => Change::Created,
+                _ => {
+                    let after = ctx.write(t, Write::Apply, dry_run).await?;
+                    match &before {
+                        None => Change::Created,
+                        Some(b) if dry_run && comparable(b) == comparable(&after.body) => {
+                            Change::Unchanged
+                        }
+                        Some(b)
+                            if !dry_run
+                                && resource_version(b).is_some()
+                                && resource_version(b) == resource_version(&after.body) =>
+                        {
+                            Change::Unchanged
+                        }
+                        Some(_) => Change::Changed,
+                    }
+                }
+            };
+            if let Some(name) = t.path.strip_prefix("/api/v1/namespaces/")
+                && dry_run
+                && change == Change::Created
+                && !name.contains('/')
+            {
+                new_namespaces.push(name);
+            }
+            report.push(Applied {
+                object: t.describe.clone(),
+                change,
+            });
+        }
+        Ok(report)
     }
 
     /// Namespaces matching a label selector (for `reconcile`); needs `list`
@@ -281,7 +453,7 @@ impl Cluster {
             return ctx.dry_run(ns_obj, rest).await;
         }
 
-        let ns = ctx.write(ns_obj, Write::Apply, false).await?;
+        let ns = ctx.write(&Target::of(ns_obj), Write::Apply, false).await?;
         if ns
             .body
             .pointer("/metadata/deletionTimestamp")
@@ -370,7 +542,7 @@ impl Ctx<'_> {
     async fn write_object(&self, obj: &Object) -> Result<Response, ApplyError> {
         match obj {
             Object::ServiceAccount(_) => self.add_pull_secret(obj, false).await,
-            _ => self.write(obj, Write::Apply, false).await,
+            _ => self.write(&Target::of(obj), Write::Apply, false).await,
         }
     }
 
@@ -385,9 +557,11 @@ impl Ctx<'_> {
     /// ServiceAccount does not exist yet (the controller creates it moments
     /// after the namespace), apply creates it.
     async fn add_pull_secret(&self, obj: &Object, dry_run: bool) -> Result<Response, ApplyError> {
+        let target = Target::of(obj);
         let Object::ServiceAccount(sa) = obj else {
-            return self.write(obj, Write::Apply, dry_run).await;
+            return self.write(&target, Write::Apply, dry_run).await;
         };
+        let obj = &target;
         let ours = sa
             .image_pull_secrets
             .iter()
@@ -452,7 +626,7 @@ impl Ctx<'_> {
 
     async fn dry_run(&self, ns_obj: &Object, rest: &[Object]) -> Result<Vec<Applied>, ApplyError> {
         let mut report = Vec::new();
-        let ns_exists = self.read(ns_obj).await?.is_some();
+        let ns_exists = self.read(&Target::of(ns_obj)).await?.is_some();
         report.push(self.dry_run_one(ns_obj).await?);
         if !ns_exists {
             // Nothing can be dry-run inside a namespace that does not exist.
@@ -470,10 +644,11 @@ impl Ctx<'_> {
     }
 
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
-        let before = self.read(obj).await?;
+        let target = Target::of(obj);
+        let before = self.read(&target).await?;
         let after = match obj {
             Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await?,
-            _ => self.write(obj, Write::Apply, true).await?,
+            _ => self.write(&target, Write::Apply, true).await?,
         };
         let change = match before {
             None => Change::Created,
@@ -486,7 +661,7 @@ impl Ctx<'_> {
         })
     }
 
-    async fn read(&self, obj: &Object) -> Result<Option<Value>, ApplyError> {
+    async fn read(&self, obj: &Target) -> Result<Option<Value>, ApplyError> {
         match self.write(obj, Write::Get, false).await {
             Ok(r) => Ok(Some(r.body)),
             Err(ApplyError::Server { status: 404, .. }) => Ok(None),
@@ -495,7 +670,7 @@ impl Ctx<'_> {
     }
 
     /// Sends one request, retrying transient failures until the deadline.
-    async fn write(&self, obj: &Object, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
+    async fn write(&self, obj: &Target, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = self.send(obj, how.clone(), dry_run).await;
@@ -523,14 +698,14 @@ impl Ctx<'_> {
                     }),
                 };
             }
-            tracing::debug!(object = %obj.describe(), %retry_reason, "retrying in {backoff:?}");
+            tracing::debug!(object = %obj.describe, %retry_reason, "retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
-    async fn send(&self, obj: &Object, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
-        let path = Cluster::path(obj);
+    async fn send(&self, obj: &Target, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
+        let path = obj.path.clone();
         let dry = if dry_run { "&dryRun=All" } else { "" };
         let (method, uri, content_type, body) = match how {
             Write::Get => (Method::GET, path, None, Vec::new()),
@@ -538,7 +713,7 @@ impl Ctx<'_> {
                 Method::PATCH,
                 format!("{path}?fieldManager={FIELD_MANAGER}&force=true{dry}"),
                 Some("application/apply-patch+yaml"),
-                serde_json::to_vec(&obj.to_json()).unwrap_or_default(),
+                serde_json::to_vec(&obj.body).unwrap_or_default(),
             ),
             Write::JsonPatch(patch) => (
                 Method::PATCH,
@@ -557,14 +732,14 @@ impl Ctx<'_> {
         let request = builder
             .body(Body::from(body))
             .map_err(|e| self.unreachable(e.to_string()))?;
-        tracing::trace!(object = %obj.describe(), dry_run, "request");
+        tracing::trace!(object = %obj.describe, dry_run, "request");
 
         let (status, version, body) = self
             .cluster
             .exchange(request)
             .await
             .map_err(|e| self.unreachable(e))?;
-        tracing::trace!(object = %obj.describe(), ?status, ?version, "response");
+        tracing::trace!(object = %obj.describe, ?status, ?version, "response");
         if status.is_success() {
             return Ok(Response { status, body });
         }
@@ -580,7 +755,7 @@ impl Ctx<'_> {
     }
 
     /// Turns an error Status into an error a site admin can act on.
-    fn classify(&self, obj: &Object, status: StatusCode, body: &Value) -> ApplyError {
+    fn classify(&self, obj: &Target, status: StatusCode, body: &Value) -> ApplyError {
         let message = one_line(
             body.get("message")
                 .and_then(Value::as_str)
@@ -597,7 +772,7 @@ impl Ctx<'_> {
                 .any(|c| c.get("reason").and_then(Value::as_str) == Some(t))
         };
         let user = self.user.to_owned();
-        let object = obj.describe();
+        let object = obj.describe.clone();
         match status.as_u16() {
             401 => ApplyError::Unauthorized {
                 user,
@@ -606,7 +781,7 @@ impl Ctx<'_> {
             403 if has_cause("NamespaceTerminating") || message.contains("being terminated") => {
                 ApplyError::Terminating {
                     user,
-                    namespace: obj.meta().namespace.clone().unwrap_or_default(),
+                    namespace: obj.namespace.clone().unwrap_or_default(),
                 }
             }
             403 => {

@@ -107,6 +107,163 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Set up a cluster for OnDemand: server-side-apply the cluster-wide
+    /// prerequisites with a cluster admin's kubeconfig.
+    ///
+    /// Applies, from manifests built into this binary: namespace and
+    /// ServiceAccount `ondemand` (root's identity on the web nodes), its
+    /// ClusterRole and ClusterRoleBinding, and the ClusterRoles `ood-user`
+    /// and `ood-initializer` the hook binds per user. Opt-in parts add more.
+    /// Idempotent: a second run reports every object unchanged. Prints one
+    /// line per object (created, changed, unchanged).
+    Install(InstallArgs),
+    /// Diagnose this web node's setup: one line per check, with the fix.
+    ///
+    /// Checks hook.env and the files it names, root's kubeconfig and token
+    /// (whose, expiry, next renewal), the API server and its version, every
+    /// permission a hook run needs (asked of the API server), the
+    /// ClusterRoles and the job-pod-reaper's objects, the IdP's OIDC
+    /// discovery; with --user and a token, what the API server sees for
+    /// that user; with --clusters-d, the dashboard's cluster config. Exit
+    /// status 0 only when nothing failed (warnings do not fail).
+    Doctor(DoctorArgs),
+    /// Renew root's ServiceAccount token in its kubeconfig (TokenRequest
+    /// API), atomically, keeping every other byte of the file.
+    ///
+    /// Asks for a new token of the ServiceAccount that root's current
+    /// token belongs to, with the current token (which needs `install
+    /// --self-renew`), and writes it in place of the old one: a new 0600
+    /// file beside it, fsynced and renamed over it. Symlinks and files not
+    /// owned by root are refused. Run by the systemd timer
+    /// ood-k8s-bootstrap-root-token.timer.
+    RootToken(RootTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// A cluster admin's kubeconfig (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Report what would be created, changed or left unchanged (server-side
+    /// dry run); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the manifests as YAML and exit; no cluster needed.
+    #[arg(long, conflicts_with_all = ["dry_run", "kubeconfig"])]
+    pub print: bool,
+
+    /// Also the `job-pod-reaper` ClusterRole that USE_JOB_POD_REAPER=true
+    /// binds in each user namespace (the reaper itself comes from its Helm
+    /// chart).
+    #[arg(long)]
+    pub job_pod_reaper: bool,
+
+    /// Also let the `ondemand` ServiceAccount renew its own token (only
+    /// `create` on serviceaccounts/token for itself, in namespace
+    /// `ondemand`), for `ood-k8s-bootstrap root-token` and its timer.
+    #[arg(long)]
+    pub self_renew: bool,
+
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+impl InstallArgs {
+    /// The manifests the flags select, base first.
+    pub fn parts(&self) -> Vec<crate::install::Part> {
+        use crate::install::Part;
+        let mut parts = vec![Part::Base];
+        if self.job_pod_reaper {
+            parts.push(Part::JobPodReaper);
+        }
+        if self.self_renew {
+            parts.push(Part::SelfRenew);
+        }
+        parts
+    }
+}
+
+/// How `doctor` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One line per check: ✓, ⚠ or ✗, what was found, the fix.
+    Text,
+    /// One JSON object: {"ok": bool, "checks": [{check, status, detail, fix}]}.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check this user: the token the API server sees (with
+    /// OOD_OIDC_ACCESS_TOKEN or --token-file), the user's namespace and
+    /// objects, and their kubeconfig entry.
+    #[arg(long, value_name = "USERNAME")]
+    pub user: Option<String>,
+
+    /// File holding the user's access token (instead of
+    /// OOD_OIDC_ACCESS_TOKEN); keep it root-only.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub token_file: Option<PathBuf>,
+
+    /// The dashboard's cluster configs (e.g. /etc/ood/config/clusters.d):
+    /// compare the Kubernetes cluster's username_prefix, namespace_prefix,
+    /// cluster, context and auth with hook.env.
+    #[arg(long, value_name = "DIR")]
+    pub clusters_d: Option<PathBuf>,
+
+    /// Root's kubeconfig (default: KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct RootTokenArgs {
+    /// Root's kubeconfig to renew the token in (default: the first file of
+    /// KUBECONFIG that defines the current context's user, then
+    /// ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Lifetime of the new token: a number with s, m, h or d (at least
+    /// 10m; the API server may cap it).
+    #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// `90s`, `30m`, `48h`, `2d` → a duration of at least 10 minutes (the
+/// TokenRequest API's minimum).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d, e.g. 48h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" | "" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    if secs < 600 {
+        return Err(format!("{s:?}: at least 10m (the API server's minimum)"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Parses argv, accepting the old scripts' `USERNAME HOOK_ENV` form.
@@ -183,6 +340,40 @@ mod tests {
             c.hook.common.hook_env,
             PathBuf::from("/etc/ood/config/hook.env")
         );
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn setup_subcommands() {
+        let c = cli(&["install", "--self-renew", "--dry-run"]);
+        let Some(Command::Install(a)) = c.command else {
+            panic!("not install")
+        };
+        assert_eq!(
+            a.parts(),
+            [crate::install::Part::Base, crate::install::Part::SelfRenew]
+        );
+        let c = cli(&["doctor", "--user", "alice", "--output", "json"]);
+        assert!(matches!(c.command, Some(Command::Doctor(ref d)) if d.output == Output::Json));
+        let c = cli(&["root-token", "--duration", "90m"]);
+        assert!(
+            matches!(c.command, Some(Command::RootToken(ref r)) if r.duration.as_secs() == 5400)
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("48h").unwrap().as_secs(), 172_800);
+        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(parse_duration("600s").unwrap().as_secs(), 600);
+        assert!(parse_duration("5m").unwrap_err().contains("10m"));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
     }
 
     #[test]

@@ -47,18 +47,8 @@ struct RawClaims {
 
 /// Decodes the payload of a JWT (no signature check).
 pub fn claims(token: &str, what: &'static str) -> Result<Claims, TokenError> {
-    let not_jwt = || TokenError::NotJwt { what };
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(not_jwt());
-    };
-    let header = B64.decode(header).map_err(|_| not_jwt())?;
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
-        .map_err(|_| not_jwt())?;
-    let payload = B64.decode(payload).map_err(|_| not_jwt())?;
-    let raw: RawClaims = serde_json::from_slice(&payload).map_err(|_| not_jwt())?;
+    let raw: RawClaims = serde_json::from_value(serde_json::Value::Object(payload(token, what)?))
+        .map_err(|_| TokenError::NotJwt { what })?;
     let exp = match raw.exp {
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
@@ -74,6 +64,26 @@ pub fn claims(token: &str, what: &'static str) -> Result<Claims, TokenError> {
         _ => Vec::new(),
     };
     Ok(Claims { exp, aud })
+}
+
+/// Every claim of a JWT's payload (no signature check), for reports such
+/// as `doctor`'s "whose token is this".
+pub fn payload(
+    token: &str,
+    what: &'static str,
+) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
+    let not_jwt = || TokenError::NotJwt { what };
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(not_jwt());
+    };
+    let header = B64.decode(header).map_err(|_| not_jwt())?;
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
+        .map_err(|_| not_jwt())?;
+    let payload = B64.decode(payload).map_err(|_| not_jwt())?;
+    serde_json::from_slice(&payload).map_err(|_| not_jwt())
 }
 
 /// A token that passed the checks.
