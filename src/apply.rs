@@ -215,7 +215,9 @@ impl Cluster {
             // Neither the kubeconfig's token nor its client certificate.
             config.auth_info = kube::config::AuthInfo::default();
             let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| kubeconfig_error("the token is not a valid HTTP header value".into()))?;
+                .map_err(|_| {
+                    kubeconfig_error("the token is not a valid HTTP header value".into())
+                })?;
             value.set_sensitive(true);
             config.headers.push((header::AUTHORIZATION, value));
         }
@@ -348,18 +350,11 @@ impl Cluster {
                 None if in_new => Change::Created,
                 _ => {
                     let after = ctx.write(t, Write::Apply, dry_run).await?;
+                    // Bookkeeping alone (e.g. taking over fields another
+                    // manager applied) is no change, in a dry run or not.
                     match &before {
                         None => Change::Created,
-                        Some(b) if dry_run && comparable(b) == comparable(&after.body) => {
-                            Change::Unchanged
-                        }
-                        Some(b)
-                            if !dry_run
-                                && resource_version(b).is_some()
-                                && resource_version(b) == resource_version(&after.body) =>
-                        {
-                            Change::Unchanged
-                        }
+                        Some(b) if comparable(b) == comparable(&after.body) => Change::Unchanged,
                         Some(_) => Change::Changed,
                     }
                 }

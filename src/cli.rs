@@ -234,6 +234,12 @@ pub struct RootTokenArgs {
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Mint the token with this kubeconfig's credentials (a cluster
+    /// admin's) instead of root's current token: for the first renewal
+    /// without `install --self-renew`, or after the token expired.
+    #[arg(long, value_name = "ADMIN_KUBECONFIG")]
+    pub using: Option<PathBuf>,
+
     /// Lifetime of the new token: a number with s, m, h or d (at least
     /// 10m; the API server may cap it).
     #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = parse_duration)]

@@ -232,7 +232,11 @@ pub fn main(opts: &Options) -> Exit {
     print!("{}", report(&applied, opts.dry_run));
     eprintln!(
         "{PROG}: install: {}{} ({} ms)",
-        if opts.dry_run { "dry run: would be " } else { "" },
+        if opts.dry_run {
+            "dry run: would be "
+        } else {
+            ""
+        },
         counts(&applied),
         started.elapsed().as_millis()
     );
@@ -332,7 +336,12 @@ mod tests {
         let doc = |s: &str| serde_saphyr::from_str::<Value>(s).unwrap();
         assert!(target(doc("kind: Pod\nmetadata: {name: x, namespace: ns1}")).is_err());
         assert!(target(doc("kind: Role\nmetadata: {name: x}")).is_err());
-        assert!(target(doc("kind: ClusterRole\nmetadata: {name: x, namespace: ns1}")).is_err());
+        assert!(
+            target(doc(
+                "kind: ClusterRole\nmetadata: {name: x, namespace: ns1}"
+            ))
+            .is_err()
+        );
         let vap = target(doc("kind: ValidatingAdmissionPolicy\nmetadata: {name: p}")).unwrap();
         assert_eq!(
             vap.path,

@@ -4,10 +4,13 @@
 //! hand over to the command. See README.md for the module map.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use ood_k8s_bootstrap::cli::{self, Command};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
-use ood_k8s_bootstrap::{config, credential, hook, kubeconfig, reconcile, render};
+use ood_k8s_bootstrap::{
+    config, credential, doctor, hook, install, kubeconfig, reconcile, render, root_token,
+};
 
 fn main() -> ExitCode {
     // Hidden subcommands, before any runtime or thread exists. (`credential
@@ -51,6 +54,31 @@ fn main() -> ExitCode {
                 None => reconcile::Source::Labelled,
             };
             reconcile::main(source, &common.hook_env, concurrency, dry_run).into()
+        }
+        Some(Command::Install(args)) => {
+            init_logging(0);
+            install::main(&install::Options {
+                kubeconfig: args.kubeconfig.clone(),
+                parts: args.parts(),
+                dry_run: args.dry_run,
+                print: args.print,
+                timeout: Duration::from_secs(args.timeout),
+            })
+            .into()
+        }
+        Some(Command::Doctor(args)) => {
+            init_logging(args.common.verbose);
+            doctor::main(&args).into()
+        }
+        Some(Command::RootToken(args)) => {
+            init_logging(0);
+            root_token::main(&root_token::Options {
+                kubeconfig: args.kubeconfig,
+                using: args.using,
+                duration: args.duration,
+                timeout: Duration::from_secs(args.timeout),
+            })
+            .into()
         }
         None => {
             init_logging(cli.hook.common.verbose);

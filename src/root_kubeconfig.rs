@@ -44,11 +44,16 @@ pub enum RootKubeconfigError {
         user: String,
         count: usize,
     },
-    #[error("{path}: replacing the token would change more than user {user:?}'s token; left unchanged")]
+    #[error(
+        "{path}: replacing the token would change more than user {user:?}'s token; left unchanged"
+    )]
     EditMismatch { path: PathBuf, user: String },
     #[error("the new token has characters a JWT never has; nothing written")]
     BadNewToken,
 }
+
+/// One parsed kubeconfig file and its path.
+pub type File = (PathBuf, Map<String, Value>);
 
 /// Where the user entry's credentials are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +101,7 @@ pub fn candidate_files(explicit: Option<&Path>) -> Vec<PathBuf> {
 
 /// Reads and parses the candidate files; missing files in a `KUBECONFIG`
 /// list are skipped as kubectl does, an explicit missing file is an error.
-pub fn load(
-    paths: &[PathBuf],
-    explicit: bool,
-) -> Result<Vec<(PathBuf, Map<String, Value>)>, RootKubeconfigError> {
+pub fn load(paths: &[PathBuf], explicit: bool) -> Result<Vec<File>, RootKubeconfigError> {
     let mut out = Vec::new();
     for path in paths {
         let text = match std::fs::read_to_string(path) {
@@ -128,7 +130,12 @@ pub fn load(
 }
 
 /// The named entry's body (`context`, `user`, ...) in a list of entries.
-fn entry<'a>(tree: &'a Map<String, Value>, list: &str, name: &str, body: &str) -> Option<&'a Value> {
+fn entry<'a>(
+    tree: &'a Map<String, Value>,
+    list: &str,
+    name: &str,
+    body: &str,
+) -> Option<&'a Value> {
     tree.get(list)?
         .as_array()?
         .iter()
@@ -138,7 +145,7 @@ fn entry<'a>(tree: &'a Map<String, Value>, list: &str, name: &str, body: &str) -
 
 /// Follows kubectl's merge rules (the first file to set a value wins) from
 /// the current context to its user entry.
-pub fn resolve(files: &[(PathBuf, Map<String, Value>)]) -> Result<Resolved, RootKubeconfigError> {
+pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
     let names = files
         .iter()
         .map(|(p, _)| p.display().to_string())
@@ -175,14 +182,21 @@ pub fn resolve(files: &[(PathBuf, Map<String, Value>)]) -> Result<Resolved, Root
             context: context.clone(),
             user: user.clone(),
         })?;
-    let text = |k: &str| body.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     let credential = if let Some(t) = text("token") {
         Credential::Token(Secret::new(t))
     } else if let Some(f) = text("tokenFile") {
         Credential::TokenFile(PathBuf::from(f))
     } else if body.get("exec").is_some_and(|v| !v.is_null()) {
         Credential::Other("an exec credential plugin")
-    } else if text("client-certificate").or(text("client-certificate-data")).is_some() {
+    } else if text("client-certificate")
+        .or(text("client-certificate-data"))
+        .is_some()
+    {
         Credential::Other("a client certificate")
     } else if body.get("auth-provider").is_some_and(|v| !v.is_null()) {
         Credential::Other("an auth-provider")
@@ -305,15 +319,16 @@ users:
     fn resolves_the_current_users_token() {
         let r = resolve(&[(PathBuf::from("/root/.kube/config"), tree(CONFIG))]).unwrap();
         assert_eq!(r.user, "ondemand@kubernetes");
-        assert_eq!(r.credential, Credential::Token(Secret::new("old.jwt.token")));
+        assert_eq!(
+            r.credential,
+            Credential::Token(Secret::new("old.jwt.token"))
+        );
     }
 
     #[test]
     fn first_file_wins_like_kubectl() {
         let a = tree("current-context: c\ncontexts:\n- name: c\n  context: {user: u}\n");
-        let b = tree(
-            "current-context: other\nusers:\n- name: u\n  user: {tokenFile: /run/t}\n",
-        );
+        let b = tree("current-context: other\nusers:\n- name: u\n  user: {tokenFile: /run/t}\n");
         let r = resolve(&[(PathBuf::from("/a"), a), (PathBuf::from("/b"), b)]).unwrap();
         assert_eq!(r.file, PathBuf::from("/b"));
         assert_eq!(r.context, "c");
@@ -340,8 +355,14 @@ users:
     #[test]
     fn replacing_keeps_every_other_byte() {
         let p = Path::new("/root/.kube/config");
-        let new = replace_token(p, CONFIG, "ondemand@kubernetes", "old.jwt.token", "new.jwt-token_2")
-            .unwrap();
+        let new = replace_token(
+            p,
+            CONFIG,
+            "ondemand@kubernetes",
+            "old.jwt.token",
+            "new.jwt-token_2",
+        )
+        .unwrap();
         assert_eq!(new, CONFIG.replace("old.jwt.token", "new.jwt-token_2"));
         assert!(new.starts_with("# root's kubeconfig"));
     }
@@ -357,11 +378,23 @@ users:
         // The old token's text is another user's token: the edit would
         // change the wrong entry.
         assert!(matches!(
-            replace_token(p, CONFIG, "ondemand@kubernetes", "other.token.value", "n.n.n"),
+            replace_token(
+                p,
+                CONFIG,
+                "ondemand@kubernetes",
+                "other.token.value",
+                "n.n.n"
+            ),
             Err(RootKubeconfigError::EditMismatch { .. })
         ));
         assert_eq!(
-            replace_token(p, CONFIG, "ondemand@kubernetes", "old.jwt.token", "bad\ntoken"),
+            replace_token(
+                p,
+                CONFIG,
+                "ondemand@kubernetes",
+                "old.jwt.token",
+                "bad\ntoken"
+            ),
             Err(RootKubeconfigError::BadNewToken)
         );
     }
@@ -379,6 +412,9 @@ users:
             service_account(legacy.as_object().unwrap()),
             Some(("ns1".into(), "sa1".into()))
         );
-        assert_eq!(service_account(json!({"sub": "alice"}).as_object().unwrap()), None);
+        assert_eq!(
+            service_account(json!({"sub": "alice"}).as_object().unwrap()),
+            None
+        );
     }
 }

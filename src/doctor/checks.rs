@@ -1,0 +1,741 @@
+//! The verdicts: [`Facts`] in, one [`Check`] per line out, each problem
+//! with the cause and the fix (naming the key, file or command). Pure, so
+//! every message is unit tested here.
+
+use serde_json::Value;
+
+use super::facts::*;
+use super::report::Check;
+use crate::credential::rfc3339;
+use crate::root_token::{RENEW_EVERY, TIMER, human};
+use crate::settings::{CredentialMode, Settings};
+
+/// Below this much validity left, root's token is a warning.
+pub const TOKEN_WARN_SECS: u64 = 24 * 3600;
+
+const INSTALL: &str = "run `ood-k8s-bootstrap install --kubeconfig ADMIN_KUBECONFIG` (add --job-pod-reaper / --self-renew as used)";
+const NEW_ROOT_TOKEN: &str = "mint a new one with a cluster admin's kubeconfig: `ood-k8s-bootstrap root-token --using ADMIN_KUBECONFIG`, then `systemctl enable --now ood-k8s-bootstrap-root-token.timer`";
+
+/// Every check, in the order an admin fixes things.
+pub fn all(f: &Facts) -> Vec<Check> {
+    let settings = f.hook_env.settings.as_ref().ok();
+    let mut out = hook_env(&f.hook_env);
+    out.extend(root(f));
+    if let Ok(c) = &f.cluster {
+        out.extend(api_server(c));
+        out.extend(permissions(c));
+        out.extend(cluster_roles(c, settings));
+        out.extend(reaper(c));
+    }
+    out.extend(renewal(f));
+    if let Some(i) = &f.issuer {
+        out.push(issuer(i));
+    }
+    let unchecked = |what: &str| Check::warn(what, "not checked: hook.env does not load", "");
+    match (&f.user, settings) {
+        (Some(u), Some(s)) => out.extend(user(u, s, f.now)),
+        (Some(u), None) => out.push(unchecked(&format!("user {}", u.user))),
+        (None, _) => {}
+    }
+    match (&f.dashboard, settings) {
+        (Some(d), Some(s)) => out.extend(dashboard(d, s)),
+        (Some(_), None) => out.push(unchecked("dashboard")),
+        (None, _) => {}
+    }
+    out
+}
+
+/// The permissions one hook run needs, in namespace `ns` ("" = any).
+pub fn needed_access(settings: Option<&Settings>, ns: &str) -> Vec<Access> {
+    let mut want: Vec<(&'static str, &'static str)> = vec![
+        ("", "namespaces"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+    ];
+    if settings.is_some_and(|s| s.image_pull.is_some()) {
+        want.push(("", "secrets"));
+        want.push(("", "serviceaccounts"));
+    }
+    let mut out = Vec::new();
+    for (group, resource) in want {
+        for verb in ["get", "create", "patch"] {
+            out.push(Access {
+                verb,
+                group,
+                resource,
+                namespace: if resource == "namespaces" {
+                    String::new()
+                } else {
+                    ns.to_owned()
+                },
+                name: None,
+                allowed: Ok(false),
+            });
+        }
+    }
+    out
+}
+
+/// The ClusterRoles a run binds.
+pub fn bound_roles(settings: Option<&Settings>) -> Vec<String> {
+    let mut roles = vec![
+        crate::desired::USER_CLUSTER_ROLE.to_owned(),
+        crate::desired::INITIALIZER_CLUSTER_ROLE.to_owned(),
+    ];
+    if let Some(r) = settings.and_then(|s| s.job_pod_reaper.as_ref()) {
+        roles.push(r.cluster_role.as_str().to_owned());
+    }
+    roles
+}
+
+fn hook_env(h: &HookEnvFacts) -> Vec<Check> {
+    let name = "hook.env";
+    let mut out = vec![match &h.settings {
+        Ok(s) => Check::ok(
+            name,
+            format!(
+                "{} parses ({} warning{})",
+                h.path.display(),
+                s.warnings.len(),
+                if s.warnings.len() == 1 { "" } else { "s" }
+            ),
+        ),
+        Err(e) => Check::fail(
+            name,
+            e.clone(),
+            "correct hook.env as the message says (every key: `ood-k8s-bootstrap config --example`)",
+        ),
+    }];
+    if let Ok(s) = &h.settings {
+        out.extend(s.warnings.iter().map(|w| Check::warn(name, w.clone(), "")));
+    }
+    let problems: Vec<Check> = h.files.iter().filter_map(file).collect();
+    if problems.is_empty() && !h.files.is_empty() {
+        let keys: Vec<&str> = h.files.iter().map(|f| f.key).collect();
+        out.push(Check::ok(
+            "files",
+            format!("{} exist, owned by root, safe modes", keys.join(", ")),
+        ));
+    }
+    out.extend(problems);
+    out
+}
+
+/// A problem with a file hook.env names, if any.
+fn file(f: &FileFact) -> Option<Check> {
+    let what = format!("{} {}", f.key, f.path.display());
+    let m = match &f.meta {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(Check::fail(
+                "files",
+                format!("{what}: {e}"),
+                format!("create it or fix {} in hook.env", f.key),
+            ));
+        }
+    };
+    let mode = m.mode & 0o7777;
+    if !m.regular {
+        return Some(Check::fail(
+            "files",
+            format!("{what} is not a regular file"),
+            format!("point {} at a file", f.key),
+        ));
+    }
+    if m.uid != 0 {
+        return Some(Check::fail(
+            "files",
+            format!("{what} is owned by uid {}, not root", m.uid),
+            format!("chown root: {}", f.path.display()),
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(Check::fail(
+            "files",
+            format!("{what} is writable by group or others (mode {mode:o})"),
+            format!("chmod go-w {}", f.path.display()),
+        ));
+    }
+    if f.secret && mode & 0o044 != 0 {
+        return Some(Check::fail(
+            "files",
+            format!("{what} holds a secret but is readable by others (mode {mode:o})"),
+            format!("chmod 600 {}", f.path.display()),
+        ));
+    }
+    if f.executable && mode & 0o001 == 0 {
+        return Some(Check::fail(
+            "files",
+            format!("{what} is not executable by users (mode {mode:o}); their kubectl runs it"),
+            format!("chmod 755 {}", f.path.display()),
+        ));
+    }
+    if m.symlink {
+        return Some(Check::warn(
+            "files",
+            format!("{what} is a symbolic link"),
+            "name the real file in hook.env",
+        ));
+    }
+    None
+}
+
+fn root(f: &Facts) -> Vec<Check> {
+    let name = "root's kubeconfig";
+    let r = match &f.root {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Check::fail(
+                name,
+                e.clone(),
+                "give root a kubeconfig with the ondemand ServiceAccount's token (README: Installing)",
+            )];
+        }
+    };
+    let mut out = vec![Check::ok(
+        name,
+        format!(
+            "{}, context {}, user {} ({})",
+            r.file.display(),
+            r.context,
+            r.user,
+            r.credential
+        ),
+    )];
+    let whoami = f.cluster.as_ref().ok().map(|c| &c.whoami);
+    out.push(root_token(r, whoami, f.now));
+    out
+}
+
+fn root_token(r: &RootFacts, whoami: Option<&Result<String, String>>, now: u64) -> Check {
+    let name = "root's token";
+    let Some((ns, sa)) = &r.account else {
+        let seen = match whoami {
+            Some(Ok(u)) => format!("; the API server sees {u}"),
+            _ => String::new(),
+        };
+        return Check::warn(
+            name,
+            format!(
+                "root uses {}, not a ServiceAccount token{seen}",
+                r.credential
+            ),
+            "the hook only needs the `ondemand` ServiceAccount's rights; give root its token (README: Installing)",
+        );
+    };
+    let whose = format!("ServiceAccount {ns}/{sa}");
+    if let Some(exp) = r.expiry
+        && exp <= now
+    {
+        return Check::fail(
+            name,
+            format!(
+                "{whose}'s token expired {} ago ({})",
+                human(now - exp),
+                rfc3339(exp)
+            ),
+            NEW_ROOT_TOKEN,
+        );
+    }
+    match whoami {
+        Some(Err(e)) if e.contains("401") => {
+            return Check::fail(
+                name,
+                format!(
+                    "the API server rejects {whose}'s token (revoked, or the ServiceAccount was deleted and re-created)"
+                ),
+                NEW_ROOT_TOKEN,
+            );
+        }
+        Some(Ok(u)) if *u != format!("system:serviceaccount:{ns}:{sa}") => {
+            return Check::fail(
+                name,
+                format!("the token's claims say {whose} but the API server sees {u}"),
+                NEW_ROOT_TOKEN,
+            );
+        }
+        _ => {}
+    }
+    match r.expiry {
+        None => Check::ok(
+            name,
+            format!("{whose}, never expires (a Secret-based token)"),
+        ),
+        Some(exp) if exp - now < TOKEN_WARN_SECS => Check::warn(
+            name,
+            format!(
+                "{whose}, expires in {} ({})",
+                human(exp - now),
+                rfc3339(exp)
+            ),
+            "renew it: `ood-k8s-bootstrap root-token` (the systemd timer does this every 6 h)",
+        ),
+        Some(exp) => Check::ok(
+            name,
+            format!(
+                "{whose}, expires in {} ({})",
+                human(exp - now),
+                rfc3339(exp)
+            ),
+        ),
+    }
+}
+
+fn api_server(c: &ClusterFacts) -> Option<Check> {
+    let name = "API server";
+    Some(match &c.version {
+        Ok(v) => Check::ok(name, format!("{} answers, Kubernetes {v}", c.server)),
+        Err(e) => Check::fail(
+            name,
+            format!("{}: {e}", c.server),
+            "check the server URL and CA in root's kubeconfig, and that this node can reach it",
+        ),
+    })
+}
+
+fn permissions(c: &ClusterFacts) -> Vec<Check> {
+    let name = "permissions";
+    if c.version.is_err() {
+        return Vec::new();
+    }
+    let mut out: Vec<Check> = c
+        .access
+        .iter()
+        .filter_map(|a| match &a.allowed {
+            Ok(true) => None,
+            Ok(false) => Some(Check::fail(
+                name,
+                format!("root may not {}", a.describe()),
+                "grant it in the `ondemand` ClusterRole: re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig",
+            )),
+            Err(e) => Some(Check::fail(name, format!("cannot ask whether root may {}: {e}", a.describe()), "")),
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(Check::ok(
+            name,
+            format!(
+                "all {} permissions a run needs are granted (SelfSubjectAccessReview)",
+                c.access.len()
+            ),
+        ));
+    }
+    out
+}
+
+fn cluster_roles(c: &ClusterFacts, settings: Option<&Settings>) -> Vec<Check> {
+    if c.version.is_err() {
+        return Vec::new();
+    }
+    let reaper_role = settings
+        .and_then(|s| s.job_pod_reaper.as_ref())
+        .map(|r| r.cluster_role.as_str().to_owned());
+    c.binds
+        .iter()
+        .map(|b| {
+            let name = format!("ClusterRole {}", b.role);
+            let fix = if Some(&b.role) == reaper_role.as_ref() {
+                "run `ood-k8s-bootstrap install --job-pod-reaper` with a cluster admin's kubeconfig, or set JOB_POD_REAPER_CLUSTER_ROLE in hook.env to the reaper's role".to_owned()
+            } else {
+                INSTALL.to_owned()
+            };
+            let missing = matches!(b.get, Ok(404)) || matches!(&b.bind, Ok((404, _)));
+            match (&b.bind, missing) {
+                (_, true) => Check::fail(name, "does not exist, so RoleBindings to it grant nothing", fix),
+                (Ok((s, _)), _) if (200..300).contains(s) => Check::ok(name, "exists and root may bind it (server-side dry run)"),
+                (Ok((403, m)), _) => Check::fail(
+                    name,
+                    format!("root may not bind it: {m}"),
+                    "the `ondemand` ClusterRole must hold every permission of this role: re-run `ood-k8s-bootstrap install`, or check the role's rules",
+                ),
+                (Ok((s, m)), _) => Check::fail(name, format!("binding it answered {s}: {m}"), ""),
+                (Err(e), _) => Check::fail(name, format!("cannot check: {e}"), ""),
+            }
+        })
+        .collect()
+}
+
+fn reaper(c: &ClusterFacts) -> Vec<Check> {
+    c.reaper
+        .iter()
+        .map(|o| {
+            let name = "job-pod-reaper";
+            match &o.status {
+                Ok(200) => Check::ok(name, format!("{} exists", o.describe)),
+                Ok(404) => Check::fail(
+                    name,
+                    format!("{} does not exist (USE_JOB_POD_REAPER=true)", o.describe),
+                    "install the job-pod-reaper Helm chart, or set JOB_POD_REAPER_NAMESPACE / JOB_POD_REAPER_SERVICE_ACCOUNT in hook.env to its names",
+                ),
+                Ok(s) => Check::fail(name, format!("reading {} answered {s}", o.describe), ""),
+                Err(e) => Check::fail(name, format!("cannot read {}: {e}", o.describe), ""),
+            }
+        })
+        .collect()
+}
+
+fn renewal(f: &Facts) -> Vec<Check> {
+    let name = "token renewal";
+    let Ok(r) = &f.root else { return Vec::new() };
+    let (Some(exp), Some(_)) = (r.expiry, &r.account) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Ok(c) = &f.cluster
+        && let Some(a) = &c.self_renew
+        && a.allowed != Ok(true)
+    {
+        out.push(Check::warn(
+            name,
+            format!(
+                "root may not {}, so `root-token` cannot renew by itself",
+                a.describe()
+            ),
+            "run `ood-k8s-bootstrap install --self-renew` with a cluster admin's kubeconfig",
+        ));
+    }
+    let due = rfc3339(exp.saturating_sub(RENEW_EVERY.as_secs()).max(f.now));
+    out.push(match &f.timer {
+        Timer::State { active: true, next } => Check::ok(
+            name,
+            format!(
+                "{TIMER} is active; next renewal {}",
+                next.as_deref().unwrap_or("(not scheduled yet)")
+            ),
+        ),
+        Timer::State { active: false, .. } | Timer::NotInstalled => Check::warn(
+            name,
+            format!("{TIMER} is not active; the token must be renewed by {due}"),
+            format!("systemctl enable --now {TIMER}"),
+        ),
+        Timer::NoSystemd => Check::warn(
+            name,
+            format!("no systemd here to run {TIMER}; the token must be renewed by {due}"),
+            "run `ood-k8s-bootstrap root-token` every 6 h (cron)",
+        ),
+    });
+    out
+}
+
+fn issuer(i: &IssuerFacts) -> Check {
+    let name = "issuer";
+    match (&i.discovery, &i.issuer_of_endpoint) {
+        (Err(_), Some(d)) => Check::fail(
+            name,
+            format!(
+                "IDP_ISSUER_URL={} is the token endpoint of issuer {}, not an issuer (OIDC discovery fails on it)",
+                i.configured, d.issuer
+            ),
+            format!("set IDP_ISSUER_URL=\"{}\" in hook.env", d.issuer),
+        ),
+        (Err(e), None) => Check::fail(
+            name,
+            format!("OIDC discovery at {} failed: {e}", i.effective),
+            "set IDP_ISSUER_URL in hook.env to the IdP's issuer (the `issuer` of its /.well-known/openid-configuration); set IDP_CA_FILE if its CA is private",
+        ),
+        (Ok(d), _) if d.issuer != i.effective => Check::fail(
+            name,
+            format!("discovery at {} names issuer {}", i.effective, d.issuer),
+            format!(
+                "set IDP_ISSUER_URL=\"{}\" in hook.env (tokens carry that issuer)",
+                d.issuer
+            ),
+        ),
+        (Ok(_), _) if i.configured != i.effective => Check::warn(
+            name,
+            format!(
+                "IDP_ISSUER_URL={} is a token endpoint; the hook uses {}, whose discovery works",
+                i.configured, i.effective
+            ),
+            format!("set IDP_ISSUER_URL=\"{}\" in hook.env", i.effective),
+        ),
+        (Ok(d), _) => Check::ok(
+            name,
+            format!(
+                "OIDC discovery at {} works{}",
+                d.issuer,
+                d.token_endpoint
+                    .as_ref()
+                    .map(|t| format!(" (token endpoint {t})"))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
+    let name = format!("user {}", u.user);
+    let mut out = Vec::new();
+    let ns = match &u.namespace {
+        Ok(ns) => ns.clone(),
+        Err(e) => return vec![Check::fail(name, e.clone(), "")],
+    };
+    let expected = format!("{}{}", s.user_subject_prefix, u.user);
+    match (&u.token_source, &u.claims) {
+        (None, _) => out.push(Check::warn(
+            &name,
+            "no token given, so what the API server sees for this user is not checked",
+            "pass the user's access token in OOD_OIDC_ACCESS_TOKEN or --token-file FILE",
+        )),
+        (Some(src), Some(Err(e))) => {
+            out.push(Check::fail(&name, format!("the token from {src}: {e}"), ""))
+        }
+        (Some(src), Some(Ok(c))) => out.push(token_claims(&name, src, c, s, now)),
+        (Some(_), None) => {}
+    }
+    if let Some(review) = &u.review {
+        out.push(api_username(&name, review, &expected, &u.user, s));
+    }
+    out.push(user_objects(&name, &ns, &u.objects));
+    out.push(user_kubeconfig(&name, &u.kubeconfig, s, &u.user));
+    out
+}
+
+fn token_claims(
+    name: &str,
+    src: &str,
+    c: &serde_json::Map<String, Value>,
+    s: &Settings,
+    now: u64,
+) -> Check {
+    let iss = c.get("iss").and_then(Value::as_str).unwrap_or("(none)");
+    let aud: Vec<String> = match c.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let exp = c.get("exp").and_then(Value::as_u64);
+    let about = format!("token from {src}: issuer {iss}, audience {aud:?}");
+    if let Some(e) = exp
+        && e <= now
+    {
+        return Check::fail(
+            name,
+            format!("{about}, expired {} ago", human(now - e)),
+            "log in to OnDemand again for a fresh token",
+        );
+    }
+    if let Some(want) = &s.oidc.issuer_url
+        && iss != want
+    {
+        return Check::fail(
+            name,
+            format!("{about}; hook.env's IDP_ISSUER_URL is {want}"),
+            format!("set IDP_ISSUER_URL=\"{iss}\" in hook.env"),
+        );
+    }
+    if let Some(id) = &s.oidc.client_id
+        && !aud.contains(id)
+    {
+        return Check::warn(
+            name,
+            format!("{about}, which does not include CLIENT_ID {id}"),
+            "give the OnDemand client an audience mapper for the Kubernetes client at the IdP",
+        );
+    }
+    let left = exp
+        .map(|e| format!(", expires in {}", human(e - now)))
+        .unwrap_or_default();
+    Check::ok(name, format!("{about}{left}"))
+}
+
+fn api_username(
+    name: &str,
+    review: &Result<String, String>,
+    expected: &str,
+    user: &str,
+    s: &Settings,
+) -> Check {
+    let seen = match review {
+        Ok(u) => u,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("the API server does not accept the token ({e})"),
+                "make the API server trust the IdP: its --oidc-issuer-url and --oidc-client-id (or AuthenticationConfiguration jwt issuer and audiences) must match the token's issuer and audience",
+            );
+        }
+    };
+    if seen == expected {
+        return Check::ok(
+            name,
+            format!("the API server sees {seen:?}, the name the RoleBinding {user}-ood-user gives"),
+        );
+    }
+    let detail = format!(
+        "the API server sees {seen:?} but the RoleBinding {user}-ood-user would name {expected:?}, so the user gets no rights"
+    );
+    let fix = match seen.strip_suffix(user) {
+        Some(prefix) => format!(
+            "set OIDC_USERNAME_PREFIX=\"{prefix}\" in hook.env (it is {:?}), or change the API server's --oidc-username-prefix to {:?}",
+            s.user_subject_prefix, s.user_subject_prefix
+        ),
+        None => "the API server takes the username from another claim: set its --oidc-username-claim (or the AuthenticationConfiguration's claimMappings.username) to the claim holding the login name, e.g. preferred_username".into(),
+    };
+    Check::fail(name, detail, fix)
+}
+
+fn user_objects(name: &str, ns: &str, objects: &[ObjectFact]) -> Check {
+    let missing: Vec<&str> = objects
+        .iter()
+        .filter(|o| o.status != Ok(200))
+        .map(|o| o.describe.as_str())
+        .collect();
+    if missing.is_empty() {
+        return Check::ok(
+            name,
+            format!(
+                "namespace {ns} and its {} objects exist",
+                objects.len().saturating_sub(1)
+            ),
+        );
+    }
+    Check::warn(
+        name,
+        format!("not in the cluster yet: {}", missing.join(", ")),
+        format!(
+            "they are made at the user's next login, or now: `ood-k8s-bootstrap --user {}`",
+            name.trim_start_matches("user ")
+        ),
+    )
+}
+
+fn user_kubeconfig(
+    name: &str,
+    k: &Result<UserKubeconfig, String>,
+    s: &Settings,
+    user: &str,
+) -> Check {
+    let entry_name = format!("{}{user}", s.username_prefix);
+    let k = match k {
+        Ok(k) => k,
+        Err(e) => return Check::warn(name, format!("kubeconfig: {e}"), ""),
+    };
+    let Some(kind) = &k.entry else {
+        let fix = if s.kubeconfig.credentials == CredentialMode::None {
+            "K8S_CREDENTIALS=none: the hook writes no user entry; the dashboard needs one from elsewhere".to_owned()
+        } else {
+            "it is written at the user's next login (with tokens)".to_owned()
+        };
+        return Check::warn(
+            name,
+            format!("{} has no user entry {entry_name}", k.path.display()),
+            fix,
+        );
+    };
+    let ctx = match &k.context {
+        Some((cluster, u, ns)) => format!(
+            "; context {}: cluster {cluster}, user {u}, namespace {ns}",
+            s.kubeconfig.context_name
+        ),
+        None => format!(
+            "; no context {} yet (the dashboard writes it)",
+            s.kubeconfig.context_name
+        ),
+    };
+    Check::ok(
+        name,
+        format!(
+            "{}: user entry {entry_name} ({kind}){ctx}",
+            k.path.display()
+        ),
+    )
+}
+
+fn dashboard(d: &DashboardFacts, s: &Settings) -> Vec<Check> {
+    let mut out: Vec<Check> = d
+        .unreadable
+        .iter()
+        .map(|(p, e)| Check::fail("dashboard", format!("{}: {e}", p.display()), "fix the YAML"))
+        .collect();
+    if d.clusters.is_empty() {
+        out.push(Check::warn(
+            "dashboard",
+            format!(
+                "no cluster config with v2.job.adapter: kubernetes in {}",
+                d.dir.display()
+            ),
+            "",
+        ));
+    }
+    for c in &d.clusters {
+        out.extend(dashboard_cluster(c, s));
+    }
+    out
+}
+
+fn dashboard_cluster(c: &DashboardCluster, s: &Settings) -> Vec<Check> {
+    let file = c.file.display().to_string();
+    let mut out = Vec::new();
+    let mut differ = |what: &str, theirs: &str, key: &str, ours: &str| {
+        if theirs != ours {
+            out.push(Check::fail(
+                "dashboard",
+                format!("{file}: {what} is {theirs:?} but hook.env's {key} is {ours:?}"),
+                format!("make them equal: {key} in hook.env or {what} in {file}"),
+            ));
+        }
+    };
+    differ(
+        "username_prefix",
+        &c.username_prefix,
+        "K8S_USERNAME_PREFIX",
+        &s.username_prefix,
+    );
+    differ(
+        "namespace_prefix",
+        &c.namespace_prefix,
+        "NAMESPACE_PREFIX",
+        &s.namespace_prefix,
+    );
+    if s.kubeconfig.server.is_some() {
+        let context = c.context.clone().unwrap_or_else(|| c.cluster.clone());
+        differ(
+            "cluster",
+            &c.cluster,
+            "K8S_CLUSTER_NAME",
+            &s.kubeconfig.cluster_name,
+        );
+        differ(
+            "context",
+            &context,
+            "K8S_CONTEXT_NAME",
+            &s.kubeconfig.context_name,
+        );
+    }
+    if c.config_file.as_deref().is_some_and(|p| p.starts_with('~')) {
+        out.push(Check::fail(
+            "dashboard",
+            format!(
+                "{file}: config_file {:?} starts with ~, which the dashboard does not expand",
+                c.config_file.as_deref().unwrap_or_default()
+            ),
+            format!("remove config_file from {file} (the default is the user's ~/.kube/config)"),
+        ));
+    }
+    if c.auth_type != "oidc"
+        && s.kubeconfig.credentials != CredentialMode::None
+        && s.kubeconfig.server.is_none()
+    {
+        out.push(Check::warn(
+            "dashboard",
+            format!("{file}: auth.type is {:?}, so the dashboard writes no context for the hook's user entry", c.auth_type),
+            "set auth.type: oidc there, or K8S_SERVER in hook.env so the hook writes cluster and context itself",
+        ));
+    }
+    if out.is_empty() {
+        out.push(Check::ok(
+            "dashboard",
+            format!(
+                "{file}: username_prefix, namespace_prefix, cluster and context agree with hook.env"
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

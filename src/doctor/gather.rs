@@ -1,0 +1,646 @@
+//! The I/O edge of `doctor`: reads files, asks the API server and the IdP,
+//! and records every answer (or why there was none) as [`Facts`]. Nothing
+//! is changed anywhere: the only writes are server-side dry runs.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{Value, json};
+
+use super::checks::{bound_roles, needed_access};
+use super::dashboard;
+use super::facts::*;
+use crate::apply::{Cluster, Connect, Target};
+use crate::cli::DoctorArgs;
+use crate::names::{Namespace, Username};
+use crate::root_kubeconfig::{self, Credential};
+use crate::root_token::{self, TIMER};
+use crate::secret::Secret;
+use crate::settings::Settings;
+use crate::settings::envfile::EnvFile;
+
+/// Bound on each request.
+const CALL: Duration = Duration::from_secs(5);
+
+/// Gathers everything `args` asks about, at Unix time `now`.
+pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
+    let hook_env = hook_env(&args.common.hook_env);
+    let settings = hook_env.settings.as_ref().ok();
+    let root = root(args.kubeconfig.as_deref());
+    let user_ns = args
+        .user
+        .as_deref()
+        .and_then(|u| user_namespace(u, settings).ok());
+    let root_account = root.as_ref().ok().and_then(|r| r.account.clone());
+    let connect = Connect {
+        kubeconfig: args.kubeconfig.clone(),
+        bearer: None,
+    };
+    let cluster = Cluster::connect_with(&connect, CALL)
+        .await
+        .map_err(|e| e.to_string());
+    let (cluster_facts, issuer, user, dashboard) = futures::join!(
+        async {
+            match &cluster {
+                Ok(c) => {
+                    Ok(cluster_facts(c, settings, user_ns.as_deref(), root_account.as_ref()).await)
+                }
+                Err(e) => Err(e.clone()),
+            }
+        },
+        issuer(&hook_env),
+        async {
+            match &args.user {
+                Some(u) => Some(user(args, u, settings, cluster.as_ref().ok(), now).await),
+                None => None,
+            }
+        },
+        async { args.clusters_d.as_deref().map(dashboard_facts) },
+    );
+    Facts {
+        now,
+        hook_env,
+        root,
+        cluster: cluster_facts,
+        issuer,
+        user,
+        dashboard,
+        timer: timer(),
+    }
+}
+
+fn hook_env(path: &Path) -> HookEnvFacts {
+    let settings = Settings::load(path).map_err(|e| e.to_string());
+    let raw_issuer = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| EnvFile::parse(path, &t).ok())
+        .and_then(|e| e.get("IDP_ISSUER_URL").map(|(v, _)| v.to_owned()));
+    let mut files = Vec::new();
+    let mut add = |key, path: &Path, secret, executable| {
+        files.push(FileFact {
+            key,
+            path: path.to_owned(),
+            meta: file_meta(path),
+            secret,
+            executable,
+        });
+    };
+    let s = settings.as_ref().ok();
+    add(
+        "hook.env",
+        path,
+        s.is_some_and(|s| s.oidc.client_secret.is_some()),
+        false,
+    );
+    if let Some(s) = s {
+        if let Some(p) = &s.image_pull {
+            add("REGISTRY_DOCKER_CONFIG_JSON", &p.source, true, false);
+        }
+        if let Some(p) = &s.oidc.ca_file {
+            add("IDP_CA_FILE", p, false, false);
+        }
+        if let Some(p) = &s.kubeconfig.ca_file {
+            add("K8S_CA_FILE", p, false, false);
+        }
+        if let Some(p) = &s.kubeconfig.exec_command {
+            add("K8S_EXEC_COMMAND", p, false, true);
+        }
+    }
+    HookEnvFacts {
+        path: path.to_owned(),
+        settings,
+        raw_issuer,
+        files,
+    }
+}
+
+fn file_meta(path: &Path) -> Result<FileMeta, String> {
+    let link = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let symlink = link.file_type().is_symlink();
+    let m = if symlink {
+        std::fs::metadata(path).map_err(|e| format!("a symbolic link that leads nowhere: {e}"))?
+    } else {
+        link
+    };
+    Ok(FileMeta {
+        uid: m.uid(),
+        mode: m.mode(),
+        symlink,
+        regular: m.file_type().is_file(),
+    })
+}
+
+fn root(explicit: Option<&Path>) -> Result<RootFacts, String> {
+    let paths = root_kubeconfig::candidate_files(explicit);
+    let files = root_kubeconfig::load(&paths, explicit.is_some()).map_err(|e| e.to_string())?;
+    let r = root_kubeconfig::resolve(&files).map_err(|e| e.to_string())?;
+    let token = match &r.credential {
+        Credential::Token(t) => Some(t.clone()),
+        Credential::TokenFile(p) => std::fs::read_to_string(p)
+            .ok()
+            .map(|t| Secret::new(t.trim())),
+        Credential::Other(_) => None,
+    };
+    let claims = token.and_then(|t| crate::tokens::payload(t.expose(), "root's token").ok());
+    let credential = match &r.credential {
+        Credential::Token(_) => "a token".to_owned(),
+        Credential::TokenFile(p) => format!("a token in {}", p.display()),
+        Credential::Other(what) => (*what).to_owned(),
+    };
+    Ok(RootFacts {
+        file: r.file,
+        context: r.context,
+        user: r.user,
+        credential,
+        account: claims.as_ref().and_then(root_kubeconfig::service_account),
+        expiry: claims
+            .as_ref()
+            .and_then(|c| c.get("exp"))
+            .and_then(Value::as_u64),
+    })
+}
+
+fn user_namespace(user: &str, settings: Option<&Settings>) -> Result<String, String> {
+    let s = settings.ok_or("hook.env does not load")?;
+    let u = Username::parse(user).map_err(|e| e.to_string())?;
+    Namespace::for_user(&s.namespace_prefix, &u)
+        .map(|n| n.as_str().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// One request, bounded; the answer's status and body, or why none.
+async fn call(
+    c: &Cluster,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<crate::apply::Reply, String> {
+    match tokio::time::timeout(CALL, c.request(method, path, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}s", CALL.as_secs())),
+    }
+}
+
+async fn status(c: &Cluster, path: &str) -> Result<u16, String> {
+    call(c, Method::GET, path, None).await.map(|r| r.status)
+}
+
+async fn cluster_facts(
+    c: &Cluster,
+    settings: Option<&Settings>,
+    user_ns: Option<&str>,
+    account: Option<&(String, String)>,
+) -> ClusterFacts {
+    let version = call(c, Method::GET, "/version", None)
+        .await
+        .and_then(|r| match r.status {
+            200 => r
+                .body
+                .get("gitVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| "no gitVersion".into()),
+            s => Err(format!("/version answered {s}: {}", r.message())),
+        });
+    if version.is_err() {
+        return ClusterFacts {
+            server: c.server().to_owned(),
+            version,
+            whoami: Err("not asked".into()),
+            access: Vec::new(),
+            binds: Vec::new(),
+            reaper: Vec::new(),
+            self_renew: None,
+        };
+    }
+    // Bindings are dry-run in a namespace that exists: the user's, root's
+    // own, or `default`.
+    let probe_ns = match user_ns {
+        Some(ns) if status(c, &format!("/api/v1/namespaces/{ns}")).await == Ok(200) => {
+            ns.to_owned()
+        }
+        _ => account.map_or_else(|| "default".to_owned(), |(ns, _)| ns.clone()),
+    };
+    let access = needed_access(settings, user_ns.unwrap_or(""));
+    let self_renew = account.map(|(ns, name)| Access {
+        verb: "create",
+        group: "",
+        resource: "serviceaccounts/token",
+        namespace: ns.clone(),
+        name: Some(name.clone()),
+        allowed: Ok(false),
+    });
+    let reaper_paths: Vec<(String, String)> = settings
+        .and_then(|s| s.job_pod_reaper.as_ref())
+        .map(|r| {
+            let (ns, sa) = (r.namespace.as_str(), r.service_account.as_str());
+            vec![
+                (
+                    format!("Namespace {ns}"),
+                    format!("/api/v1/namespaces/{ns}"),
+                ),
+                (
+                    format!("ServiceAccount {ns}/{sa}"),
+                    format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}"),
+                ),
+            ]
+        })
+        .unwrap_or_default();
+    let (whoami, access, binds, reaper, self_renew) = futures::join!(
+        root_token::who_am_i(c),
+        futures::future::join_all(access.into_iter().map(|a| review(c, a))),
+        futures::future::join_all(
+            bound_roles(settings)
+                .into_iter()
+                .map(|r| bind(c, r, &probe_ns))
+        ),
+        futures::future::join_all(reaper_paths.into_iter().map(|(describe, path)| async move {
+            ObjectFact {
+                describe,
+                status: status(c, &path).await,
+            }
+        })),
+        async {
+            match self_renew {
+                Some(a) => Some(review(c, a).await),
+                None => None,
+            }
+        },
+    );
+    ClusterFacts {
+        server: c.server().to_owned(),
+        version,
+        whoami,
+        access,
+        binds,
+        reaper,
+        self_renew,
+    }
+}
+
+/// Asks a SelfSubjectAccessReview and records the answer in `a`.
+async fn review(c: &Cluster, mut a: Access) -> Access {
+    let (resource, sub) = a.resource.split_once('/').unwrap_or((a.resource, ""));
+    let body = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "verb": a.verb, "group": a.group, "resource": resource, "subresource": sub,
+            "namespace": a.namespace, "name": a.name.clone().unwrap_or_default()
+        }}
+    });
+    a.allowed = call(
+        c,
+        Method::POST,
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        Some(&body),
+    )
+    .await
+    .and_then(|r| match r.status {
+        200 | 201 => Ok(r
+            .body
+            .pointer("/status/allowed")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)),
+        s => Err(format!("answered {s}: {}", r.message())),
+    });
+    a
+}
+
+/// Reads ClusterRole `role` and dry-runs a RoleBinding to it in `ns`.
+async fn bind(c: &Cluster, role: String, ns: &str) -> BindFact {
+    let get = status(
+        c,
+        &format!("/apis/rbac.authorization.k8s.io/v1/clusterroles/{role}"),
+    )
+    .await;
+    let body = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"generateName": "ood-k8s-bootstrap-doctor-", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "ood-k8s-bootstrap-doctor"}]
+    });
+    let path = format!(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings?dryRun=All&fieldManager={}",
+        crate::apply::FIELD_MANAGER
+    );
+    let bind = call(c, Method::POST, &path, Some(&body))
+        .await
+        .map(|r| (r.status, r.message()));
+    BindFact { role, get, bind }
+}
+
+async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
+    let effective = h.settings.as_ref().ok()?.oidc.issuer_url.clone()?;
+    let configured = h.raw_issuer.clone().unwrap_or_else(|| effective.clone());
+    let ca = h
+        .settings
+        .as_ref()
+        .ok()
+        .and_then(|s| s.oidc.ca_file.clone());
+    let http = match http_client(ca.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(IssuerFacts {
+                configured,
+                effective,
+                discovery: Err(e),
+                issuer_of_endpoint: None,
+            });
+        }
+    };
+    let discovery = discover(&http, &effective).await;
+    let mut issuer_of_endpoint = None;
+    if discovery.is_err() {
+        let mut url = configured.trim_end_matches('/').to_owned();
+        for _ in 0..3 {
+            let Some((parent, _)) = url.rsplit_once('/') else {
+                break;
+            };
+            if parent.ends_with('/') || !parent.contains("://") {
+                break;
+            }
+            url = parent.to_owned();
+            if let Ok(d) = discover(&http, &url).await
+                && d.token_endpoint.as_deref() == Some(configured.as_str())
+            {
+                issuer_of_endpoint = Some(d);
+                break;
+            }
+        }
+    }
+    Some(IssuerFacts {
+        configured,
+        effective,
+        discovery,
+        issuer_of_endpoint,
+    })
+}
+
+fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(CALL);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| format!("cannot read IDP_CA_FILE {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("IDP_CA_FILE {} is not a PEM CA bundle: {e}", ca.display()))?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up HTTPS: {e}"))
+}
+
+async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let resp = http.get(&url).send().await.map_err(|e| chain(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}"));
+    }
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|_| format!("{url} is not a JSON discovery document"))?;
+    let issuer = v
+        .get("issuer")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{url} has no issuer"))?;
+    Ok(Discovery {
+        issuer: issuer.to_owned(),
+        token_endpoint: v
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s.chars().take(300).collect()
+}
+
+async fn user(
+    args: &DoctorArgs,
+    user: &str,
+    settings: Option<&Settings>,
+    root: Option<&Cluster>,
+    now: u64,
+) -> UserFacts {
+    let namespace = user_namespace(user, settings);
+    let (token_source, token) = user_token(args);
+    let claims = token.as_ref().map(|t| {
+        t.as_ref().map_err(Clone::clone).and_then(|t| {
+            crate::tokens::payload(t.expose(), "the user's token").map_err(|e| e.to_string())
+        })
+    });
+    let review = match &token {
+        Some(Ok(t)) => {
+            let how = Connect {
+                kubeconfig: args.kubeconfig.clone(),
+                bearer: Some(t.clone()),
+            };
+            Some(match Cluster::connect_with(&how, CALL).await {
+                Ok(c) => root_token::who_am_i(&c).await,
+                Err(e) => Err(e.to_string()),
+            })
+        }
+        _ => None,
+    };
+    let objects = match (settings, &namespace, root) {
+        (Some(s), Ok(_), Some(c)) => user_objects(c, s, user, now).await,
+        _ => Vec::new(),
+    };
+    UserFacts {
+        user: user.to_owned(),
+        namespace,
+        token_source,
+        claims,
+        review,
+        objects,
+        kubeconfig: settings
+            .ok_or_else(|| "hook.env does not load".to_owned())
+            .and_then(|s| user_kubeconfig(user, s)),
+    }
+}
+
+fn user_token(args: &DoctorArgs) -> (Option<String>, Option<Result<Secret, String>>) {
+    if let Some(f) = &args.token_file {
+        let t = std::fs::read_to_string(f)
+            .map(|t| Secret::new(t.trim()))
+            .map_err(|e| format!("cannot read {}: {e}", f.display()));
+        return (Some(f.display().to_string()), Some(t));
+    }
+    match std::env::var("OOD_OIDC_ACCESS_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => (
+            Some("OOD_OIDC_ACCESS_TOKEN".into()),
+            Some(Ok(Secret::new(t))),
+        ),
+        None => (None, None),
+    }
+}
+
+async fn user_objects(c: &Cluster, s: &Settings, user: &str, now: u64) -> Vec<ObjectFact> {
+    let Ok(u) = Username::parse(user) else {
+        return Vec::new();
+    };
+    let Ok(ns) = Namespace::for_user(&s.namespace_prefix, &u) else {
+        return Vec::new();
+    };
+    let state = crate::desired::desired_state(s, &u, &ns, now);
+    let targets: Vec<Target> = state.objects.iter().map(Target::of).collect();
+    futures::future::join_all(targets.into_iter().map(|t| async move {
+        ObjectFact {
+            describe: t.describe.clone(),
+            status: status(c, &t.path).await,
+        }
+    }))
+    .await
+}
+
+/// The user's kubeconfig as it is, read without following a symlink and
+/// only when the user owns it (root reads nothing a user could redirect).
+fn user_kubeconfig(user: &str, s: &Settings) -> Result<UserKubeconfig, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let u = Username::parse(user).map_err(|e| e.to_string())?;
+    let account = crate::account::Account::lookup(&u).map_err(|e| e.to_string())?;
+    let path = account.home.join(".kube/config");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.uid() != account.uid.as_raw() || !meta.file_type().is_file() {
+        return Err(format!(
+            "{} is not a regular file owned by {user}",
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.take(16 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let tree =
+        crate::kubeconfig::merge::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let find = |list: &str, name: &str, body: &str| -> Option<Value> {
+        tree.get(list)?
+            .as_array()?
+            .iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
+            .get(body)
+            .cloned()
+    };
+    let entry = find("users", &format!("{}{user}", s.username_prefix), "user").map(|b| {
+        [
+            "auth-provider",
+            "exec",
+            "token",
+            "tokenFile",
+            "client-certificate",
+        ]
+        .iter()
+        .find(|k| b.get(**k).is_some_and(|v| !v.is_null()))
+        .map_or("no credentials", |k| k)
+        .to_owned()
+    });
+    let context = find("contexts", &s.kubeconfig.context_name, "context").map(|c| {
+        let f = |k: &str| {
+            c.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (f("cluster"), f("user"), f("namespace"))
+    });
+    Ok(UserKubeconfig {
+        path,
+        entry,
+        context,
+    })
+}
+
+fn dashboard_facts(dir: &Path) -> DashboardFacts {
+    let mut clusters = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+            .collect(),
+        Err(e) => {
+            unreadable.push((dir.to_owned(), e.to_string()));
+            Vec::new()
+        }
+    };
+    paths.sort();
+    for p in paths {
+        match std::fs::read_to_string(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| dashboard::parse(&p, &t))
+        {
+            Ok(Some(c)) => clusters.push(c),
+            Ok(None) => {}
+            Err(e) => unreadable.push((p, e)),
+        }
+    }
+    DashboardFacts {
+        dir: dir.to_owned(),
+        clusters,
+        unreadable,
+    }
+}
+
+/// The renewal timer's state, from systemd when it runs this machine.
+fn timer() -> Timer {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Timer::NoSystemd;
+    }
+    let out = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            TIMER,
+            "--property=LoadState,ActiveState,NextElapseUSecRealtime",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        return Timer::NoSystemd;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    if get("LoadState").as_deref() != Some("loaded") {
+        return Timer::NotInstalled;
+    }
+    Timer::State {
+        active: get("ActiveState").as_deref() == Some("active"),
+        next: get("NextElapseUSecRealtime"),
+    }
+}
