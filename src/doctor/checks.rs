@@ -285,6 +285,15 @@ fn api_server(c: &ClusterFacts) -> Option<Check> {
     let name = "API server";
     Some(match &c.version {
         Ok(v) => Check::ok(name, format!("{} answers, Kubernetes {v}", c.server)),
+        // Root's token is at fault, and its check says so.
+        Err(e) if e.contains("answered 401") => Check::warn(
+            name,
+            format!(
+                "{} answers but rejects root's credentials, so nothing else was asked",
+                c.server
+            ),
+            "see root's token above",
+        ),
         Err(e) => Check::fail(
             name,
             format!("{}: {e}", c.server),

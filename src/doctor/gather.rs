@@ -208,7 +208,7 @@ async fn cluster_facts(
         return ClusterFacts {
             server: c.server().to_owned(),
             version,
-            whoami: Err("not asked".into()),
+            whoami: root_token::who_am_i(c).await,
             access: Vec::new(),
             binds: Vec::new(),
             reaper: Vec::new(),

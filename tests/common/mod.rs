@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// The running local cluster, as described by `tests/cluster/.state/env`.
+/// The cluster under test, as described by `tests/cluster/.state/env`
+/// (the local cluster of `tests/cluster/up`), or by the file named in
+/// `OOD_TEST_ENV` (an existing cluster prepared by `tests/cluster/external`
+/// from an admin kubeconfig: no test IdP, no audit log).
 pub struct Cluster {
     vars: HashMap<String, String>,
 }
@@ -20,10 +23,15 @@ pub struct Cluster {
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/.state/env");
+        let path = std::env::var_os("OOD_TEST_ENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/.state/env")
+            });
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "the local cluster is not up ({}: {e}); run tests/cluster/up first",
+                "the cluster under test is not prepared ({}: {e}); run tests/cluster/up \
+                 (or tests/cluster/external ADMIN_KUBECONFIG with OOD_TEST_ENV) first",
                 path.display()
             )
         });
@@ -39,9 +47,55 @@ pub fn cluster() -> &'static Cluster {
 
 impl Cluster {
     pub fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from tests/cluster/.state/env"))
+        self.vars.get(key).unwrap_or_else(|| {
+            if self.external() {
+                panic!(
+                    "{key} does not exist in external mode (no test IdP, no audit log): \
+                     a test that needs it belongs in an `idp` module, which tests/external-run does not run"
+                )
+            }
+            panic!("{key} missing from tests/cluster/.state/env")
+        })
+    }
+
+    /// True against an existing cluster (`tests/cluster/external`).
+    pub fn external(&self) -> bool {
+        self.vars.get("OOD_TEST_MODE").map(String::as_str) == Some("external")
+    }
+
+    /// kubectl acting as `user`: with the user's real token from the test
+    /// IdP on the local cluster, by impersonation (the admin's `--as`)
+    /// where no test IdP exists.
+    pub fn kubectl_user(&self, user: &str, args: &[&str]) -> Output {
+        if self.external() {
+            let mut full = vec![
+                "--as".to_owned(),
+                user.to_owned(),
+                "--as-group".to_owned(),
+                "system:authenticated".to_owned(),
+            ];
+            full.extend(args.iter().map(|a| (*a).to_owned()));
+            let full: Vec<&str> = full.iter().map(String::as_str).collect();
+            return self.kubectl_as(self.var("KUBECONFIG_ADMIN"), &full);
+        }
+        let tokens = self.login(user);
+        let dir = scratch(&format!("as-{user}"));
+        let kc = dir.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+                 contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n\
+                 users:\n- name: u\n  user: {{token: \"{}\"}}\n",
+                self.var("K8S_SERVER"),
+                self.var("K8S_CA_FILE"),
+                tokens.access
+            ),
+        )
+        .expect("write the user's kubeconfig");
+        let out = self.kubectl_as(kc.to_str().expect("utf-8 path"), args);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
     }
 
     /// kubectl with the given kubeconfig; returns the output, checked or not.
@@ -287,5 +341,17 @@ pub fn prefix(tag: &str) -> String {
         }
         s
     });
-    format!("{tag}-{run}-")
+    let prefix = format!("{tag}-{run}-");
+    // Against an existing cluster, every namespace prefix handed out is
+    // recorded, so `tests/cluster/external --cleanup` deletes exactly the
+    // namespaces the tests made.
+    if let Some(file) = cluster().vars.get("OOD_TEST_CLEANUP_FILE") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .expect("the cleanup list");
+        writeln!(f, "{prefix}").expect("record the prefix");
+    }
+    prefix
 }

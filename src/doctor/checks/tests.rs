@@ -122,6 +122,8 @@ fn expired_or_rejected_root_token_fails() {
 
     let mut f = healthy();
     if let Ok(c) = &mut f.cluster {
+        // A rejected token gets 401 even for /version: one failure, not two.
+        c.version = Err("/version answered 401: Unauthorized".into());
         c.whoami = Err("rejected: 401 Unauthorized".into());
     }
     let c = only_failure(&f);

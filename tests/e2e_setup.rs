@@ -1,0 +1,728 @@
+//! End-to-end: setting up and diagnosing a web node — `install`, `doctor`,
+//! `root-token` — against the real cluster under test, as an admin would
+//! run them (install with the admin's kubeconfig, the rest as root with the
+//! `ondemand` ServiceAccount's).
+//!
+//! Runs against the local cluster (tests/cluster/up) and, through
+//! tests/external-run, against any cluster given only an admin kubeconfig.
+//! The tests that need the test IdP's real user tokens are in `mod idp`,
+//! which external mode does not run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use common::{cluster, linux_user, scratch, text};
+
+/// Tests that remove cluster-wide prerequisites hold this for writing; all
+/// others hold it for reading, so they never see a half-installed cluster.
+static PREREQUISITES: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    PREREQUISITES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    PREREQUISITES.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The binary with a clean environment and `KUBECONFIG`.
+fn bin(kubeconfig: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(common::bin());
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(kubeconfig: &str, args: &[&str]) -> Output {
+    bin(kubeconfig, args)
+        .output()
+        .expect("run ood-k8s-bootstrap")
+}
+
+fn admin_kubeconfig() -> &'static str {
+    cluster().var("KUBECONFIG_ADMIN")
+}
+
+fn ondemand_kubeconfig() -> &'static str {
+    cluster().var("KUBECONFIG_ONDEMAND")
+}
+
+fn install(extra: &[&str]) -> Output {
+    let mut args = vec!["install", "--kubeconfig", admin_kubeconfig()];
+    args.extend_from_slice(extra);
+    run(admin_kubeconfig(), &args)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A root-only hook.env for this cluster (with the IdP keys where the test
+/// IdP exists), plus `extra` lines.
+fn hook_env(dir: &Path, extra: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster();
+    let mut text = format!(
+        "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nNAMESPACE_PREFIX=\"{}\"\nK8S_CREDENTIALS=none\n",
+        common::prefix("setup")
+    );
+    if !c.external() {
+        text.push_str(&format!(
+            "IDP_ISSUER_URL=\"{}\"\nIDP_CA_FILE=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n",
+            c.var("OIDC_ISSUER"),
+            c.var("OIDC_CA_FILE"),
+            c.var("OIDC_CLIENT_ID"),
+            c.var("OIDC_CLIENT_SECRET")
+        ));
+    }
+    text.push_str(extra);
+    let path = dir.join("hook.env");
+    std::fs::write(&path, text).expect("write hook.env");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// `doctor` as root with `kubeconfig`; `envs` adds e.g. the user's token.
+fn doctor(hook_env: &Path, kubeconfig: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = bin(kubeconfig, &["doctor", "--hook-env"]);
+    cmd.arg(hook_env).args(extra);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run doctor")
+}
+
+/// The doctor lines of one status mark (`✓`, `⚠`, `✗`).
+fn lines(out: &Output, mark: &str) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .filter(|l| l.starts_with(mark))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts doctor failed with a line naming `cause` whose fix names `fix`.
+fn assert_fails_with(out: &Output, cause: &str, fix: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "doctor should fail:\n{}",
+        text(out)
+    );
+    let failed = lines(out, "✗");
+    assert!(
+        failed.iter().any(|l| l.contains(cause)
+            && l.split_once(" — fix: ")
+                .is_some_and(|(_, f)| f.contains(fix))),
+        "no ✗ line with {cause:?} and fix {fix:?}:\n{}",
+        text(out)
+    );
+}
+
+fn wait_gone(args: &[&str]) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    while cluster().get_json(args).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} still exists after 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Puts back what tests/cluster/up (or external) installed, and a working
+/// `ondemand` token in the shared kubeconfig — also when a test fails.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let check = |what: &str, out: Output| {
+            if out.status.success() {
+                return;
+            }
+            // Already unwinding from a failed test: report, do not abort.
+            if std::thread::panicking() {
+                eprintln!("restoring {what} failed too:\n{}", text(&out));
+            } else {
+                panic!("restoring {what}:\n{}", text(&out));
+            }
+        };
+        check("the prerequisites", install(&["--job-pod-reaper"]));
+        // A re-created ServiceAccount invalidates the old token; its claims
+        // still say whose it was, which is all `--using` needs.
+        check(
+            "the ondemand token",
+            run(
+                ondemand_kubeconfig(),
+                &[
+                    "root-token",
+                    "--kubeconfig",
+                    ondemand_kubeconfig(),
+                    "--using",
+                    admin_kubeconfig(),
+                    "--duration",
+                    "24h",
+                ],
+            ),
+        );
+    }
+}
+
+// ---- install -----------------------------------------------------------
+
+#[test]
+fn install_creates_missing_prerequisites_then_changes_nothing_and_the_hook_works() {
+    let _lock = exclusive();
+    let c = cluster();
+    let _restore = Restore;
+    for obj in [
+        "clusterrolebinding/ondemand",
+        "clusterrole/ondemand",
+        "clusterrole/ood-user",
+        "clusterrole/ood-initializer",
+    ] {
+        c.admin(&["delete", obj, "--ignore-not-found"]);
+    }
+    c.admin(&[
+        "delete",
+        "namespace",
+        "ondemand",
+        "--ignore-not-found",
+        "--timeout=90s",
+    ]);
+    wait_gone(&["namespace", "ondemand"]);
+
+    let out = install(&["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).matches("would create").count(),
+        6,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        c.get_json(&["namespace", "ondemand"]).is_none(),
+        "a dry run created the namespace"
+    );
+
+    let started = Instant::now();
+    let out = install(&[]);
+    let first = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    for obj in [
+        "Namespace/ondemand",
+        "ServiceAccount/ondemand",
+        "ClusterRole/ondemand",
+        "ClusterRoleBinding/ondemand",
+        "ClusterRole/ood-initializer",
+        "ClusterRole/ood-user",
+    ] {
+        assert!(
+            stdout(&out).contains(&format!("created      {obj}\n")),
+            "{obj}:\n{}",
+            text(&out)
+        );
+    }
+    assert!(c.get_json(&["clusterrole", "ood-user"]).is_some());
+    assert!(
+        c.get_json(&["-n", "ondemand", "serviceaccount", "ondemand"])
+            .is_some()
+    );
+
+    let out = install(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).matches("unchanged").count(),
+        6,
+        "second run:\n{}",
+        text(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 created, 0 changed, 6 unchanged"));
+    eprintln!("install: first run {} ms", first.as_millis());
+
+    // The hook, as root with a token minted for the installed account.
+    let dir = scratch("install-hook");
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ondemand",
+        "--duration",
+        "1h",
+    ]);
+    let kc = dir.join("ondemand.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: ondemand}}\ncurrent-context: c\n\
+             users:\n- name: ondemand\n  user: {{token: \"{}\"}}\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE"),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    linux_user("dave");
+    let env = hook_env(&dir, "");
+    let out = bin(kc.to_str().unwrap(), &["--user", "dave", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the hook with the new account:\n{}",
+        text(&out)
+    );
+    let ns = format!("{}dave", common::prefix("setup"));
+    let can = c.kubectl_user("dave", &["auth", "can-i", "create", "pods", "-n", &ns]);
+    assert_eq!(stdout(&can).trim(), "yes", "{}", text(&can));
+}
+
+#[test]
+fn install_print_needs_no_cluster_and_shows_the_optional_parts() {
+    let out = Command::new(common::bin())
+        .env_clear()
+        .args(["install", "--print", "--job-pod-reaper", "--self-renew"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = stdout(&out);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["ondemand.yaml", "job-pod-reaper.yaml", "self-renew.yaml"] {
+        let text = std::fs::read_to_string(repo.join("hooks").join(file)).unwrap();
+        assert!(yaml.contains(&text), "{file} is not printed verbatim");
+    }
+    let base = Command::new(common::bin())
+        .args(["install", "--print"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&base).contains("ondemand-self-renew"),
+        "--self-renew is opt-in"
+    );
+}
+
+#[test]
+fn install_refuses_the_ondemand_account_naming_what_it_needs() {
+    let _lock = shared();
+    let out = run(ondemand_kubeconfig(), &["install"]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("install needs a cluster admin's kubeconfig"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().count(),
+        2,
+        "one progress line and one error line:\n{err}"
+    );
+}
+
+// ---- doctor ------------------------------------------------------------
+
+#[test]
+fn doctor_passes_on_the_healthy_setup() {
+    let _lock = shared();
+    let dir = scratch("doctor-healthy");
+    let env = hook_env(&dir, "USE_JOB_POD_REAPER=true\n");
+    let started = Instant::now();
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    eprintln!("doctor: {} ms", started.elapsed().as_millis());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(lines(&out, "✗").is_empty(), "{}", text(&out));
+    let ok = lines(&out, "✓").join("\n");
+    for want in [
+        "✓ hook.env:",
+        "✓ root's kubeconfig:",
+        "✓ API server:",
+        "✓ permissions: all",
+        "✓ ClusterRole ood-user: exists and root may bind it",
+        "✓ ClusterRole ood-initializer:",
+        "✓ ClusterRole job-pod-reaper:",
+        "✓ job-pod-reaper: ServiceAccount job-pod-reaper/job-pod-reaper exists",
+    ] {
+        assert!(ok.contains(want), "no {want:?}:\n{}", text(&out));
+    }
+    if !cluster().external() {
+        assert!(ok.contains("✓ issuer: OIDC discovery at"), "{}", text(&out));
+    }
+    // The renewal is reported: by systemd's timer, or when it is due.
+    assert!(stdout(&out).contains("token renewal: "), "{}", text(&out));
+    // Whose token, and when it expires.
+    assert!(
+        stdout(&out).contains("root's token: ServiceAccount ondemand/ondemand, expires in "),
+        "{}",
+        text(&out)
+    );
+
+    let json = doctor(&env, ondemand_kubeconfig(), &["--output", "json"], &[]);
+    assert!(json.status.success(), "{}", text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true);
+    assert!(v["checks"].as_array().unwrap().len() >= 8);
+}
+
+#[test]
+fn doctor_fails_on_an_expired_root_token() {
+    let _lock = shared();
+    let dir = scratch("doctor-expired");
+    let env = hook_env(&dir, "");
+    // A ServiceAccount token that expired an hour ago (the API server
+    // rejects it too: it is not signed by it).
+    let b64 = |s: &str| {
+        use std::io::Write;
+        let mut child = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"alg":"RS256"}"#),
+        b64(&format!(
+            r#"{{"sub":"system:serviceaccount:ondemand:ondemand","exp":{exp}}}"#
+        ))
+    );
+    let kc = kubeconfig_with_token(&dir, &token);
+    let out = doctor(&env, kc.to_str().unwrap(), &[], &[]);
+    assert_fails_with(
+        &out,
+        "token expired 1h 0m ago",
+        "root-token --using ADMIN_KUBECONFIG",
+    );
+}
+
+/// A copy of the shared ondemand kubeconfig with another token.
+fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
+    let c = cluster();
+    let kc = dir.join("root.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+             contexts:\n- name: c\n  context: {{cluster: c, user: root}}\ncurrent-context: c\n\
+             users:\n- name: root\n  user: {{token: \"{token}\"}}\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE"),
+        ),
+    )
+    .unwrap();
+    kc
+}
+
+#[test]
+fn doctor_fails_on_a_revoked_root_token() {
+    let _lock = shared();
+    let c = cluster();
+    let dir = scratch("doctor-revoked");
+    let env = hook_env(&dir, "");
+    // A token of a ServiceAccount that is then deleted: revoked.
+    let ns = format!("{}revoked", common::prefix("setup"));
+    c.admin(&["create", "namespace", &ns]);
+    c.admin(&["-n", &ns, "create", "serviceaccount", "gone"]);
+    let token = c.admin(&["-n", &ns, "create", "token", "gone", "--duration", "1h"]);
+    c.admin(&["-n", &ns, "delete", "serviceaccount", "gone"]);
+    let kc = kubeconfig_with_token(&dir, token.trim());
+    let out = doctor(&env, kc.to_str().unwrap(), &[], &[]);
+    assert_fails_with(
+        &out,
+        &format!("the API server rejects ServiceAccount {ns}/gone's token"),
+        "root-token --using ADMIN_KUBECONFIG",
+    );
+    c.admin(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[test]
+fn doctor_fails_when_cluster_role_ood_user_is_missing_and_install_fixes_it() {
+    let _lock = exclusive();
+    let _restore = Restore;
+    let c = cluster();
+    let dir = scratch("doctor-no-ood-user");
+    let env = hook_env(&dir, "");
+    c.admin(&["delete", "clusterrole", "ood-user"]);
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    assert_fails_with(
+        &out,
+        "ClusterRole ood-user: does not exist",
+        "ood-k8s-bootstrap install",
+    );
+    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
+
+    let fixed = install(&[]);
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(stdout(&fixed).contains("created      ClusterRole/ood-user"));
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    assert!(out.status.success(), "after install:\n{}", text(&out));
+}
+
+#[test]
+fn doctor_fails_when_the_reapers_service_account_is_missing() {
+    let _lock = shared();
+    let dir = scratch("doctor-reaper");
+    let env = hook_env(
+        &dir,
+        "USE_JOB_POD_REAPER=true\nJOB_POD_REAPER_SERVICE_ACCOUNT=no-such-reaper\n",
+    );
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    assert_fails_with(
+        &out,
+        "ServiceAccount job-pod-reaper/no-such-reaper does not exist",
+        "JOB_POD_REAPER_SERVICE_ACCOUNT",
+    );
+    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
+}
+
+#[test]
+fn doctor_fails_when_hook_env_and_the_dashboards_prefixes_differ() {
+    let _lock = shared();
+    let dir = scratch("doctor-dashboard");
+    let env = hook_env(&dir, "");
+    let clusters_d = dir.join("clusters.d");
+    std::fs::create_dir(&clusters_d).unwrap();
+    std::fs::write(
+        clusters_d.join("slurm.yml"),
+        "v2:\n  job:\n    adapter: slurm\n",
+    )
+    .unwrap();
+    let k8s = clusters_d.join("kubernetes.yml");
+    let yaml = |ns_prefix: &str| {
+        format!(
+            "---\nv2:\n  metadata:\n    title: Kubernetes\n  job:\n    adapter: \"kubernetes\"\n    cluster: \"open-ondemand\"\n    \
+             username_prefix: \"\"\n    namespace_prefix: \"{ns_prefix}\"\n    auth:\n      type: \"oidc\"\n"
+        )
+    };
+    std::fs::write(&k8s, yaml("user-")).unwrap();
+    let args = ["--clusters-d", clusters_d.to_str().unwrap()];
+    let out = doctor(&env, ondemand_kubeconfig(), &args, &[]);
+    assert_fails_with(
+        &out,
+        &format!(
+            "namespace_prefix is \"user-\" but hook.env's NAMESPACE_PREFIX is \"{}\"",
+            common::prefix("setup")
+        ),
+        "NAMESPACE_PREFIX in hook.env or namespace_prefix in",
+    );
+
+    std::fs::write(&k8s, yaml(&common::prefix("setup"))).unwrap();
+    let out = doctor(&env, ondemand_kubeconfig(), &args, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("agree with hook.env"),
+        "{}",
+        text(&out)
+    );
+}
+
+// ---- root-token --------------------------------------------------------
+
+#[test]
+fn root_token_replaces_the_token_and_nothing_else() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _lock = shared();
+    let c = cluster();
+    let granted = install(&["--self-renew"]);
+    assert!(granted.status.success(), "{}", text(&granted));
+    let dir = scratch("root-token");
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ondemand",
+        "--duration",
+        "1h",
+    ]);
+    let token = token.trim();
+    // Root's kubeconfig as a site has it: comments, other entries, quoting.
+    let original = format!(
+        "# root's kubeconfig on the web node\napiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    \
+         server: {}\n    certificate-authority: {}\n- name: elsewhere\n  cluster: {{server: 'https://elsewhere.example:6443'}}\n\
+         contexts:\n- name: ondemand@kubernetes\n  context:\n    cluster: kubernetes\n    user: ondemand@kubernetes\n\
+         - name: other\n  context: {{cluster: elsewhere, user: other}}\ncurrent-context: ondemand@kubernetes\n\
+         users:\n- name: other\n  user:\n    token: \"not-a-jwt-but-kept\"   # another credential\n\
+         - name: ondemand@kubernetes\n  user:\n    token: {token}\npreferences: {{}}\n",
+        c.var("K8S_SERVER"),
+        c.var("K8S_CA_FILE")
+    );
+    let kc = dir.join("config");
+    std::fs::write(&kc, &original).unwrap();
+    std::fs::set_permissions(&kc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kc_s = kc.to_str().unwrap();
+
+    let started = Instant::now();
+    let out = run(kc_s, &["root-token"]);
+    eprintln!("root-token: {} ms", started.elapsed().as_millis());
+    assert!(out.status.success(), "{}", text(&out));
+    let after = std::fs::read_to_string(&kc).unwrap();
+    let line = after
+        .lines()
+        .find(|l| l.starts_with("    token: ") && !l.contains("kept"))
+        .expect("the token line");
+    let new = line.trim_start_matches("    token: ");
+    assert_ne!(new, token, "the token was not replaced");
+    assert_eq!(
+        after,
+        original.replace(token, new),
+        "something besides the token changed"
+    );
+    let meta = std::fs::metadata(&kc).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!(meta.uid(), 0);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(new),
+        "the token was printed"
+    );
+    // The new token works, as the same account, for the next 48 h.
+    let who = c.kubectl_as(
+        kc_s,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        stdout(&who),
+        "system:serviceaccount:ondemand:ondemand",
+        "{}",
+        text(&who)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(in 47h 59m)") || err.contains("(in 48h 0m)"),
+        "{}",
+        text(&out)
+    );
+    // Nothing left beside it.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["config"], "leftovers: {names:?}");
+}
+
+#[test]
+fn root_token_refuses_a_symlinked_kubeconfig() {
+    let _lock = shared();
+    let c = cluster();
+    let dir = scratch("root-token-symlink");
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ondemand",
+        "--duration",
+        "1h",
+    ]);
+    let real = kubeconfig_with_token(&dir, token.trim());
+    let before = std::fs::read_to_string(&real).unwrap();
+    let link = dir.join("config");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = run(
+        link.to_str().unwrap(),
+        &["root-token", "--using", admin_kubeconfig()],
+    );
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), before);
+}
+
+/// Tests that need real user tokens from the local test IdP (Dex); not
+/// run against an existing cluster (tests/external-run says so).
+mod idp {
+    use super::*;
+
+    #[test]
+    fn doctor_fails_when_issuer_url_is_the_token_endpoint() {
+        let _lock = shared();
+        let c = cluster();
+        let dir = scratch("doctor-issuer");
+        let issuer = c.var("OIDC_ISSUER");
+        let env = hook_env(&dir, &format!("IDP_ISSUER_URL=\"{issuer}/token\"\n"));
+        let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+        assert_fails_with(
+            &out,
+            &format!("IDP_ISSUER_URL={issuer}/token is the token endpoint of issuer {issuer}"),
+            &format!("set IDP_ISSUER_URL=\"{issuer}\" in hook.env"),
+        );
+        assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
+    }
+
+    #[test]
+    fn doctor_fails_when_the_api_servers_username_differs_from_the_binding() {
+        let _lock = shared();
+        let c = cluster();
+        let dir = scratch("doctor-username");
+        linux_user("carol.smith");
+        let tokens = c.login("carol.smith");
+        let envs = [("OOD_OIDC_ACCESS_TOKEN", tokens.access.as_str())];
+        let wrong = hook_env(&dir, "OIDC_USERNAME_PREFIX=\"oidc-\"\n");
+        let out = doctor(
+            &wrong,
+            ondemand_kubeconfig(),
+            &["--user", "carol.smith"],
+            &envs,
+        );
+        assert_fails_with(
+            &out,
+            "the API server sees \"carol.smith\" but the RoleBinding carol.smith-ood-user would name \"oidc-carol.smith\"",
+            "set OIDC_USERNAME_PREFIX=\"\" in hook.env",
+        );
+        assert!(
+            !stdout(&out).contains(&tokens.access)
+                && !String::from_utf8_lossy(&out.stderr).contains(&tokens.access)
+        );
+
+        let right = hook_env(&dir, "");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, &tokens.access).unwrap();
+        let out = doctor(
+            &right,
+            ondemand_kubeconfig(),
+            &[
+                "--user",
+                "carol.smith",
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            stdout(&out).contains("✓ user carol.smith: the API server sees \"carol.smith\""),
+            "{}",
+            text(&out)
+        );
+    }
+}
