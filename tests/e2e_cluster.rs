@@ -63,40 +63,7 @@ fn ondemand_writes(prefix: &str) -> usize {
         .count()
 }
 
-// ---- the local cluster itself (issue 2) -------------------------------
-
-#[test]
-fn api_server_is_the_pinned_release_and_refuses_strangers() {
-    let c = cluster();
-    let curl = |args: &[&str]| {
-        let out = Command::new("curl")
-            .args(["-sS", "--cacert", c.var("K8S_CA_FILE")])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let version: Value =
-        serde_json::from_str(&curl(&[&format!("{}/version", c.var("K8S_SERVER"))])).unwrap();
-    assert_eq!(version["gitVersion"], c.var("K8S_VERSION"));
-    assert_eq!(
-        c.var("K8S_VERSION"),
-        "v1.37.2",
-        "Cargo.toml's k8s-openapi feature is v1_37"
-    );
-
-    let code = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{}/api/v1/namespaces", c.var("K8S_SERVER")),
-    ]);
-    assert!(
-        code == "401" || code == "403",
-        "unauthenticated request answered {code}"
-    );
-}
+// ---- the cluster under test (issue 2) ---------------------------------
 
 #[test]
 fn ondemand_account_has_only_what_the_hook_needs() {
@@ -122,35 +89,6 @@ fn ondemand_account_has_only_what_the_hook_needs() {
         "no"
     );
     assert_eq!(can(&["patch", "namespaces"]), "yes");
-}
-
-#[test]
-fn dex_token_authenticates_as_the_plain_login_name() {
-    let c = cluster();
-    let tokens = c.login("carol.smith");
-    let review = common::pipe(
-        Command::new("curl").args([
-            "-sS",
-            "--cacert",
-            c.var("K8S_CA_FILE"),
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            "@-",
-            "-X",
-            "POST",
-            "-d",
-            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
-            &format!(
-                "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                c.var("K8S_SERVER")
-            ),
-        ]),
-        format!("Authorization: Bearer {}\n", tokens.access).as_bytes(),
-    );
-    let v: Value =
-        serde_json::from_slice(&review.stdout).unwrap_or_else(|_| panic!("{}", text(&review)));
-    assert_eq!(v["status"]["userInfo"]["username"], "carol.smith", "{v}");
 }
 
 // ---- the cluster side (issue 3) ---------------------------------------
@@ -259,25 +197,12 @@ fn new_user_gets_every_object_and_rbac_works() {
         }
     }
 
-    // The user's own OIDC token may create a pod in their namespace, and
-    // nowhere else.
-    let tokens = c.login("carol.smith");
-    let kc = dir.join("carol.kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: {}, certificate-authority: {}}}\n\
-             users:\n- name: u\n  user: {{token: {}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\ncurrent-context: t\n",
-            c.var("K8S_SERVER"),
-            c.var("K8S_CA_FILE"),
-            tokens.access
-        ),
-    )
-    .unwrap();
-    let kc = kc.to_str().unwrap();
+    // The user (with their own OIDC token from the test IdP, or by
+    // impersonation on an existing cluster) may create a pod in their
+    // namespace, and nowhere else.
     let pod = |ns: &str| {
-        c.kubectl_as(
-            kc,
+        c.kubectl_user(
+            "carol.smith",
             &[
                 "run",
                 "probe",
@@ -298,8 +223,8 @@ fn new_user_gets_every_object_and_rbac_works() {
         text(&theirs)
     );
     // Users cannot write their Namespace object (pod-security labels).
-    let relabel = c.kubectl_as(
-        kc,
+    let relabel = c.kubectl_user(
+        "carol.smith",
         &[
             "label",
             "namespace",
@@ -520,116 +445,6 @@ fn converges_on_objects_from_the_kubectl_scripts() {
 
     // And a second run is still clean.
     assert_ok(&hook("bob", &env, &[]));
-}
-
-#[test]
-fn bad_input_fails_before_any_write() {
-    let c = cluster();
-    let dir = scratch("bad-input");
-    linux_user("alice");
-    let noauths = dir.join("noauths.json");
-    std::fs::write(&noauths, r#"{"credsStore": "x"}"#).unwrap();
-    let cases: Vec<(&str, String, i32, &str)> = vec![
-        (
-            "alice",
-            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.300/8\n".into(),
-            78,
-            "NETWORK_POLICY_ALLOW_CIDR",
-        ),
-        (
-            "alice",
-            "USE_JOB_POD_REAPER=yes\n".into(),
-            78,
-            "USE_JOB_POD_REAPER",
-        ),
-        (
-            "alice",
-            "USE_POD_SECURITY_POLICY=true\n".into(),
-            78,
-            "POD_SECURITY_ENFORCE",
-        ),
-        (
-            "alice",
-            "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON=/nonexistent/config.json\n"
-                .into(),
-            78,
-            "REGISTRY_DOCKER_CONFIG_JSON",
-        ),
-        (
-            "alice",
-            format!(
-                "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
-                noauths.display()
-            ),
-            78,
-            "auths",
-        ),
-        (
-            "alice",
-            "NAMESPACE_PREFIX=Bad_\n".into(),
-            78,
-            "NAMESPACE_PREFIX",
-        ),
-        ("../etc", String::new(), 67, "../etc"),
-        ("--user=-rf", String::new(), 67, "-rf"),
-        ("no-such-user-xyz", String::new(), 67, "no-such-user-xyz"),
-        ("a b", String::new(), 67, "whitespace"),
-    ];
-    let writes_before = ondemand_writes(&common::prefix("bad"));
-    for (i, (user, extra, code, needle)) in cases.iter().enumerate() {
-        let sub = dir.join(format!("case{i}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        let env = c.hook_env(
-            &sub,
-            &format!("NAMESPACE_PREFIX={}\n{extra}", common::prefix("bad")),
-        );
-        let out = match user.strip_prefix("--user=") {
-            Some(_) => c
-                .hook()
-                .arg(user)
-                .arg("--hook-env")
-                .arg(&env)
-                .output()
-                .unwrap(),
-            None => hook(user, &env, &[]),
-        };
-        assert_eq!(out.status.code(), Some(*code), "case {i}: {}", text(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(needle),
-            "case {i}: message lacks {needle:?}: {stderr}"
-        );
-        assert!(
-            stderr.lines().count() <= 4,
-            "case {i}: stderr too long: {stderr}"
-        );
-    }
-    // Unknown keys only warn.
-    let env = c.hook_env(
-        &dir,
-        &format!(
-            "NAMESPACE_PREFIX={}\nNAMESPACE_PREFX=oops\nK8S_CREDENTIALS=none\n",
-            common::prefix("bad")
-        ),
-    );
-    let out = hook("alice", &env, &["--dry-run"]);
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown key NAMESPACE_PREFX"),
-        "{}",
-        text(&out)
-    );
-    // The audit log is written asynchronously; give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        ondemand_writes(&common::prefix("bad")),
-        writes_before,
-        "a refused run (or a dry run) wrote to the cluster"
-    );
-    assert!(
-        c.get_json(&["namespace", &format!("{}alice", common::prefix("bad"))])
-            .is_none()
-    );
 }
 
 #[test]
@@ -1098,4 +913,188 @@ fn overlapping_runs_for_one_user_converge() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["regcred", "site-mirror"], "{sa}");
+}
+
+/// Tests of the local test IdP (Dex) itself; not run against an existing
+/// cluster (tests/external-run lists them).
+mod idp {
+    use super::*;
+
+    #[test]
+    fn dex_token_authenticates_as_the_plain_login_name() {
+        let c = cluster();
+        let tokens = c.login("carol.smith");
+        let review = common::pipe(
+            Command::new("curl").args([
+                "-sS",
+                "--cacert",
+                c.var("K8S_CA_FILE"),
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "@-",
+                "-X",
+                "POST",
+                "-d",
+                r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+                &format!(
+                    "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                    c.var("K8S_SERVER")
+                ),
+            ]),
+            format!("Authorization: Bearer {}\n", tokens.access).as_bytes(),
+        );
+        let v: Value =
+            serde_json::from_slice(&review.stdout).unwrap_or_else(|_| panic!("{}", text(&review)));
+        assert_eq!(v["status"]["userInfo"]["username"], "carol.smith", "{v}");
+    }
+}
+
+/// Tests of the local cluster's own parts (its pinned release, its audit
+/// log); not run against an existing cluster (tests/external-run lists them).
+mod local {
+    use super::*;
+
+    #[test]
+    fn api_server_is_the_pinned_release_and_refuses_strangers() {
+        let c = cluster();
+        let curl = |args: &[&str]| {
+            let out = Command::new("curl")
+                .args(["-sS", "--cacert", c.var("K8S_CA_FILE")])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let version: Value =
+            serde_json::from_str(&curl(&[&format!("{}/version", c.var("K8S_SERVER"))])).unwrap();
+        assert_eq!(version["gitVersion"], c.var("K8S_VERSION"));
+        assert_eq!(
+            c.var("K8S_VERSION"),
+            "v1.37.2",
+            "Cargo.toml's k8s-openapi feature is v1_37"
+        );
+
+        let code = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}/api/v1/namespaces", c.var("K8S_SERVER")),
+        ]);
+        assert!(
+            code == "401" || code == "403",
+            "unauthenticated request answered {code}"
+        );
+    }
+
+    #[test]
+    fn bad_input_fails_before_any_write() {
+        let c = cluster();
+        let dir = scratch("bad-input");
+        linux_user("alice");
+        let noauths = dir.join("noauths.json");
+        std::fs::write(&noauths, r#"{"credsStore": "x"}"#).unwrap();
+        let cases: Vec<(&str, String, i32, &str)> = vec![
+            (
+                "alice",
+                "NETWORK_POLICY_ALLOW_CIDR=10.0.0.300/8\n".into(),
+                78,
+                "NETWORK_POLICY_ALLOW_CIDR",
+            ),
+            (
+                "alice",
+                "USE_JOB_POD_REAPER=yes\n".into(),
+                78,
+                "USE_JOB_POD_REAPER",
+            ),
+            (
+                "alice",
+                "USE_POD_SECURITY_POLICY=true\n".into(),
+                78,
+                "POD_SECURITY_ENFORCE",
+            ),
+            (
+                "alice",
+                "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON=/nonexistent/config.json\n"
+                    .into(),
+                78,
+                "REGISTRY_DOCKER_CONFIG_JSON",
+            ),
+            (
+                "alice",
+                format!(
+                    "IMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                    noauths.display()
+                ),
+                78,
+                "auths",
+            ),
+            (
+                "alice",
+                "NAMESPACE_PREFIX=Bad_\n".into(),
+                78,
+                "NAMESPACE_PREFIX",
+            ),
+            ("../etc", String::new(), 67, "../etc"),
+            ("--user=-rf", String::new(), 67, "-rf"),
+            ("no-such-user-xyz", String::new(), 67, "no-such-user-xyz"),
+            ("a b", String::new(), 67, "whitespace"),
+        ];
+        let writes_before = ondemand_writes(&common::prefix("bad"));
+        for (i, (user, extra, code, needle)) in cases.iter().enumerate() {
+            let sub = dir.join(format!("case{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let env = c.hook_env(
+                &sub,
+                &format!("NAMESPACE_PREFIX={}\n{extra}", common::prefix("bad")),
+            );
+            let out = match user.strip_prefix("--user=") {
+                Some(_) => c
+                    .hook()
+                    .arg(user)
+                    .arg("--hook-env")
+                    .arg(&env)
+                    .output()
+                    .unwrap(),
+                None => hook(user, &env, &[]),
+            };
+            assert_eq!(out.status.code(), Some(*code), "case {i}: {}", text(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(needle),
+                "case {i}: message lacks {needle:?}: {stderr}"
+            );
+            assert!(
+                stderr.lines().count() <= 4,
+                "case {i}: stderr too long: {stderr}"
+            );
+        }
+        // Unknown keys only warn.
+        let env = c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX={}\nNAMESPACE_PREFX=oops\nK8S_CREDENTIALS=none\n",
+                common::prefix("bad")
+            ),
+        );
+        let out = hook("alice", &env, &["--dry-run"]);
+        assert_ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unknown key NAMESPACE_PREFX"),
+            "{}",
+            text(&out)
+        );
+        // The audit log is written asynchronously; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            ondemand_writes(&common::prefix("bad")),
+            writes_before,
+            "a refused run (or a dry run) wrote to the cluster"
+        );
+        assert!(
+            c.get_json(&["namespace", &format!("{}alice", common::prefix("bad"))])
+                .is_none()
+        );
+    }
 }

@@ -191,15 +191,22 @@ impl Cluster {
     }
 
     /// A hook.env pointing at this cluster, in `dir`, with `extra` lines.
+    /// (Without a test IdP, in external mode, the IdP keys are left out.)
     pub fn hook_env(&self, dir: &Path, extra: &str) -> PathBuf {
         let path = dir.join("hook.env");
+        let idp = if self.external() {
+            String::new()
+        } else {
+            format!(
+                "IDP_ISSUER_URL=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n",
+                self.var("OIDC_ISSUER"),
+                self.var("OIDC_CLIENT_ID"),
+                self.var("OIDC_CLIENT_SECRET"),
+            )
+        };
         let text = format!(
             "# written by the e2e tests\n\
-             NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\n\
-             IDP_ISSUER_URL=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n{extra}",
-            self.var("OIDC_ISSUER"),
-            self.var("OIDC_CLIENT_ID"),
-            self.var("OIDC_CLIENT_SECRET"),
+             NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\n{idp}{extra}"
         );
         std::fs::write(&path, text).expect("write hook.env");
         path
