@@ -240,6 +240,14 @@ pub struct RootTokenArgs {
     #[arg(long, value_name = "ADMIN_KUBECONFIG")]
     pub using: Option<PathBuf>,
 
+    /// The ServiceAccount to mint the token for, as NAMESPACE/NAME
+    /// (default: the one root's current token belongs to). With --using it
+    /// also gives a user entry without a token its first one: set up root's
+    /// kubeconfig with `kubectl config set-cluster/set-context/use-context`,
+    /// then `root-token --using ADMIN_KUBECONFIG --service-account ondemand/ondemand`.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_service_account)]
+    pub service_account: Option<(String, String)>,
+
     /// Lifetime of the new token: a number with s, m, h or d (at least
     /// 10m; the API server may cap it).
     #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = parse_duration)]
@@ -248,6 +256,19 @@ pub struct RootTokenArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
+}
+
+/// `ondemand/ondemand` → (namespace, name), both DNS labels.
+pub fn parse_service_account(s: &str) -> Result<(String, String), String> {
+    let (ns, name) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected NAMESPACE/NAME, e.g. ondemand/ondemand"))?;
+    for part in [ns, name] {
+        if let Some(why) = crate::names::dns1123_label_problem(part) {
+            return Err(format!("{s:?}: {part:?}: {why}"));
+        }
+    }
+    Ok((ns.to_owned(), name.to_owned()))
 }
 
 /// `90s`, `30m`, `48h`, `2d` → a duration of at least 10 minutes (the
@@ -370,6 +391,17 @@ mod tests {
         assert!(
             matches!(c.command, Some(Command::RootToken(ref r)) if r.duration.as_secs() == 5400)
         );
+    }
+
+    #[test]
+    fn service_accounts() {
+        assert_eq!(
+            parse_service_account("ondemand/ondemand").unwrap(),
+            ("ondemand".to_owned(), "ondemand".to_owned())
+        );
+        assert!(parse_service_account("ondemand").is_err());
+        assert!(parse_service_account("On/x").is_err());
+        assert!(parse_service_account("a/b/c").is_err());
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             root_token::main(&root_token::Options {
                 kubeconfig: args.kubeconfig,
                 using: args.using,
+                service_account: args.service_account,
                 duration: args.duration,
                 timeout: Duration::from_secs(args.timeout),
             })

@@ -143,14 +143,10 @@ fn entry<'a>(
         .map(|e| e.get(body).unwrap_or(&Value::Null))
 }
 
-/// Follows kubectl's merge rules (the first file to set a value wins) from
-/// the current context to its user entry.
-pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
-    let names = files
-        .iter()
-        .map(|(p, _)| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+/// The current context, the file defining it and the user it names,
+/// by kubectl's merge rules (the first file to set a value wins).
+pub fn current_user(files: &[File]) -> Result<(PathBuf, String, String), RootKubeconfigError> {
+    let names = file_names(files);
     let context = files
         .iter()
         .find_map(|(_, t)| {
@@ -162,9 +158,9 @@ pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
             files: names.clone(),
         })?
         .to_owned();
-    let ctx = files
+    let (file, ctx) = files
         .iter()
-        .find_map(|(_, t)| entry(t, "contexts", &context, "context"))
+        .find_map(|(p, t)| entry(t, "contexts", &context, "context").map(|c| (p, c)))
         .ok_or_else(|| RootKubeconfigError::NoContext {
             files: names.clone(),
             context: context.clone(),
@@ -174,11 +170,26 @@ pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    Ok((file.clone(), context, user))
+}
+
+fn file_names(files: &[File]) -> String {
+    files
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Follows kubectl's merge rules from the current context to its user
+/// entry and the credentials in it.
+pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
+    let (_, context, user) = current_user(files)?;
     let (file, body) = files
         .iter()
         .find_map(|(p, t)| entry(t, "users", &user, "user").map(|b| (p, b)))
         .ok_or_else(|| RootKubeconfigError::NoUser {
-            files: names.clone(),
+            files: file_names(files),
             context: context.clone(),
             user: user.clone(),
         })?;

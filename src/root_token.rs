@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::apply::{Cluster, Connect};
 use crate::exit::Exit;
 use crate::kubeconfig::write::{self, Failure, KubectlLock};
-use crate::root_kubeconfig::{self, Credential, Resolved, RootKubeconfigError};
+use crate::root_kubeconfig::{self, Credential, RootKubeconfigError};
 use crate::run::{PROG, fail, runtime, unix_now};
 use crate::secret::Secret;
 
@@ -40,6 +40,9 @@ pub const TIMER: &str = "ood-k8s-bootstrap-root-token.timer";
 pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     pub using: Option<PathBuf>,
+    /// (namespace, name): mint for this account rather than the current
+    /// token's (and give an entry without a token its first one).
+    pub service_account: Option<(String, String)>,
     pub duration: Duration,
     pub timeout: Duration,
 }
@@ -103,6 +106,10 @@ pub enum RootTokenError {
     },
     #[error("{}: {}", .0.path.display(), .0.why)]
     Write(Failure),
+    #[error(
+        "root's kubeconfig has no token yet to ask for a new one with; mint the first with a cluster admin's kubeconfig: --using ADMIN_KUBECONFIG"
+    )]
+    NoTokenYet,
     #[error("gave up after {secs}s (--timeout)")]
     Deadline { secs: u64 },
 }
@@ -116,7 +123,8 @@ impl RootTokenError {
             Self::Kubeconfig(_)
             | Self::NotToken { .. }
             | Self::NotServiceAccount { .. }
-            | Self::NoServiceAccount { .. } => Exit::Config,
+            | Self::NoServiceAccount { .. }
+            | Self::NoTokenYet => Exit::Config,
             Self::Rejected { .. } | Self::Forbidden { .. } => Exit::NoPerm,
             Self::Unreachable { .. } => Exit::Unavailable,
             Self::Server { .. } | Self::Deadline { .. } => Exit::TempFail,
@@ -127,54 +135,113 @@ impl RootTokenError {
     }
 }
 
+/// Where the new token goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Over the old `token:` value in this kubeconfig file, byte-exact.
+    Inline(PathBuf),
+    /// Into the file a `tokenFile:` entry names.
+    TokenFile(PathBuf),
+    /// A user entry without a token yet, in this kubeconfig file: the
+    /// entry is set (the file is re-emitted by kubectl's rules).
+    NewEntry(PathBuf),
+}
+
 /// Root's current credentials, as found by kubectl's rules.
 pub struct Current {
-    pub resolved: Resolved,
-    pub token: Secret,
+    pub context: String,
+    pub user: String,
+    pub place: Place,
+    /// The token to replace; None for a first token.
+    pub token: Option<Secret>,
     /// (namespace, name) of the ServiceAccount.
     pub account: (String, String),
     pub expiry: Option<u64>,
 }
 
-/// Finds root's current token and whose it is (no network).
-pub fn current(explicit: Option<&Path>) -> Result<Current, RootTokenError> {
+impl Current {
+    /// The kubeconfig file the entry is in (or the token file).
+    pub fn file(&self) -> &Path {
+        match &self.place {
+            Place::Inline(p) | Place::TokenFile(p) | Place::NewEntry(p) => p,
+        }
+    }
+}
+
+/// Finds root's current token and whose it is (no network). With
+/// `account`, an entry without a token is accepted (it gets its first).
+pub fn current(
+    explicit: Option<&Path>,
+    account: Option<&(String, String)>,
+) -> Result<Current, RootTokenError> {
     let paths = root_kubeconfig::candidate_files(explicit);
     let files = root_kubeconfig::load(&paths, explicit.is_some())?;
-    let resolved = root_kubeconfig::resolve(&files)?;
-    let token = match &resolved.credential {
-        Credential::Token(t) => t.clone(),
-        Credential::TokenFile(p) => read_token_file(p)?,
-        Credential::Other(what) => {
+    let (context_file, context, user) = root_kubeconfig::current_user(&files)?;
+    let resolved = match root_kubeconfig::resolve(&files) {
+        Ok(r) => Some(r),
+        Err(RootKubeconfigError::NoUser { .. }) if account.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let (place, token) = match resolved.map(|r| (r.file, r.credential)) {
+        Some((file, Credential::Token(t))) => (Place::Inline(file), Some(t)),
+        Some((_, Credential::TokenFile(p))) => {
+            let t = read_token_file(&p)?;
+            (Place::TokenFile(p), Some(t))
+        }
+        Some((file, Credential::Other("no credentials at all"))) if account.is_some() => {
+            (Place::NewEntry(file), None)
+        }
+        None => (Place::NewEntry(context_file), None),
+        Some((file, Credential::Other(what))) => {
             return Err(RootTokenError::NotToken {
-                file: resolved.file.clone(),
-                user: resolved.user.clone(),
-                what: (*what).to_owned(),
+                file,
+                user,
+                what: what.to_owned(),
             });
         }
     };
-    let not_sa = |subject: String| RootTokenError::NotServiceAccount {
-        file: resolved.file.clone(),
-        user: resolved.user.clone(),
-        subject,
+    let claims = token
+        .as_ref()
+        .and_then(|t| crate::tokens::payload(t.expose(), "root's token").ok());
+    let account = match (account, &claims) {
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) => root_kubeconfig::service_account(c).ok_or_else(|| {
+            RootTokenError::NotServiceAccount {
+                file: place_file(&place),
+                user: user.clone(),
+                subject: c
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .map(|s| format!(" (subject {s:?})"))
+                    .unwrap_or_default(),
+            }
+        })?,
+        (None, None) => {
+            return Err(RootTokenError::NotServiceAccount {
+                file: place_file(&place),
+                user,
+                subject: " (not a JWT)".into(),
+            });
+        }
     };
-    let claims = crate::tokens::payload(token.expose(), "root's token")
-        .map_err(|_| not_sa(" (not a JWT)".into()))?;
-    let account = root_kubeconfig::service_account(&claims).ok_or_else(|| {
-        not_sa(
-            claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .map(|s| format!(" (subject {s:?})"))
-                .unwrap_or_default(),
-        )
-    })?;
-    let expiry = claims.get("exp").and_then(Value::as_u64);
+    let expiry = claims
+        .as_ref()
+        .and_then(|c| c.get("exp"))
+        .and_then(Value::as_u64);
     Ok(Current {
-        resolved,
+        context,
+        user,
+        place,
         token,
         account,
         expiry,
     })
+}
+
+fn place_file(place: &Place) -> PathBuf {
+    match place {
+        Place::Inline(p) | Place::TokenFile(p) | Place::NewEntry(p) => p.clone(),
+    }
 }
 
 fn read_token_file(path: &Path) -> Result<Secret, RootTokenError> {
@@ -191,7 +258,7 @@ fn read_token_file(path: &Path) -> Result<Secret, RootTokenError> {
 /// Runs `root-token`; every failure is already printed.
 pub fn main(opts: &Options) -> Exit {
     let started = Instant::now();
-    let cur = match current(opts.kubeconfig.as_deref()) {
+    let cur = match current(opts.kubeconfig.as_deref(), opts.service_account.as_ref()) {
         Ok(c) => c,
         Err(e) => return fail(e.exit(), e),
     };
@@ -200,9 +267,14 @@ pub fn main(opts: &Options) -> Exit {
     };
     let (ns, name) = cur.account.clone();
     eprintln!(
-        "{PROG}: root-token: renewing ServiceAccount {ns}/{name}'s token in {} (user {}){}",
-        cur.resolved.file.display(),
-        cur.resolved.user,
+        "{PROG}: root-token: {} ServiceAccount {ns}/{name}'s token in {} (user {}){}",
+        if cur.token.is_some() {
+            "renewing"
+        } else {
+            "writing the first"
+        },
+        cur.file().display(),
+        cur.user,
         opts.using
             .as_ref()
             .map(|u| format!(", minted with {}", u.display()))
@@ -222,9 +294,9 @@ pub fn main(opts: &Options) -> Exit {
         Err(e) => return fail(e.exit(), e),
     };
     let deadline = started + opts.timeout;
-    let written = match &cur.resolved.credential {
-        Credential::TokenFile(p) => write_token_file(p, &token, deadline),
-        _ => write_kubeconfig(&cur, &token, deadline),
+    let written = match &cur.place {
+        Place::TokenFile(p) => write_token_file(p, &token, deadline),
+        Place::Inline(p) | Place::NewEntry(p) => write_kubeconfig(p, &cur, &token, deadline),
     };
     if let Err(e) = written {
         return fail(e.exit(), e);
@@ -253,7 +325,7 @@ async fn mint(opts: &Options, cur: &Current) -> Result<(Secret, u64), RootTokenE
         },
         None => Connect {
             kubeconfig: opts.kubeconfig.clone(),
-            bearer: Some(cur.token.clone()),
+            bearer: Some(cur.token.clone().ok_or(RootTokenError::NoTokenYet)?),
         },
     };
     let by = opts.using.as_ref().map_or_else(
@@ -403,10 +475,15 @@ fn open_parent(path: &Path) -> Result<(std::os::fd::OwnedFd, PathBuf, String), R
     Ok((dir, dir_path, name))
 }
 
-/// Replaces the token in the kubeconfig file holding it, under flock and
-/// kubectl's lock, through a new file renamed over the old one.
-fn write_kubeconfig(cur: &Current, new: &Secret, deadline: Instant) -> Result<(), RootTokenError> {
-    let path = &cur.resolved.file;
+/// Replaces the token in the kubeconfig file `path` (or gives the entry its
+/// first), under flock and kubectl's lock, through a new file renamed over
+/// the old one.
+fn write_kubeconfig(
+    path: &Path,
+    cur: &Current,
+    new: &Secret,
+    deadline: Instant,
+) -> Result<(), RootTokenError> {
     let (dir, dir_path, name) = open_parent(path)?;
     let locked =
         write::lock_file(&dir, &name, path, geteuid(), deadline).map_err(RootTokenError::Write)?;
@@ -433,14 +510,37 @@ fn write_kubeconfig(cur: &Current, new: &Secret, deadline: Instant) -> Result<()
                 format!("cannot read: {e}"),
             ))
         })?;
-    let edited = root_kubeconfig::replace_token(
-        path,
-        &text,
-        &cur.resolved.user,
-        cur.token.expose(),
-        new.expose(),
-    )?;
+    let edited = match &cur.token {
+        Some(old) => {
+            root_kubeconfig::replace_token(path, &text, &cur.user, old.expose(), new.expose())?
+        }
+        None => first_token(path, &text, &cur.user, new)?,
+    };
     write::write_atomic(&dir, &dir_path, &name, edited.as_bytes()).map_err(RootTokenError::Write)
+}
+
+/// `text` with user entry `user` holding just `token` (created if missing).
+fn first_token(
+    path: &Path,
+    text: &str,
+    user: &str,
+    token: &Secret,
+) -> Result<String, RootTokenError> {
+    use crate::kubeconfig::merge::{Desired, UserEntry, merge};
+    let desired = Desired {
+        user: Some(UserEntry {
+            name: user.to_owned(),
+            user: json!({"token": token.expose()}),
+        }),
+        cluster: None,
+        context: None,
+    };
+    merge(text, &desired).map_err(|e| {
+        RootTokenError::Kubeconfig(RootKubeconfigError::Parse {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+    })
 }
 
 /// Writes the token file a `tokenFile:` entry names.

@@ -628,6 +628,92 @@ fn root_token_replaces_the_token_and_nothing_else() {
 }
 
 #[test]
+fn root_token_gives_a_new_kubeconfig_its_first_token_then_renews_it() {
+    use std::os::unix::fs::MetadataExt;
+    let _lock = shared();
+    let c = cluster();
+    let granted = install(&["--self-renew"]);
+    assert!(granted.status.success(), "{}", text(&granted));
+    let dir = scratch("root-token-first");
+    let kc = dir.join("config");
+    let kc_s = kc.to_str().unwrap();
+    // What an admin types on a new web node (README: Installing).
+    for args in [
+        vec![
+            "config",
+            "set-cluster",
+            "kubernetes",
+            "--server",
+            c.var("K8S_SERVER"),
+            "--certificate-authority",
+            c.var("K8S_CA_FILE"),
+        ],
+        vec![
+            "config",
+            "set-context",
+            "ondemand@kubernetes",
+            "--cluster",
+            "kubernetes",
+            "--user",
+            "ondemand@kubernetes",
+        ],
+        vec!["config", "use-context", "ondemand@kubernetes"],
+    ] {
+        let out = c.kubectl_as(kc_s, &args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let no_account = run(kc_s, &["root-token", "--using", admin_kubeconfig()]);
+    assert_eq!(no_account.status.code(), Some(78), "{}", text(&no_account));
+    assert!(
+        String::from_utf8_lossy(&no_account.stderr).contains("\"ondemand@kubernetes\" (of context")
+    );
+
+    let out = run(
+        kc_s,
+        &[
+            "root-token",
+            "--using",
+            admin_kubeconfig(),
+            "--service-account",
+            "ondemand/ondemand",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writing the first"),
+        "{}",
+        text(&out)
+    );
+    let who = c.kubectl_as(
+        kc_s,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        stdout(&who),
+        "system:serviceaccount:ondemand:ondemand",
+        "{}",
+        text(&who)
+    );
+    assert_eq!(std::fs::metadata(&kc).unwrap().mode() & 0o7777, 0o600);
+
+    // From now on the timer's plain `root-token` renews it by itself.
+    let first = std::fs::read_to_string(&kc).unwrap();
+    let out = run(kc_s, &["root-token"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("renewing"),
+        "{}",
+        text(&out)
+    );
+    assert_ne!(std::fs::read_to_string(&kc).unwrap(), first);
+}
+
+#[test]
 fn root_token_refuses_a_symlinked_kubeconfig() {
     let _lock = shared();
     let c = cluster();
