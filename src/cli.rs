@@ -125,7 +125,8 @@ pub enum Command {
     /// ClusterRoles and the job-pod-reaper's objects, the IdP's OIDC
     /// discovery; with --user and a token, what the API server sees for
     /// that user; with --clusters-d, the dashboard's cluster config. Exit
-    /// status 0 only when nothing failed (warnings do not fail).
+    /// status 0 when nothing failed (warnings do not fail), 1 when a check
+    /// failed.
     Doctor(DoctorArgs),
     /// Renew root's ServiceAccount token in its kubeconfig (TokenRequest
     /// API), atomically, keeping every other byte of the file.

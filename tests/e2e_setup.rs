@@ -415,10 +415,12 @@ fn doctor_fails_on_an_expired_root_token() {
         "token expired 1h 0m ago",
         "root-token --using ADMIN_KUBECONFIG",
     );
+    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
 }
 
-/// A copy of the shared ondemand kubeconfig with another token.
+/// A root-only kubeconfig for this cluster with another token.
 fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let c = cluster();
     let kc = dir.join("root.kubeconfig");
     std::fs::write(
@@ -432,6 +434,7 @@ fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
         ),
     )
     .unwrap();
+    std::fs::set_permissions(&kc, std::fs::Permissions::from_mode(0o600)).unwrap();
     kc
 }
 
@@ -454,6 +457,7 @@ fn doctor_fails_on_a_revoked_root_token() {
         &format!("the API server rejects ServiceAccount {ns}/gone's token"),
         "root-token --using ADMIN_KUBECONFIG",
     );
+    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
     c.admin(&["delete", "namespace", &ns, "--wait=false"]);
 }
 

@@ -26,9 +26,19 @@ const CALL: Duration = Duration::from_secs(5);
 
 /// Gathers everything `args` asks about, at Unix time `now`.
 pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
-    let hook_env = hook_env(&args.common.hook_env);
-    let settings = hook_env.settings.as_ref().ok();
+    let mut hook_env = hook_env(&args.common.hook_env);
     let root = root(args.kubeconfig.as_deref());
+    // Root's kubeconfig holds the token: checked like hook.env's files.
+    if let Ok(r) = &root {
+        hook_env.files.push(FileFact {
+            key: "root's kubeconfig",
+            path: r.file.clone(),
+            meta: file_meta(&r.file),
+            secret: true,
+            executable: false,
+        });
+    }
+    let settings = hook_env.settings.as_ref().ok();
     let user_ns = args
         .user
         .as_deref()
