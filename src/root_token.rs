@@ -88,6 +88,8 @@ pub enum RootTokenError {
          then mint root's first token with `ood-k8s-bootstrap root-token --using ADMIN_KUBECONFIG`"
     )]
     NoServiceAccount { namespace: String, name: String },
+    #[error("cannot set up a connection from the kubeconfig: {detail}")]
+    Connect { detail: String },
     #[error("the API server {server} is unreachable: {detail}")]
     Unreachable { server: String, detail: String },
     #[error("the API server {server} answered the TokenRequest with {status}: {message}")]
@@ -124,7 +126,8 @@ impl RootTokenError {
             | Self::NotToken { .. }
             | Self::NotServiceAccount { .. }
             | Self::NoServiceAccount { .. }
-            | Self::NoTokenYet => Exit::Config,
+            | Self::NoTokenYet
+            | Self::Connect { .. } => Exit::Config,
             Self::Rejected { .. } | Self::Forbidden { .. } => Exit::NoPerm,
             Self::Unreachable { .. } => Exit::Unavailable,
             Self::Server { .. } | Self::Deadline { .. } => Exit::TempFail,
@@ -407,9 +410,7 @@ async fn mint(opts: &Options, cur: &Current) -> Result<(Secret, u64), RootTokenE
 impl From<crate::apply::ApplyError> for RootTokenError {
     fn from(e: crate::apply::ApplyError) -> Self {
         match e {
-            crate::apply::ApplyError::Kubeconfig { detail } => {
-                Self::Kubeconfig(RootKubeconfigError::NoFile { why: detail })
-            }
+            crate::apply::ApplyError::Kubeconfig { detail } => Self::Connect { detail },
             other => Self::Unreachable {
                 server: "(root's kubeconfig)".into(),
                 detail: other.to_string(),
