@@ -286,11 +286,6 @@ impl Cluster {
         ))
     }
 
-    /// The API server's URL, as the kubeconfig names it.
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
     /// One request with a JSON body (or none), answered with whatever
     /// status came back: the caller interprets 401/403/404. Only a failure
     /// to talk to the server is an error (its one-line cause).

@@ -770,6 +770,37 @@ mod idp {
     }
 
     #[test]
+    fn doctor_tries_the_configured_token_exchange() {
+        let _lock = shared();
+        let c = cluster();
+        let dir = scratch("doctor-exchange");
+        // Dex offers the grant, but its password connector cannot exchange.
+        let env = hook_env(&dir, "K8S_TOKEN_EXCHANGE_AUDIENCE=\"kubernetes\"\n");
+        let tokens = c.login("bob");
+        let out = doctor(
+            &env,
+            ondemand_kubeconfig(),
+            &["--user", "bob"],
+            &[("OOD_OIDC_ACCESS_TOKEN", tokens.access.as_str())],
+        );
+        assert!(
+            lines(&out, "✓")
+                .iter()
+                .any(|l| l.starts_with("✓ token exchange: the IdP offers")),
+            "{}",
+            text(&out)
+        );
+        assert_fails_with(
+            &out,
+            &format!(
+                "user bob: the IdP {} refused to exchange the token for audience kubernetes",
+                c.var("OIDC_ISSUER")
+            ),
+            "",
+        );
+    }
+
+    #[test]
     fn doctor_fails_when_the_api_servers_username_differs_from_the_binding() {
         let _lock = shared();
         let c = cluster();

@@ -30,6 +30,7 @@ pub fn all(f: &Facts) -> Vec<Check> {
     out.extend(renewal(f));
     if let Some(i) = &f.issuer {
         out.push(issuer(i));
+        out.extend(exchange(i));
     }
     let unchecked = |what: &str| Check::warn(what, "not checked: hook.env does not load", "");
     match (&f.user, settings) {
@@ -472,6 +473,34 @@ fn issuer(i: &IssuerFacts) -> Check {
     }
 }
 
+/// With K8S_TOKEN_EXCHANGE_AUDIENCE set: does the IdP offer the grant?
+fn exchange(i: &IssuerFacts) -> Option<Check> {
+    let name = "token exchange";
+    let audience = i.exchange_audience.as_ref()?;
+    let d = i.discovery.as_ref().ok()?;
+    let grant = crate::exchange::GRANT_TYPE;
+    Some(match &d.grant_types {
+        Some(g) if g.iter().any(|t| t == grant) => Check::ok(
+            name,
+            format!(
+                "the IdP offers the token-exchange grant (K8S_TOKEN_EXCHANGE_AUDIENCE={audience})"
+            ),
+        ),
+        Some(_) => Check::fail(
+            name,
+            format!(
+                "K8S_TOKEN_EXCHANGE_AUDIENCE={audience} is set, but the IdP's grant_types_supported lacks {grant}"
+            ),
+            "enable standard token exchange at the IdP (Keycloak >= 26.2: client attribute standard.token.exchange.enabled=true on the portal client), or unset K8S_TOKEN_EXCHANGE_AUDIENCE in hook.env",
+        ),
+        None => Check::warn(
+            name,
+            "the IdP does not list its grant types, so whether it exchanges tokens is not known",
+            "check with a user's token: doctor --user USER (OOD_OIDC_ACCESS_TOKEN or --token-file)",
+        ),
+    })
+}
+
 fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     let name = format!("user {}", u.user);
     let mut out = Vec::new();
@@ -491,6 +520,14 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
         }
         (Some(src), Some(Ok(c))) => out.push(token_claims(&name, src, c, s, now)),
         (Some(_), None) => {}
+    }
+    match &u.exchange {
+        Some(Ok(())) => out.push(Check::ok(
+            &name,
+            "the IdP exchanged the token for one meant for Kubernetes (checked below)",
+        )),
+        Some(Err((e, fix))) => out.push(Check::fail(&name, e.clone(), fix.clone())),
+        None => {}
     }
     if let Some(review) = &u.review {
         out.push(api_username(&name, review, &expected, &u.user, s));

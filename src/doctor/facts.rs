@@ -126,6 +126,8 @@ pub struct ClusterFacts {
 pub struct Discovery {
     pub issuer: String,
     pub token_endpoint: Option<String>,
+    /// `grant_types_supported`, when the IdP lists them.
+    pub grant_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub struct IssuerFacts {
     /// When discovery failed: a parent URL whose discovery document lists
     /// `configured` as its token endpoint.
     pub issuer_of_endpoint: Option<Discovery>,
+    /// `K8S_TOKEN_EXCHANGE_AUDIENCE`, when a token exchange is configured.
+    pub exchange_audience: Option<String>,
 }
 
 /// The user's kubeconfig as it is now (only what doctor reports).
@@ -158,6 +162,10 @@ pub struct UserFacts {
     /// Where the token came from, or None without one.
     pub token_source: Option<String>,
     pub claims: Option<Result<Map<String, Value>, String>>,
+    /// With a token exchange configured: whether the IdP exchanged the
+    /// token (the review then uses the exchanged one, as the hook would).
+    /// A failure is (what happened, the fix).
+    pub exchange: Option<Result<(), (String, String)>>,
     /// SelfSubjectReview with the user's token.
     pub review: Option<Result<String, String>>,
     pub objects: Vec<ObjectFact>,

@@ -344,14 +344,11 @@ async fn bind(c: &Cluster, role: String, ns: &str) -> BindFact {
 }
 
 async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
-    let effective = h.settings.as_ref().ok()?.oidc.issuer_url.clone()?;
+    let settings = h.settings.as_ref().ok()?;
+    let effective = settings.oidc.issuer_url.clone()?;
     let configured = h.raw_issuer.clone().unwrap_or_else(|| effective.clone());
-    let ca = h
-        .settings
-        .as_ref()
-        .ok()
-        .and_then(|s| s.oidc.ca_file.clone());
-    let http = match http_client(ca.as_deref()) {
+    let exchange_audience = settings.exchange.as_ref().map(|e| e.audience.clone());
+    let http = match http_client(settings.oidc.ca_pem.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             return Some(IssuerFacts {
@@ -359,6 +356,7 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
                 effective,
                 discovery: Err(e),
                 issuer_of_endpoint: None,
+                exchange_audience,
             });
         }
     };
@@ -387,18 +385,17 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
         effective,
         discovery,
         issuer_of_endpoint,
+        exchange_audience,
     })
 }
 
-fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
+fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(CALL);
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca)
-            .map_err(|e| format!("cannot read IDP_CA_FILE {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("IDP_CA_FILE {} is not a PEM CA bundle: {e}", ca.display()))?;
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("IDP_CA_FILE is not a PEM CA bundle: {e}"))?;
         for c in certs {
             builder = builder.add_root_certificate(c);
         }
@@ -432,6 +429,14 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, Str
             .get("token_endpoint")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        grant_types: v
+            .get("grant_types_supported")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g.as_str().map(str::to_owned))
+                    .collect()
+            }),
     })
 }
 
@@ -460,6 +465,14 @@ async fn user(
             crate::tokens::payload(t.expose(), "the user's token").map_err(|e| e.to_string())
         })
     });
+    // With a token exchange, the API server sees the exchanged token.
+    let (exchange, token) = match (settings.and_then(|s| s.exchange.clone()), token) {
+        (Some(x), Some(Ok(t))) => match exchanged(x, user, t).await {
+            Ok(t) => (Some(Ok(())), Some(Ok(t))),
+            Err(e) => (Some(Err(e)), None),
+        },
+        (_, token) => (None, token),
+    };
     let review = match &token {
         Some(Ok(t)) => {
             let how = Connect {
@@ -482,11 +495,66 @@ async fn user(
         namespace,
         token_source,
         claims,
+        exchange,
         review,
         objects,
         kubeconfig: settings
             .ok_or_else(|| "hook.env does not load".to_owned())
             .and_then(|s| user_kubeconfig(user, s)),
+    }
+}
+
+/// The user's token exchanged as the hook would (`exchange.rs`, blocking,
+/// so on the blocking pool).
+async fn exchanged(
+    x: crate::settings::ExchangeSettings,
+    user: &str,
+    token: Secret,
+) -> Result<Secret, (String, String)> {
+    let user = user.to_owned();
+    let login = crate::kubeconfig::Login {
+        access_token: Some(token),
+        refresh_token: None,
+        id_token: None,
+    };
+    let deadline = std::time::Instant::now() + CALL * 2;
+    let got =
+        tokio::task::spawn_blocking(move || crate::exchange::exchange(&x, &user, &login, deadline))
+            .await
+            .map_err(|e| (e.to_string(), String::new()))?
+            .map_err(exchange_failure)?;
+    got.access_token.ok_or_else(|| {
+        (
+            "the token exchange answered without an access token".to_owned(),
+            String::new(),
+        )
+    })
+}
+
+/// An exchange failure as doctor tells it: what happened, and the fix.
+fn exchange_failure(e: crate::exchange::ExchangeError) -> (String, String) {
+    use crate::exchange::ExchangeError as E;
+    match e {
+        E::Refused {
+            issuer,
+            audience,
+            refusal,
+            hint,
+            ..
+        } => (
+            format!(
+                "the IdP {issuer} refused to exchange the token for audience {audience}: {refusal}"
+            ),
+            hint.to_owned(),
+        ),
+        E::Unreachable { issuer, detail, .. } => (
+            format!("cannot reach the IdP {issuer} for the token exchange: {detail}"),
+            "check IDP_ISSUER_URL and IDP_CA_FILE in hook.env".to_owned(),
+        ),
+        E::BadAnswer { issuer, detail, .. } => (
+            format!("the IdP {issuer} gave an unusable token exchange answer: {detail}"),
+            String::new(),
+        ),
     }
 }
 

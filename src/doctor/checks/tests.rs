@@ -73,8 +73,10 @@ fn healthy() -> Facts {
                 token_endpoint: Some(
                     "https://idp.example/realms/ood/protocol/openid-connect/token".into(),
                 ),
+                grant_types: None,
             }),
             issuer_of_endpoint: None,
+            exchange_audience: None,
         }),
         user: None,
         dashboard: None,
@@ -157,7 +159,9 @@ fn issuer_set_to_the_token_endpoint_fails_naming_the_issuer() {
         issuer_of_endpoint: Some(Discovery {
             issuer: "https://idp.example/dex".into(),
             token_endpoint: Some(endpoint.into()),
+            grant_types: None,
         }),
+        exchange_audience: None,
     });
     let c = only_failure(&f);
     assert!(
@@ -256,6 +260,7 @@ fn user_facts(seen: &str) -> UserFacts {
             .as_object()
             .unwrap()
             .clone())),
+        exchange: None,
         review: Some(Ok(seen.into())),
         objects: vec![ObjectFact { describe: "Namespace/alice".into(), status: Ok(200) }],
         kubeconfig: Ok(UserKubeconfig {
@@ -440,4 +445,37 @@ fn renewal_is_reported() {
     let checks = all(&f);
     assert!(checks.iter().any(|c| c.status == Status::Warn
         && c.fix.as_deref().is_some_and(|x| x.contains("--self-renew"))));
+}
+
+#[test]
+fn token_exchange_grant_must_be_offered() {
+    let mut f = healthy();
+    let set = |f: &mut Facts, grants: Option<Vec<&str>>| {
+        if let Some(i) = &mut f.issuer {
+            i.exchange_audience = Some("kubernetes".into());
+            if let Ok(d) = &mut i.discovery {
+                d.grant_types = grants.map(|g| g.into_iter().map(str::to_owned).collect());
+            }
+        }
+    };
+    set(
+        &mut f,
+        Some(vec!["authorization_code", crate::exchange::GRANT_TYPE]),
+    );
+    assert!(failures(&f).is_empty());
+    set(&mut f, Some(vec!["authorization_code"]));
+    let c = only_failure(&f);
+    assert!(c.fix.unwrap().contains("unset K8S_TOKEN_EXCHANGE_AUDIENCE"));
+    set(&mut f, None);
+    assert!(failures(&f).is_empty());
+
+    let mut u = user_facts("alice");
+    u.exchange = Some(Err((
+        "the IdP https://idp.example refused to exchange the token for audience kubernetes: invalid_request".into(),
+        "check the IdP's token exchange settings for the portal client".into(),
+    )));
+    f.user = Some(u);
+    let c = only_failure(&f);
+    assert!(c.detail.contains("refused to exchange the token"), "{c:?}");
+    assert!(c.fix.unwrap().contains("token exchange settings"));
 }
