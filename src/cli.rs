@@ -104,6 +104,10 @@ pub enum Command {
         /// Report what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete objects this hook made that are no longer wanted (as
+        /// PRUNE=true does; needs the grant in hooks/ondemand-prune.yaml).
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         common: Common,
     },

@@ -11,13 +11,16 @@ pub mod credential;
 pub mod desired;
 pub mod exit;
 pub mod hook;
+pub mod kinds;
 pub mod kubeconfig;
 pub mod names;
+pub mod prune;
 pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod secret;
 pub mod settings;
+pub mod templates;
 pub mod tokens;
 
 pub use run::{PROG, fail, load, load_settings, runtime, unix_now};

@@ -1,0 +1,153 @@
+//! Reading `SITE_TEMPLATES_DIR`: the thin I/O edge in front of the pure
+//! template parser (`crate::templates`). Runs as root, so the directory and
+//! every file must be owned by root (or whoever runs us) and writable by no
+//! one else — otherwise anyone who can write there could add objects to
+//! every user's namespace. FIFOs and devices are refused without blocking.
+
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Largest template file read (templates are a few objects).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The template files in `dir` as (path, text), sorted by name: `*.yaml`
+/// and `*.yml`, hidden files skipped. Errors say what is wrong with which
+/// path.
+pub fn read(dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    check_owner(&meta).map_err(|why| format!("{}: {why}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("cannot list it: {e}"))? {
+        let entry = entry.map_err(|e| format!("cannot list it: {e}"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(format!(
+                "{}: a file name that is not UTF-8; rename or remove it",
+                entry.path().display()
+            ));
+        };
+        if !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let text = read_file(&path).map_err(|why| format!("{}: {why}", path.display()))?;
+            Ok((path.display().to_string(), text))
+        })
+        .collect()
+}
+
+/// One template file: a regular file, safe owner and mode, at most 1 MiB of
+/// UTF-8. Opened non-blocking so a FIFO cannot hang the login.
+fn read_file(path: &Path) -> Result<String, String> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    check_owner(&meta)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it as UTF-8 text: {e}"))?;
+    Ok(text)
+}
+
+/// Owned by root or by us, and not writable by group or others.
+fn check_owner(meta: &Metadata) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not root: anyone who can write templates adds objects to every namespace",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o}); chmod go-w it",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ood-tdir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn reads_yaml_files_in_order_and_skips_the_rest() {
+        let dir = scratch("order");
+        for (name, text) in [
+            ("b.yaml", "b"),
+            ("a.yml", "a"),
+            (".hidden.yaml", "h"),
+            ("notes.txt", "n"),
+            ("c.yaml~", "c"),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let files = read(&dir).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|(p, t)| (p.rsplit('/').next().unwrap(), t.as_str()))
+            .collect();
+        assert_eq!(names, [("a.yml", "a"), ("b.yaml", "b")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_writable_files_fifos_and_missing_dirs() {
+        let dir = scratch("refuse");
+        let p = dir.join("open.yaml");
+        std::fs::write(&p, "x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = read(&dir).unwrap_err();
+        assert!(e.contains("open.yaml") && e.contains("writable"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+
+        let fifo = dir.join("pipe.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = read(&dir).unwrap_err();
+        assert!(e.contains("pipe.yaml") && e.contains("regular"), "{e}");
+        std::fs::remove_file(&fifo).unwrap();
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(read(&dir).unwrap_err().contains("writable"));
+        assert!(
+            read(&dir.join("missing"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
