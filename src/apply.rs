@@ -287,12 +287,20 @@ impl Cluster {
             change: ns_change,
         }];
 
-        // A namespace created just now holds nothing to prune.
-        let (results, found) = futures::join!(
-            futures::future::join_all(rest.iter().map(|o| ctx.write_object(o))),
+        // One concurrent round (with the prune lists; a namespace created
+        // just now holds nothing to prune), then the RoleBindings to Roles
+        // made in that round.
+        let (first, then): (Vec<&Object>, Vec<&Object>) =
+            rest.iter().partition(|o| !o.binds_a_role());
+        let (mut results, found) = futures::join!(
+            futures::future::join_all(first.iter().map(|o| ctx.write_object(o))),
             ctx.list_ours(state.prune && !fresh),
         );
-        for (obj, result) in rest.iter().zip(results) {
+        if !then.is_empty() {
+            results
+                .extend(futures::future::join_all(then.iter().map(|o| ctx.write_object(o))).await);
+        }
+        for (obj, result) in first.iter().chain(&then).zip(results) {
             let resp = result?;
             let change = if resp.status == StatusCode::CREATED {
                 Change::Created
@@ -651,8 +659,24 @@ impl Ctx<'_> {
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
         let before = self.read(obj).await?;
         let after = match obj {
-            Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await?,
-            _ => self.apply_object(obj, true).await?,
+            Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await,
+            _ => self.apply_object(obj, true).await,
+        };
+        let after = match after {
+            Ok(a) => a,
+            // The Role it binds is not there yet (the real run makes it
+            // first), so the API server cannot check the binding now.
+            Err(ApplyError::Server { status: 404, .. }) if obj.binds_a_role() => {
+                return Ok(Applied {
+                    object: obj.describe(),
+                    change: if before.is_some() {
+                        Change::Changed
+                    } else {
+                        Change::Created
+                    },
+                });
+            }
+            Err(e) => return Err(e),
         };
         let change = match before {
             None => Change::Created,
@@ -742,17 +766,26 @@ impl Ctx<'_> {
                 Some("application/json-patch+json"),
                 serde_json::to_vec(&patch).unwrap_or_default(),
             ),
-            Write::Delete(uid) => (
-                Method::DELETE,
-                format!("{path}?propagationPolicy=Background{dry}"),
-                Some("application/json"),
-                serde_json::to_vec(&serde_json::json!({
+            // With a body the API server takes every option from it and
+            // ignores the query (dryRun there would be lost: the object
+            // really deleted); the query copy is for the audit log.
+            Write::Delete(uid) => {
+                let mut options = serde_json::json!({
                     "apiVersion": "v1",
                     "kind": "DeleteOptions",
                     "preconditions": {"uid": uid},
-                }))
-                .unwrap_or_default(),
-            ),
+                    "propagationPolicy": "Background",
+                });
+                if dry_run {
+                    options["dryRun"] = serde_json::json!(["All"]);
+                }
+                (
+                    Method::DELETE,
+                    format!("{path}?propagationPolicy=Background{dry}"),
+                    Some("application/json"),
+                    serde_json::to_vec(&options).unwrap_or_default(),
+                )
+            }
         };
         let mut builder = Request::builder()
             .method(method)

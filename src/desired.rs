@@ -95,6 +95,13 @@ impl Object {
         self.meta().name.as_deref().unwrap_or_default()
     }
 
+    /// Is this a RoleBinding to a (namespaced) Role? The API server checks
+    /// a binding against the Role it names, so that Role must exist first.
+    pub fn binds_a_role(&self) -> bool {
+        matches!(self, Self::Site(o) if o.kind == Kind::RoleBinding
+            && o.body.get("roleRef").and_then(|r| r.get("kind")).and_then(|k| k.as_str()) == Some("Role"))
+    }
+
     /// `Kind/name`, for reports and errors.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.kind(), self.name())

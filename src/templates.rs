@@ -173,6 +173,11 @@ impl TemplateSet {
         self.docs.is_empty()
     }
 
+    /// How many objects the templates make per user.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
     /// Does any template use `${UID}` or `${GID}` (so the passwd entry is
     /// needed even where the hook would not look it up)?
     pub fn uses_ids(&self) -> bool {
