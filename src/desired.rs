@@ -229,13 +229,19 @@ pub fn desired_state(
             ..Default::default()
         }));
     }
-    let site = settings.templates.instantiate(&UserValues {
+    let mut site = settings.templates.instantiate(&UserValues {
         user,
         namespace,
         k8s_username: format!("{}{user}", settings.user_subject_prefix),
         ids,
     })?;
     check_site_names(settings, user, &site)?;
+    for o in &mut site {
+        o.meta
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    }
     objects.extend(site.into_iter().map(Object::Site));
     Ok(DesiredState {
         namespace: namespace.clone(),
@@ -267,35 +273,21 @@ fn check_site_names(
     if let Some(pull) = &settings.image_pull {
         reserved.push((Kind::Secret, pull.secret_name.to_string()));
     }
-    let at = |o: &SiteObject, why: String| {
-        let (file, line) = o.source.rsplit_once(':').unwrap_or((&o.source, "0"));
-        TemplateError {
-            file: file.to_owned(),
-            line: line.parse().unwrap_or(0),
-            why,
-        }
-    };
     for o in site {
         let name = o.meta.name.clone().unwrap_or_default();
         if reserved.contains(&(o.kind, name.clone())) {
-            return Err(at(
-                o,
-                format!(
-                    "for user {user}: {}/{name} is one of the hook's own objects; give it another name",
-                    o.kind
-                ),
-            ));
+            return Err(o.error(format!(
+                "for user {user}: {}/{name} is one of the hook's own objects; give it another name",
+                o.kind
+            )));
         }
     }
     match first_duplicate(site) {
-        Some(o) => Err(at(
-            o,
-            format!(
-                "for user {user}: {}/{} is made by another template too",
-                o.kind,
-                o.meta.name.clone().unwrap_or_default()
-            ),
-        )),
+        Some(o) => Err(o.error(format!(
+            "for user {user}: {}/{} is made by another template too",
+            o.kind,
+            o.meta.name.clone().unwrap_or_default()
+        ))),
         None => Ok(()),
     }
 }
@@ -554,6 +546,81 @@ mod tests {
             serde_json::json!([{"name": "regcred"}])
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn with_templates(text: &str, extra: &str) -> Settings {
+        let mut s = settings(extra);
+        s.templates = crate::templates::TemplateSet::parse(
+            &[("/t/site.yaml".into(), text.into())],
+            &Default::default(),
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn site_objects_follow_the_hooks_own_and_carry_our_label() {
+        let s = with_templates(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: site, labels: {a: b}}\n",
+            "",
+        );
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        let d = desired_state(&s, &u, &ns, None, 1).unwrap();
+        let last = d.objects.last().unwrap();
+        assert_eq!(last.describe(), "ConfigMap/site");
+        let labels = last.meta().labels.clone().unwrap();
+        assert_eq!(labels["a"], "b");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+    }
+
+    #[test]
+    fn site_objects_may_not_take_the_hooks_names() {
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        for text in [
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: \"${USER}-job-pod-reaper-rolebinding\"}\n",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default}\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+        ] {
+            let e = desired_state(&with_templates(text, ""), &u, &ns, None, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("/t/site.yaml:") && e.contains("user alice"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_published_only_when_asked_and_needed_when_used() {
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        let ids = Ids {
+            uid: 1001,
+            gid: 1002,
+            groups: Some(vec![1002, 3000]),
+        };
+        let ann = |s: &Settings| {
+            desired_state(s, &u, &ns, Some(&ids), 1).unwrap().objects[0]
+                .meta()
+                .annotations
+                .clone()
+                .unwrap()
+        };
+        assert!(!ann(&settings("")).contains_key(UID_ANNOTATION));
+        let a = ann(&settings("PUBLISH_UID_GID=true\n"));
+        assert_eq!(
+            (a[UID_ANNOTATION].as_str(), a[GID_ANNOTATION].as_str()),
+            ("1001", "1002")
+        );
+        assert!(!a.contains_key(GROUPS_ANNOTATION));
+        let a = ann(&settings("PUBLISH_UID_GID=true\nPUBLISH_GROUPS=true\n"));
+        assert_eq!(a[GROUPS_ANNOTATION], "1002,3000");
+        // Needed but not given: refused before anything.
+        let e = desired_state(&settings("PUBLISH_UID_GID=true\n"), &u, &ns, None, 1);
+        assert!(matches!(e, Err(DesiredError::NoIds(_))));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! Pure: [`TemplateSet::parse`] takes (file name, text) pairs and the
 //! hook.env `SITE_*` values, checks everything that does not depend on the
-//! user, and [`TemplateSet::instantiate`] makes one user's objects. Every
-//! error names the file and line. Placeholders are replaced *after* the YAML
+//! user, and [`TemplateSet::instantiate`] makes one user's objects (`desired`
+//! then adds our label and checks them against the hook's own). Every error
+//! names the file and line. Placeholders are replaced *after* the YAML
 //! is parsed, inside string scalars (keys and values), so no value — a
 //! username, a `SITE_*` value — can add YAML structure.
 //!
@@ -26,9 +27,6 @@ use thiserror::Error;
 use crate::account::Ids;
 use crate::kinds::Kind;
 use crate::names::{Namespace, Username, truncate};
-
-/// Label every object of ours carries (see `desired`).
-use crate::desired::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// Annotation naming the template file an object came from.
 pub const TEMPLATE_ANNOTATION: &str = "openondemand.org/template";
@@ -129,11 +127,21 @@ pub struct SiteObject {
     pub meta: ObjectMeta,
     /// Everything but apiVersion, kind and metadata.
     pub body: Map<String, Value>,
-    /// `file:line`, for messages.
-    pub source: String,
+    /// The template file and the line its document starts on.
+    pub file: String,
+    pub line: usize,
 }
 
 impl SiteObject {
+    /// A problem with this object, pointing at its template.
+    pub fn error(&self, why: impl Into<String>) -> TemplateError {
+        TemplateError {
+            file: self.file.clone(),
+            line: self.line,
+            why: why.into(),
+        }
+    }
+
     /// The JSON body as sent to the API server.
     pub fn to_json(&self) -> Value {
         let mut out = Map::new();
@@ -230,11 +238,9 @@ impl TemplateSet {
                 doc.kind
             )));
         }
-        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
-        if labels.contains_key("job") {
+        if meta.labels.as_ref().is_some_and(|l| l.contains_key("job")) {
             return Err(for_user(job_label_why()));
         }
-        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
         meta.annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(TEMPLATE_ANNOTATION.into(), file_name(&doc.at.file).into());
@@ -244,7 +250,8 @@ impl TemplateSet {
             kind: doc.kind,
             meta,
             body: value,
-            source: format!("{}:{}", doc.at.file, doc.at.line),
+            file: doc.at.file.clone(),
+            line: doc.at.line,
         })
     }
 
@@ -729,18 +736,14 @@ spec:
         assert_eq!(q["metadata"]["namespace"], "ood-first-last");
         assert_eq!(q["metadata"]["labels"]["site"], "hpc");
         assert_eq!(
-            q["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-            "ood-k8s-bootstrap"
-        );
-        assert_eq!(
             q["metadata"]["annotations"]["openondemand.org/template"],
             "quota.yaml"
         );
         assert_eq!(q["spec"]["hard"]["requests.cpu"], "8");
-        assert_eq!(objs[0].source, "/t/quota.yaml:2");
+        assert_eq!((objs[0].file.as_str(), objs[0].line), ("/t/quota.yaml", 2));
         let l = objs[1].to_json();
         assert_eq!(l["metadata"]["namespace"], "ood-first-last");
-        assert_eq!(objs[1].source, "/t/quota.yaml:14");
+        assert_eq!(objs[1].line, 14);
         assert!(!parse(QUOTA).unwrap().uses_ids());
     }
 
@@ -947,9 +950,6 @@ spec:
     fn duplicates_are_found() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
         let objs = objects(text, "alice").unwrap();
-        assert_eq!(
-            first_duplicate(&objs).map(|o| o.source.as_str()),
-            Some("/t/quota.yaml:5")
-        );
+        assert_eq!(first_duplicate(&objs).map(|o| o.line), Some(5));
     }
 }
