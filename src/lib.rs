@@ -12,14 +12,17 @@ pub mod desired;
 pub mod exchange;
 pub mod exit;
 pub mod hook;
+pub mod kinds;
 pub mod kubeconfig;
 pub mod names;
 pub mod outage;
+pub mod prune;
 pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod secret;
 pub mod settings;
+pub mod templates;
 pub mod tokens;
 pub mod trusted;
 

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             all: _,
             concurrency,
             dry_run,
+            prune,
             common,
         }) => {
             init_logging(common.verbose);
@@ -50,7 +51,12 @@ fn main() -> ExitCode {
                 Some(path) => reconcile::Source::List(path),
                 None => reconcile::Source::Labelled,
             };
-            reconcile::main(source, &common.hook_env, concurrency, dry_run).into()
+            let options = reconcile::Options {
+                concurrency,
+                dry_run,
+                prune,
+            };
+            reconcile::main(source, &common.hook_env, options).into()
         }
         None => {
             init_logging(cli.hook.common.verbose);
