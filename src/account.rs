@@ -1,9 +1,12 @@
-//! The user's account in the passwd database (uid, gid, home), looked up
-//! once; every file operation for the user goes through it.
+//! The user's account in the passwd database (uid, gid, home) and group
+//! database (supplementary groups), looked up once; every file operation for
+//! the user goes through it, and the namespace annotations and templates'
+//! `${UID}`/`${GID}` come from it.
 
+use std::ffi::CString;
 use std::path::PathBuf;
 
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Gid, Uid, User, getgrouplist};
 use thiserror::Error;
 
 use crate::exit::Exit;
@@ -16,6 +19,16 @@ pub struct Account {
     pub home: PathBuf,
 }
 
+/// The numeric identity pods of the user must run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    /// Every group the user is in (the primary one included), sorted;
+    /// `None` when not asked for.
+    pub groups: Option<Vec<u32>>,
+}
+
 #[derive(Debug, Error)]
 pub enum AccountError {
     #[error(
@@ -26,13 +39,15 @@ pub enum AccountError {
     Lookup { user: String, source: nix::Error },
     #[error("user {0} is uid 0; refusing to manage a root account's Kubernetes access")]
     Root(String),
+    #[error("looking up the groups of user {user} failed: {source}")]
+    Groups { user: String, source: nix::Error },
 }
 
 impl AccountError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::Unknown(_) => Exit::NoUser,
-            Self::Lookup { .. } => Exit::TempFail,
+            Self::Lookup { .. } | Self::Groups { .. } => Exit::TempFail,
             Self::Root(_) => Exit::NoPerm,
         }
     }
@@ -53,5 +68,32 @@ impl Account {
                 source,
             }),
         }
+    }
+
+    /// uid and gid, and with `groups` every group of the user
+    /// (getgrouplist: the group database, LDAP/SSSD included).
+    pub fn ids(&self, user: &Username, groups: bool) -> Result<Ids, AccountError> {
+        let groups = if groups {
+            // A validated username has no NUL byte.
+            let name = CString::new(user.as_str()).unwrap_or_default();
+            let mut list: Vec<u32> = getgrouplist(&name, self.gid)
+                .map_err(|source| AccountError::Groups {
+                    user: user.to_string(),
+                    source,
+                })?
+                .into_iter()
+                .map(Gid::as_raw)
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            Some(list)
+        } else {
+            None
+        };
+        Ok(Ids {
+            uid: self.uid.as_raw(),
+            gid: self.gid.as_raw(),
+            groups,
+        })
     }
 }

@@ -1,11 +1,14 @@
 //! Applying a [`DesiredState`] to the cluster: server-side apply under one
 //! field manager, the namespace first and the rest concurrently, retried on
-//! transient failures inside the run's deadline.
+//! transient failures inside the run's deadline; with pruning on, the
+//! objects of ours no longer wanted are then deleted (which ones is decided
+//! by the pure `prune` module).
 //!
 //! This is the only module that talks to the API server. It sends one
 //! request per object in a returning user's run (the ServiceAccount's pull
 //! secret list is read, and written only when our entry is missing, so pull
-//! secrets others added are kept), and turns every failure into an
+//! secrets others added are kept) plus, when pruning, one list per prunable
+//! kind and one delete per object pruned, and turns every failure into an
 //! [`ApplyError`] that says what failed, for which user, and what to do.
 
 use std::time::{Duration, Instant};
@@ -16,11 +19,11 @@ use kube::client::Body;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::desired::{DesiredState, Object};
+pub use crate::desired::FIELD_MANAGER;
+use crate::desired::{DEFAULT_SERVICE_ACCOUNT, DesiredState, Object};
 use crate::exit::Exit;
-
-/// The field manager every write is made under.
-pub const FIELD_MANAGER: &str = "ood-k8s-bootstrap";
+use crate::kinds::Kind;
+use crate::prune::{self, Found};
 
 /// What a run did (or, in a dry run, would do) to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub enum Change {
     Created,
     Changed,
     Unchanged,
+    /// Pruned: ours, no longer wanted.
+    Deleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,29 +42,16 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// One object as the API sees it: where it lives and what apply sends.
-/// The hook's typed [`Object`]s and `install`'s manifests both become
-/// targets, so they share one request, retry and error path.
+/// One object of `install`'s manifests: where it lives in the API and the
+/// body to apply. (The hook's own objects are typed [`Object`]s.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct Target {
+pub struct Manifest {
     /// API path of the object itself, without query.
     pub path: String,
     /// `Kind/name`, for reports and errors.
     pub describe: String,
     pub namespace: Option<String>,
-    /// The apply body.
     pub body: Value,
-}
-
-impl Target {
-    pub fn of(obj: &Object) -> Self {
-        Self {
-            path: Cluster::path(obj),
-            describe: obj.describe(),
-            namespace: obj.meta().namespace.clone(),
-            body: obj.to_json(),
-        }
-    }
 }
 
 #[derive(Debug, Error)]
@@ -314,14 +306,15 @@ impl Cluster {
         })
     }
 
-    /// Server-side-applies `targets` one after another, in order (a
+    /// Server-side-applies `manifests` one after another, in order (a
     /// namespace before what lives in it), reporting for each whether it
-    /// was created, changed or left unchanged. `who` names the run in
-    /// errors. A dry run reports the same without changing anything.
-    pub async fn apply_targets(
+    /// was created, changed or left unchanged; bookkeeping alone (taking
+    /// over fields another manager applied) is no change. `who` names the
+    /// run in errors. A dry run reports the same without changing anything.
+    pub async fn apply_manifests(
         &self,
         who: &str,
-        targets: &[Target],
+        manifests: &[Manifest],
         mode: Mode,
         deadline: Instant,
     ) -> Result<Vec<Applied>, ApplyError> {
@@ -329,24 +322,34 @@ impl Cluster {
             cluster: self,
             user: who,
             deadline,
+            namespace: "",
         };
         let dry_run = mode == Mode::DryRun;
         // Namespaces a dry run would create: nothing inside them can be
         // dry-run, it would all be created.
         let mut new_namespaces: Vec<&str> = Vec::new();
         let mut report = Vec::new();
-        for t in targets {
-            let in_new = t
+        for m in manifests {
+            let target = Target {
+                path: m.path.clone(),
+                what: m.describe.clone(),
+                namespace: m.namespace.clone().unwrap_or_default(),
+            };
+            let in_new = m
                 .namespace
                 .as_deref()
                 .is_some_and(|ns| new_namespaces.contains(&ns));
-            let before = if in_new { None } else { ctx.read(t).await? };
+            let before = if in_new {
+                None
+            } else {
+                ctx.read_target(&target).await?
+            };
             let change = match &before {
                 None if in_new => Change::Created,
                 _ => {
-                    let after = ctx.write(t, Write::Apply, dry_run).await?;
-                    // Bookkeeping alone (e.g. taking over fields another
-                    // manager applied) is no change, in a dry run or not.
+                    let after = ctx
+                        .write(&target, Write::Apply(m.body.clone()), dry_run)
+                        .await?;
                     match &before {
                         None => Change::Created,
                         Some(b) if comparable(b) == comparable(&after.body) => Change::Unchanged,
@@ -354,7 +357,7 @@ impl Cluster {
                     }
                 }
             };
-            if let Some(name) = t.path.strip_prefix("/api/v1/namespaces/")
+            if let Some(name) = m.path.strip_prefix("/api/v1/namespaces/")
                 && dry_run
                 && change == Change::Created
                 && !name.contains('/')
@@ -362,7 +365,7 @@ impl Cluster {
                 new_namespaces.push(name);
             }
             report.push(Applied {
-                object: t.describe.clone(),
+                object: m.describe.clone(),
                 change,
             });
         }
@@ -377,15 +380,7 @@ impl Cluster {
             server: self.server.clone(),
             detail,
         };
-        let selector: String = selector
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
-                    char::from(b).to_string()
-                }
-                other => format!("%{other:02X}"),
-            })
-            .collect();
+        let selector = query_encode(selector);
         let request = Request::builder()
             .uri(format!("/api/v1/namespaces?labelSelector={selector}"))
             .header(header::ACCEPT, "application/json")
@@ -423,7 +418,9 @@ impl Cluster {
     }
 
     /// Applies `state` for `user`: the Namespace first (everything else lives
-    /// in it), then the rest concurrently. `deadline` bounds retries.
+    /// in it), then the rest concurrently — and, when `state.prune` is set,
+    /// in the same round the lists of our objects in the namespace, then the
+    /// deletion of those no longer wanted. `deadline` bounds retries.
     pub async fn apply(
         &self,
         user: &str,
@@ -435,15 +432,16 @@ impl Cluster {
             cluster: self,
             user,
             deadline,
+            namespace: state.namespace.as_str(),
         };
         let Some((ns_obj, rest)) = state.objects.split_first() else {
             return Ok(Vec::new());
         };
         if mode == Mode::DryRun {
-            return ctx.dry_run(ns_obj, rest).await;
+            return ctx.dry_run(state, ns_obj, rest).await;
         }
 
-        let ns = ctx.write(&Target::of(ns_obj), Write::Apply, false).await?;
+        let ns = ctx.apply_object(ns_obj, false).await?;
         if ns
             .body
             .pointer("/metadata/deletionTimestamp")
@@ -455,7 +453,8 @@ impl Cluster {
             });
         }
         let watermark = resource_version(&ns.body);
-        let ns_change = if ns.status == StatusCode::CREATED {
+        let fresh = ns.status == StatusCode::CREATED;
+        let ns_change = if fresh {
             Change::Created
         } else {
             Change::Changed
@@ -465,8 +464,20 @@ impl Cluster {
             change: ns_change,
         }];
 
-        let results = futures::future::join_all(rest.iter().map(|o| ctx.write_object(o))).await;
-        for (obj, result) in rest.iter().zip(results) {
+        // One concurrent round (with the prune lists; a namespace created
+        // just now holds nothing to prune), then the RoleBindings to Roles
+        // made in that round.
+        let (first, then): (Vec<&Object>, Vec<&Object>) =
+            rest.iter().partition(|o| !o.binds_a_role());
+        let (mut results, found) = futures::join!(
+            futures::future::join_all(first.iter().map(|o| ctx.write_object(o))),
+            ctx.list_ours(state.prune && !fresh),
+        );
+        if !then.is_empty() {
+            results
+                .extend(futures::future::join_all(then.iter().map(|o| ctx.write_object(o))).await);
+        }
+        for (obj, result) in first.iter().chain(&then).zip(results) {
             let resp = result?;
             let change = if resp.status == StatusCode::CREATED {
                 Change::Created
@@ -484,36 +495,66 @@ impl Cluster {
                 change,
             });
         }
+        report.extend(ctx.prune(&state.objects, &found?, false).await?);
         Ok(report)
     }
+}
 
-    /// Kubernetes API path of an object (collection path + name).
-    fn path(obj: &Object) -> String {
+/// What a request is about: where it goes and how errors name it.
+struct Target {
+    path: String,
+    /// `Kind/name`, or `kinds in NAMESPACE` for a list.
+    what: String,
+    namespace: String,
+}
+
+impl Target {
+    fn of(obj: &Object) -> Self {
         let meta = obj.meta();
         let name = meta.name.as_deref().unwrap_or_default();
-        let ns = meta.namespace.as_deref().unwrap_or_default();
-        match obj {
-            Object::Namespace(_) => format!("/api/v1/namespaces/{name}"),
-            Object::NetworkPolicy(_) => {
-                format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}")
-            }
-            Object::RoleBinding(_) => {
-                format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{name}")
-            }
-            Object::Secret(_) => format!("/api/v1/namespaces/{ns}/secrets/{name}"),
-            Object::ServiceAccount(_) => format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}"),
+        let namespace = meta.namespace.as_deref().unwrap_or(name).to_owned();
+        Self {
+            path: obj.kind().object_path(&namespace, name),
+            what: obj.describe(),
+            namespace,
+        }
+    }
+
+    fn named(kind: Kind, namespace: &str, name: &str) -> Self {
+        Self {
+            path: kind.object_path(namespace, name),
+            what: format!("{kind}/{name}"),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    fn collection(kind: Kind, namespace: &str) -> Self {
+        Self {
+            path: kind.collection_path(namespace),
+            what: format!("{} in {namespace}", kind.plural()),
+            namespace: namespace.to_owned(),
         }
     }
 }
 
-/// How an object is written.
+/// How an object is written (or read).
 #[derive(Debug, Clone, PartialEq)]
 enum Write {
-    /// Server-side apply, forced: we own these fields.
-    Apply,
+    /// Server-side apply of this body, forced: we own these fields.
+    Apply(Value),
     /// A JSON patch (RFC 6902).
     JsonPatch(Value),
     Get,
+    /// List the collection with this label selector.
+    List(String),
+    /// Delete, only if the object still has this uid.
+    Delete(String),
+}
+
+impl Write {
+    fn is_prune(&self) -> bool {
+        matches!(self, Self::List(_) | Self::Delete(_))
+    }
 }
 
 struct Response {
@@ -525,14 +566,21 @@ struct Ctx<'a> {
     cluster: &'a Cluster,
     user: &'a str,
     deadline: Instant,
+    /// The user's namespace.
+    namespace: &'a str,
 }
 
 impl Ctx<'_> {
+    async fn apply_object(&self, obj: &Object, dry_run: bool) -> Result<Response, ApplyError> {
+        self.write(&Target::of(obj), Write::Apply(obj.to_json()), dry_run)
+            .await
+    }
+
     /// One object in a normal run.
     async fn write_object(&self, obj: &Object) -> Result<Response, ApplyError> {
         match obj {
             Object::ServiceAccount(_) => self.add_pull_secret(obj, false).await,
-            _ => self.write(&Target::of(obj), Write::Apply, false).await,
+            _ => self.apply_object(obj, false).await,
         }
     }
 
@@ -541,17 +589,13 @@ impl Ctx<'_> {
     ///
     /// That list is atomic under server-side apply and has no merge key for
     /// strategic merge patches, so either would replace it wholesale (the old
-    /// hook's `kubectl patch` did). Instead: read it, and only if our entry
-    /// is missing, append it with a JSON patch guarded by the
-    /// resourceVersion we read (retried if someone wrote in between). If the
-    /// ServiceAccount does not exist yet (the controller creates it moments
-    /// after the namespace), apply creates it.
+    /// hook's `kubectl patch` did). Instead [`Ctx::guarded_edit`] appends it
+    /// only if missing. If the ServiceAccount does not exist yet (the
+    /// controller creates it moments after the namespace), apply creates it.
     async fn add_pull_secret(&self, obj: &Object, dry_run: bool) -> Result<Response, ApplyError> {
-        let target = Target::of(obj);
         let Object::ServiceAccount(sa) = obj else {
-            return self.write(&target, Write::Apply, dry_run).await;
+            return self.apply_object(obj, dry_run).await;
         };
-        let obj = &target;
         let ours = sa
             .image_pull_secrets
             .iter()
@@ -559,45 +603,97 @@ impl Ctx<'_> {
             .map(|r| r.name.clone())
             .next()
             .unwrap_or_default();
-        loop {
-            let current = match self.write(obj, Write::Get, false).await {
-                Ok(r) => r,
-                Err(ApplyError::Server { status: 404, .. }) => {
-                    return self.write(obj, Write::Apply, dry_run).await;
-                }
-                Err(e) => return Err(e),
-            };
-            let list = current
-                .body
-                .get("imagePullSecrets")
-                .and_then(Value::as_array);
-            if list.is_some_and(|l| {
+        let edit = |current: &Value| {
+            let list = current.get("imagePullSecrets").and_then(Value::as_array);
+            let present = list.is_some_and(|l| {
                 l.iter()
                     .any(|e| e.get("name").and_then(Value::as_str) == Some(ours.as_str()))
-            }) {
-                return Ok(current);
+            });
+            match (present, list) {
+                (true, _) => vec![],
+                (false, Some(_)) => vec![
+                    serde_json::json!({"op": "add", "path": "/imagePullSecrets/-", "value": {"name": ours}}),
+                ],
+                (false, None) => vec![
+                    serde_json::json!({"op": "add", "path": "/imagePullSecrets", "value": [{"name": ours}]}),
+                ],
+            }
+        };
+        match self.guarded_edit(&Target::of(obj), &edit, dry_run).await? {
+            Some((response, _)) => Ok(response),
+            None => self.apply_object(obj, dry_run).await,
+        }
+    }
+
+    /// Removes pruned pull secrets from the `default` ServiceAccount's
+    /// `imagePullSecrets`, leaving every other entry. True if it changed.
+    async fn drop_pull_secrets(&self, names: &[&str], dry_run: bool) -> Result<bool, ApplyError> {
+        let edit = |current: &Value| {
+            let list = current
+                .get("imagePullSecrets")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            // Highest index first, so earlier removals do not shift later ones.
+            list.iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, e)| {
+                    e.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| names.contains(&n))
+                })
+                .map(|(i, _)| serde_json::json!({"op": "remove", "path": format!("/imagePullSecrets/{i}")}))
+                .collect()
+        };
+        let target = Target::named(
+            Kind::ServiceAccount,
+            self.namespace,
+            DEFAULT_SERVICE_ACCOUNT,
+        );
+        Ok(self
+            .guarded_edit(&target, &edit, dry_run)
+            .await?
+            .is_some_and(|(_, changed)| changed))
+    }
+
+    /// Reads the object at `target` and, if `edit` returns operations for
+    /// it, sends them as a JSON patch guarded by the resourceVersion read.
+    /// A failed guard (422) or a conflict (409) means someone wrote in
+    /// between — overlapping runs do: read again, unless nothing changed
+    /// (then the refusal is real). `None` if the object does not exist;
+    /// else the last answer and whether a patch was sent.
+    async fn guarded_edit(
+        &self,
+        target: &Target,
+        edit: &dyn Fn(&Value) -> Vec<Value>,
+        dry_run: bool,
+    ) -> Result<Option<(Response, bool)>, ApplyError> {
+        loop {
+            let current = match self.write(target, Write::Get, false).await {
+                Ok(r) => r,
+                Err(ApplyError::Server { status: 404, .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let ops = edit(&current.body);
+            if ops.is_empty() {
+                return Ok(Some((current, false)));
             }
             let rv = current
                 .body
                 .pointer("/metadata/resourceVersion")
                 .cloned()
                 .unwrap_or(Value::Null);
-            let add = match list {
-                Some(_) => {
-                    serde_json::json!({"op": "add", "path": "/imagePullSecrets/-", "value": {"name": ours}})
-                }
-                None => {
-                    serde_json::json!({"op": "add", "path": "/imagePullSecrets", "value": [{"name": ours}]})
-                }
-            };
-            let patch = serde_json::json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, add]);
-            match self.write(obj, Write::JsonPatch(patch), dry_run).await {
-                // A failed `test` op (422) or a conflict (409): someone
-                // changed the ServiceAccount between our read and write —
-                // overlapping runs do. Read again, unless it did not change
-                // (then the refusal is real).
+            let mut patch = vec![
+                serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+            ];
+            patch.extend(ops);
+            match self
+                .write(target, Write::JsonPatch(Value::Array(patch)), dry_run)
+                .await
+            {
                 Err(e @ (ApplyError::Invalid { .. } | ApplyError::Server { status: 409, .. })) => {
-                    let now_rv = match self.write(obj, Write::Get, false).await {
+                    let now_rv = match self.write(target, Write::Get, false).await {
                         Ok(r) => r
                             .body
                             .pointer("/metadata/resourceVersion")
@@ -609,14 +705,114 @@ impl Ctx<'_> {
                         return Err(e);
                     }
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(r) => return Ok(Some((r, true))),
             }
         }
     }
 
-    async fn dry_run(&self, ns_obj: &Object, rest: &[Object]) -> Result<Vec<Applied>, ApplyError> {
+    /// Our objects of every prunable kind in the namespace (one list request
+    /// per kind, concurrently); nothing when `wanted` is false.
+    async fn list_ours(&self, wanted: bool) -> Result<Vec<Found>, ApplyError> {
+        if !wanted {
+            return Ok(Vec::new());
+        }
+        let kinds: Vec<Kind> = Kind::prunable_kinds().collect();
+        let targets: Vec<Target> = kinds
+            .iter()
+            .map(|k| Target::collection(*k, self.namespace))
+            .collect();
+        let lists = futures::future::join_all(
+            targets
+                .iter()
+                .map(|t| self.write(t, Write::List(prune::selector()), false)),
+        )
+        .await;
+        let mut found = Vec::new();
+        for (kind, list) in kinds.into_iter().zip(lists) {
+            let list = list?;
+            let items = list.body.get("items").and_then(Value::as_array);
+            found.extend(
+                items
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| Found::from_item(kind, item)),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Deletes (or, in a dry run, would delete) what [`prune::plan`] picks
+    /// from `found`, and drops pruned pull secrets from the `default`
+    /// ServiceAccount.
+    async fn prune(
+        &self,
+        desired: &[Object],
+        found: &[Found],
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let victims = prune::plan(desired, found);
+        if victims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let secrets: Vec<&str> = victims
+            .iter()
+            .filter(|f| f.kind == Kind::Secret)
+            .map(|f| f.name.as_str())
+            .collect();
+        let drop_refs = async {
+            if secrets.is_empty() {
+                Ok(false)
+            } else {
+                self.drop_pull_secrets(&secrets, dry_run).await
+            }
+        };
+        let (deleted, refs_changed) = futures::join!(
+            futures::future::join_all(victims.iter().map(|f| self.delete(f, dry_run))),
+            drop_refs,
+        );
         let mut report = Vec::new();
-        let ns_exists = self.read(&Target::of(ns_obj)).await?.is_some();
+        if refs_changed? {
+            report.push(Applied {
+                object: format!("{}/{DEFAULT_SERVICE_ACCOUNT}", Kind::ServiceAccount),
+                change: Change::Changed,
+            });
+        }
+        for (f, gone) in victims.iter().zip(deleted) {
+            if gone? {
+                report.push(Applied {
+                    object: f.describe(),
+                    change: Change::Deleted,
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes one object if it is still the one listed; false if it was
+    /// gone or replaced meanwhile.
+    async fn delete(&self, f: &Found, dry_run: bool) -> Result<bool, ApplyError> {
+        let target = Target::named(f.kind, self.namespace, &f.name);
+        match self
+            .write(&target, Write::Delete(f.uid.clone()), dry_run)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ApplyError::Server {
+                status: 404 | 409, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn dry_run(
+        &self,
+        state: &DesiredState,
+        ns_obj: &Object,
+        rest: &[Object],
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let mut report = Vec::new();
+        let ns_exists = self.read(ns_obj).await?.is_some();
         report.push(self.dry_run_one(ns_obj).await?);
         if !ns_exists {
             // Nothing can be dry-run inside a namespace that does not exist.
@@ -626,19 +822,38 @@ impl Ctx<'_> {
             }));
             return Ok(report);
         }
-        let results = futures::future::join_all(rest.iter().map(|o| self.dry_run_one(o))).await;
+        let (results, found) = futures::join!(
+            futures::future::join_all(rest.iter().map(|o| self.dry_run_one(o))),
+            self.list_ours(state.prune),
+        );
         for r in results {
             report.push(r?);
         }
+        report.extend(self.prune(&state.objects, &found?, true).await?);
         Ok(report)
     }
 
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
-        let target = Target::of(obj);
-        let before = self.read(&target).await?;
+        let before = self.read(obj).await?;
         let after = match obj {
-            Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await?,
-            _ => self.write(&target, Write::Apply, true).await?,
+            Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await,
+            _ => self.apply_object(obj, true).await,
+        };
+        let after = match after {
+            Ok(a) => a,
+            // The Role it binds is not there yet (the real run makes it
+            // first), so the API server cannot check the binding now.
+            Err(ApplyError::Server { status: 404, .. }) if obj.binds_a_role() => {
+                return Ok(Applied {
+                    object: obj.describe(),
+                    change: if before.is_some() {
+                        Change::Changed
+                    } else {
+                        Change::Created
+                    },
+                });
+            }
+            Err(e) => return Err(e),
         };
         let change = match before {
             None => Change::Created,
@@ -651,8 +866,12 @@ impl Ctx<'_> {
         })
     }
 
-    async fn read(&self, obj: &Target) -> Result<Option<Value>, ApplyError> {
-        match self.write(obj, Write::Get, false).await {
+    async fn read(&self, obj: &Object) -> Result<Option<Value>, ApplyError> {
+        self.read_target(&Target::of(obj)).await
+    }
+
+    async fn read_target(&self, target: &Target) -> Result<Option<Value>, ApplyError> {
+        match self.write(target, Write::Get, false).await {
             Ok(r) => Ok(Some(r.body)),
             Err(ApplyError::Server { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -660,10 +879,15 @@ impl Ctx<'_> {
     }
 
     /// Sends one request, retrying transient failures until the deadline.
-    async fn write(&self, obj: &Target, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
+    async fn write(
+        &self,
+        target: &Target,
+        how: Write,
+        dry_run: bool,
+    ) -> Result<Response, ApplyError> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let attempt = self.send(obj, how.clone(), dry_run).await;
+            let attempt = self.send(target, how.clone(), dry_run).await;
             let retry_reason = match &attempt {
                 Ok(_) => return attempt,
                 Err(ApplyError::Unreachable { detail, .. }) => detail.clone(),
@@ -688,22 +912,34 @@ impl Ctx<'_> {
                     }),
                 };
             }
-            tracing::debug!(object = %obj.describe, %retry_reason, "retrying in {backoff:?}");
+            tracing::debug!(object = %target.what, %retry_reason, "retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
-    async fn send(&self, obj: &Target, how: Write, dry_run: bool) -> Result<Response, ApplyError> {
-        let path = obj.path.clone();
+    async fn send(
+        &self,
+        target: &Target,
+        how: Write,
+        dry_run: bool,
+    ) -> Result<Response, ApplyError> {
+        let path = &target.path;
         let dry = if dry_run { "&dryRun=All" } else { "" };
+        let prune = how.is_prune();
         let (method, uri, content_type, body) = match how {
-            Write::Get => (Method::GET, path, None, Vec::new()),
-            Write::Apply => (
+            Write::Get => (Method::GET, path.clone(), None, Vec::new()),
+            Write::List(selector) => (
+                Method::GET,
+                format!("{path}?labelSelector={}", query_encode(&selector)),
+                None,
+                Vec::new(),
+            ),
+            Write::Apply(body) => (
                 Method::PATCH,
                 format!("{path}?fieldManager={FIELD_MANAGER}&force=true{dry}"),
                 Some("application/apply-patch+yaml"),
-                serde_json::to_vec(&obj.body).unwrap_or_default(),
+                serde_json::to_vec(&body).unwrap_or_default(),
             ),
             Write::JsonPatch(patch) => (
                 Method::PATCH,
@@ -711,6 +947,26 @@ impl Ctx<'_> {
                 Some("application/json-patch+json"),
                 serde_json::to_vec(&patch).unwrap_or_default(),
             ),
+            // With a body the API server takes every option from it and
+            // ignores the query (dryRun there would be lost: the object
+            // really deleted); the query copy is for the audit log.
+            Write::Delete(uid) => {
+                let mut options = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "preconditions": {"uid": uid},
+                    "propagationPolicy": "Background",
+                });
+                if dry_run {
+                    options["dryRun"] = serde_json::json!(["All"]);
+                }
+                (
+                    Method::DELETE,
+                    format!("{path}?propagationPolicy=Background{dry}"),
+                    Some("application/json"),
+                    serde_json::to_vec(&options).unwrap_or_default(),
+                )
+            }
         };
         let mut builder = Request::builder()
             .method(method)
@@ -722,18 +978,18 @@ impl Ctx<'_> {
         let request = builder
             .body(Body::from(body))
             .map_err(|e| self.unreachable(e.to_string()))?;
-        tracing::trace!(object = %obj.describe, dry_run, "request");
+        tracing::trace!(object = %target.what, dry_run, "request");
 
         let (status, version, body) = self
             .cluster
             .exchange(request)
             .await
             .map_err(|e| self.unreachable(e))?;
-        tracing::trace!(object = %obj.describe, ?status, ?version, "response");
+        tracing::trace!(object = %target.what, ?status, ?version, "response");
         if status.is_success() {
             return Ok(Response { status, body });
         }
-        Err(self.classify(obj, status, &body))
+        Err(self.classify(target, prune, status, &body))
     }
 
     fn unreachable(&self, detail: String) -> ApplyError {
@@ -745,7 +1001,13 @@ impl Ctx<'_> {
     }
 
     /// Turns an error Status into an error a site admin can act on.
-    fn classify(&self, obj: &Target, status: StatusCode, body: &Value) -> ApplyError {
+    fn classify(
+        &self,
+        target: &Target,
+        prune: bool,
+        status: StatusCode,
+        body: &Value,
+    ) -> ApplyError {
         let message = one_line(
             body.get("message")
                 .and_then(Value::as_str)
@@ -762,7 +1024,7 @@ impl Ctx<'_> {
                 .any(|c| c.get("reason").and_then(Value::as_str) == Some(t))
         };
         let user = self.user.to_owned();
-        let object = obj.describe.clone();
+        let object = target.what.clone();
         match status.as_u16() {
             401 => ApplyError::Unauthorized {
                 user,
@@ -771,15 +1033,18 @@ impl Ctx<'_> {
             403 if has_cause("NamespaceTerminating") || message.contains("being terminated") => {
                 ApplyError::Terminating {
                     user,
-                    namespace: obj.namespace.clone().unwrap_or_default(),
+                    namespace: target.namespace.clone(),
                 }
             }
             403 => {
-                let hint = if message
+                let hint = if prune {
+                    "pruning (PRUNE=true, reconcile --prune) needs list and delete on the kinds the hook writes: \
+                     apply hooks/ondemand-prune.yaml (ood-k8s-bootstrap install --prune)"
+                } else if message
                     .contains("attempting to grant RBAC permissions not currently held")
                 {
-                    "the ondemand account can only bind ClusterRoles whose permissions it holds itself; \
-                     check the role name in hook.env or extend the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+                    "the ondemand account can only bind or define roles whose permissions it holds itself; \
+                     check the role in hook.env or the site template, or extend the `ondemand` ClusterRole (hooks/ondemand.yaml)"
                 } else {
                     "grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
                 };
@@ -814,6 +1079,18 @@ impl Ctx<'_> {
             },
         }
     }
+}
+
+/// `s` percent-encoded for a query parameter (unreserved characters kept).
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// An API server message fit for one syslog line: whitespace collapsed,

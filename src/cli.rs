@@ -17,8 +17,9 @@ use crate::settings::DEFAULT_HOOK_ENV;
     version,
     about = "Bootstraps an Open OnDemand user's Kubernetes namespace, RBAC and kubeconfig",
     long_about = "Bootstraps an Open OnDemand user's Kubernetes tenancy: namespace, network policy, \
-                  RoleBindings, optional job-pod-reaper binding and image pull secret (by server-side \
-                  apply), and the OIDC user entry in the user's ~/.kube/config.\n\n\
+                  RoleBindings, optional job-pod-reaper binding, image pull secret and site \
+                  templates (by server-side apply, optionally pruning what is no longer wanted), \
+                  and the OIDC user entry in the user's ~/.kube/config.\n\n\
                   Run as OnDemand's pun_pre_hook_root_cmd: `ood-k8s-bootstrap --user alice`.",
     args_conflicts_with_subcommands = true
 )]
@@ -104,6 +105,10 @@ pub enum Command {
         /// Report what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete objects this hook made that are no longer wanted (as
+        /// PRUNE=true does; needs the grant in hooks/ondemand-prune.yaml).
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -167,6 +172,16 @@ pub struct InstallArgs {
     #[arg(long)]
     pub self_renew: bool,
 
+    /// Also let the `ondemand` ServiceAccount list and delete what the hook
+    /// made in users' namespaces (for PRUNE=true, `reconcile --prune`).
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Also the ValidatingAdmissionPolicy that admits pods in OnDemand
+    /// namespaces only as their user (for PUBLISH_UID_GID=true).
+    #[arg(long)]
+    pub uid_gid_policy: bool,
+
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
@@ -182,6 +197,12 @@ impl InstallArgs {
         }
         if self.self_renew {
             parts.push(Part::SelfRenew);
+        }
+        if self.prune {
+            parts.push(Part::Prune);
+        }
+        if self.uid_gid_policy {
+            parts.push(Part::UidGidPolicy);
         }
         parts
     }

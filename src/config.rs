@@ -1,5 +1,6 @@
-//! `ood-k8s-bootstrap config`: check a hook.env without touching anything,
-//! or print the example generated from the key table.
+//! `ood-k8s-bootstrap config`: check a hook.env (and the site templates it
+//! names) without touching anything, or print the example generated from
+//! the key table.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,8 +20,15 @@ pub fn main(example: bool, hook_env: &Path) -> Exit {
     }
     match load_settings(hook_env) {
         Ok(s) => {
+            let templates = match s.templates.len() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} site template object{}",
+                    if n == 1 { "" } else { "s" }
+                ),
+            };
             eprintln!(
-                "{PROG}: {}: ok ({} warning{})",
+                "{PROG}: {}: ok ({} warning{}{templates})",
                 hook_env.display(),
                 s.warnings.len(),
                 if s.warnings.len() == 1 { "" } else { "s" }

@@ -310,7 +310,8 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, at most 400 characters.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

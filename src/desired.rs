@@ -1,6 +1,7 @@
 //! The desired cluster state for one user: plain data in (settings, user,
-//! time), Kubernetes objects out. No I/O, so every name, label and subject
-//! other tools depend on is unit-tested here without a cluster.
+//! ids, time), Kubernetes objects out — the hook's own and the site
+//! templates'. No I/O, so every name, label and subject other tools depend
+//! on is unit-tested here without a cluster.
 //!
 //! Names and shapes follow the old OnDemand hook scripts (and so what the
 //! dashboard and the reapers expect); see SPEC.md §4.
@@ -17,8 +18,13 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
+use thiserror::Error;
+
+use crate::account::Ids;
+use crate::kinds::Kind;
 use crate::names::{Namespace, Username};
 use crate::settings::Settings;
+use crate::templates::{SiteObject, TemplateError, UserValues, first_duplicate};
 
 /// Label the reapers select OnDemand namespaces by.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
@@ -28,10 +34,20 @@ pub const LAST_HOOK_ANNOTATION: &str = "openondemand.org/last-hook-execution";
 /// Annotation recording whose namespace this is (the name mapping loses
 /// `.` and `@`), so `reconcile` can find the users again.
 pub const USER_ANNOTATION: &str = "openondemand.org/user";
+/// Annotations publishing the user's numeric identity, which the shipped
+/// ValidatingAdmissionPolicy (hooks/uid-gid-policy.yaml) checks pods against.
+pub const UID_ANNOTATION: &str = "openondemand.org/uid";
+pub const GID_ANNOTATION: &str = "openondemand.org/gid";
+/// Comma-separated, sorted, the primary gid included.
+pub const GROUPS_ANNOTATION: &str = "openondemand.org/supplemental-gids";
 /// Label marking what this program manages (never `job`: the job-pod-reaper
-/// reaps objects with that label).
+/// reaps objects with that label). The dashboard labels its pods
+/// `open-ondemand`, so selectors on either value never meet. Pruning only
+/// ever deletes objects carrying it *and* written by [`FIELD_MANAGER`].
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "ood-k8s-bootstrap";
+/// The field manager every write is made under.
+pub const FIELD_MANAGER: &str = "ood-k8s-bootstrap";
 pub const NETWORK_POLICY_NAME: &str = "deny-from-other-namespaces";
 pub const USER_CLUSTER_ROLE: &str = "ood-user";
 pub const INITIALIZER_CLUSTER_ROLE: &str = "ood-initializer";
@@ -48,16 +64,19 @@ pub enum Object {
     Secret(Secret),
     /// Only the `imagePullSecrets` reference of the `default` ServiceAccount.
     ServiceAccount(ServiceAccount),
+    /// An object from a site template.
+    Site(SiteObject),
 }
 
 impl Object {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Self::Namespace(_) => "Namespace",
-            Self::NetworkPolicy(_) => "NetworkPolicy",
-            Self::RoleBinding(_) => "RoleBinding",
-            Self::Secret(_) => "Secret",
-            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::Namespace(_) => Kind::Namespace,
+            Self::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Self::RoleBinding(_) => Kind::RoleBinding,
+            Self::Secret(_) => Kind::Secret,
+            Self::ServiceAccount(_) => Kind::ServiceAccount,
+            Self::Site(o) => o.kind,
         }
     }
 
@@ -68,11 +87,19 @@ impl Object {
             Self::RoleBinding(o) => &o.metadata,
             Self::Secret(o) => &o.metadata,
             Self::ServiceAccount(o) => &o.metadata,
+            Self::Site(o) => &o.meta,
         }
     }
 
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// Is this a RoleBinding to a (namespaced) Role? The API server checks
+    /// a binding against the Role it names, so that Role must exist first.
+    pub fn binds_a_role(&self) -> bool {
+        matches!(self, Self::Site(o) if o.kind == Kind::RoleBinding
+            && o.body.get("roleRef").and_then(|r| r.get("kind")).and_then(|k| k.as_str()) == Some("Role"))
     }
 
     /// `Kind/name`, for reports and errors.
@@ -88,6 +115,7 @@ impl Object {
             Self::RoleBinding(o) => serde_json::to_value(o),
             Self::Secret(o) => serde_json::to_value(o),
             Self::ServiceAccount(o) => serde_json::to_value(o),
+            Self::Site(o) => return o.to_json(),
         };
         // Serialising plain k8s-openapi structs cannot fail.
         v.unwrap_or(serde_json::Value::Null)
@@ -100,18 +128,46 @@ pub struct DesiredState {
     pub namespace: Namespace,
     /// `objects[0]` is the Namespace; the rest live in it.
     pub objects: Vec<Object>,
+    /// Whether objects of ours in the namespace that are not in `objects`
+    /// are to be deleted (`PRUNE=true`, `reconcile --prune`).
+    pub prune: bool,
 }
 
-/// Computes the objects for `user` at time `now_unix` (seconds).
+/// Why the objects for a user cannot be computed (before any change).
+#[derive(Debug, Error)]
+pub enum DesiredError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(
+        "user {0}: the uid/gid are needed (PUBLISH_UID_GID, PUBLISH_GROUPS or a template's ${{UID}}/${{GID}}) but were not looked up"
+    )]
+    NoIds(String),
+}
+
+impl DesiredError {
+    pub fn exit(&self) -> crate::exit::Exit {
+        match self {
+            Self::Template(_) => crate::exit::Exit::Config,
+            Self::NoIds(_) => crate::exit::Exit::Software,
+        }
+    }
+}
+
+/// Computes the objects for `user` at time `now_unix` (seconds). `ids` are
+/// needed when [`Settings::needs_ids`] says so.
 pub fn desired_state(
     settings: &Settings,
     user: &Username,
     namespace: &Namespace,
+    ids: Option<&Ids>,
     now_unix: u64,
-) -> DesiredState {
+) -> Result<DesiredState, DesiredError> {
     let ns = namespace.as_str();
+    if settings.needs_ids() && ids.is_none() {
+        return Err(DesiredError::NoIds(user.to_string()));
+    }
     let mut objects = vec![Object::Namespace(namespace_object(
-        settings, user, namespace, now_unix,
+        settings, user, namespace, ids, now_unix,
     ))];
     objects.push(Object::NetworkPolicy(network_policy(settings, ns)));
     objects.push(Object::RoleBinding(role_binding(
@@ -173,9 +229,66 @@ pub fn desired_state(
             ..Default::default()
         }));
     }
-    DesiredState {
+    let mut site = settings.templates.instantiate(&UserValues {
+        user,
+        namespace,
+        k8s_username: format!("{}{user}", settings.user_subject_prefix),
+        ids,
+    })?;
+    check_site_names(settings, user, &site)?;
+    for o in &mut site {
+        o.meta
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    }
+    objects.extend(site.into_iter().map(Object::Site));
+    Ok(DesiredState {
         namespace: namespace.clone(),
         objects,
+        prune: settings.prune,
+    })
+}
+
+/// The names of the hook's own objects (whether switched on or not): a
+/// template may not take them, nor two templates one name.
+fn check_site_names(
+    settings: &Settings,
+    user: &Username,
+    site: &[SiteObject],
+) -> Result<(), TemplateError> {
+    let mut reserved = vec![
+        (Kind::NetworkPolicy, NETWORK_POLICY_NAME.to_owned()),
+        (Kind::RoleBinding, format!("{user}-{USER_CLUSTER_ROLE}")),
+        (
+            Kind::RoleBinding,
+            format!("{user}-{INITIALIZER_CLUSTER_ROLE}"),
+        ),
+        (
+            Kind::RoleBinding,
+            format!("{user}-job-pod-reaper-rolebinding"),
+        ),
+        (Kind::ServiceAccount, DEFAULT_SERVICE_ACCOUNT.to_owned()),
+    ];
+    if let Some(pull) = &settings.image_pull {
+        reserved.push((Kind::Secret, pull.secret_name.to_string()));
+    }
+    for o in site {
+        let name = o.meta.name.clone().unwrap_or_default();
+        if reserved.contains(&(o.kind, name.clone())) {
+            return Err(o.error(format!(
+                "for user {user}: {}/{name} is one of the hook's own objects; give it another name",
+                o.kind
+            )));
+        }
+    }
+    match first_duplicate(site) {
+        Some(o) => Err(o.error(format!(
+            "for user {user}: {}/{} is made by another template too",
+            o.kind,
+            o.meta.name.clone().unwrap_or_default()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -183,6 +296,7 @@ fn namespace_object(
     settings: &Settings,
     user: &Username,
     namespace: &Namespace,
+    ids: Option<&Ids>,
     now_unix: u64,
 ) -> NamespaceObj {
     let mut labels = BTreeMap::from([(NAME_LABEL.to_owned(), NAME_LABEL_VALUE.to_owned())]);
@@ -205,14 +319,23 @@ fn namespace_object(
             }
         }
     }
+    let mut annotations = BTreeMap::from([
+        (LAST_HOOK_ANNOTATION.to_owned(), now_unix.to_string()),
+        (USER_ANNOTATION.to_owned(), user.to_string()),
+    ]);
+    if let Some(ids) = ids.filter(|_| settings.publish.uid_gid) {
+        annotations.insert(UID_ANNOTATION.to_owned(), ids.uid.to_string());
+        annotations.insert(GID_ANNOTATION.to_owned(), ids.gid.to_string());
+        if let Some(groups) = ids.groups.as_ref().filter(|_| settings.publish.groups) {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            annotations.insert(GROUPS_ANNOTATION.to_owned(), list.join(","));
+        }
+    }
     NamespaceObj {
         metadata: ObjectMeta {
             name: Some(namespace.to_string()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([
-                (LAST_HOOK_ANNOTATION.to_owned(), now_unix.to_string()),
-                (USER_ANNOTATION.to_owned(), user.to_string()),
-            ])),
+            annotations: Some(annotations),
             ..Default::default()
         },
         ..Default::default()
@@ -287,7 +410,7 @@ mod tests {
         let s = settings(extra);
         let u = Username::parse(user).unwrap();
         let ns = Namespace::for_user(&s.namespace_prefix, &u).unwrap();
-        desired_state(&s, &u, &ns, 1_700_000_000)
+        desired_state(&s, &u, &ns, None, 1_700_000_000).unwrap()
     }
 
     #[test]
@@ -406,7 +529,7 @@ mod tests {
         let secret = d
             .objects
             .iter()
-            .find(|o| o.kind() == "Secret")
+            .find(|o| o.kind() == Kind::Secret)
             .unwrap()
             .to_json();
         assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
@@ -414,7 +537,7 @@ mod tests {
         let sa = d
             .objects
             .iter()
-            .find(|o| o.kind() == "ServiceAccount")
+            .find(|o| o.kind() == Kind::ServiceAccount)
             .unwrap()
             .to_json();
         assert_eq!(sa["metadata"]["name"], "default");
@@ -423,6 +546,81 @@ mod tests {
             serde_json::json!([{"name": "regcred"}])
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn with_templates(text: &str, extra: &str) -> Settings {
+        let mut s = settings(extra);
+        s.templates = crate::templates::TemplateSet::parse(
+            &[("/t/site.yaml".into(), text.into())],
+            &Default::default(),
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn site_objects_follow_the_hooks_own_and_carry_our_label() {
+        let s = with_templates(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: site, labels: {a: b}}\n",
+            "",
+        );
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        let d = desired_state(&s, &u, &ns, None, 1).unwrap();
+        let last = d.objects.last().unwrap();
+        assert_eq!(last.describe(), "ConfigMap/site");
+        let labels = last.meta().labels.clone().unwrap();
+        assert_eq!(labels["a"], "b");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+    }
+
+    #[test]
+    fn site_objects_may_not_take_the_hooks_names() {
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        for text in [
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: \"${USER}-job-pod-reaper-rolebinding\"}\n",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default}\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+        ] {
+            let e = desired_state(&with_templates(text, ""), &u, &ns, None, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("/t/site.yaml:") && e.contains("user alice"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_published_only_when_asked_and_needed_when_used() {
+        let u = Username::parse("alice").unwrap();
+        let ns = Namespace::for_user("", &u).unwrap();
+        let ids = Ids {
+            uid: 1001,
+            gid: 1002,
+            groups: Some(vec![1002, 3000]),
+        };
+        let ann = |s: &Settings| {
+            desired_state(s, &u, &ns, Some(&ids), 1).unwrap().objects[0]
+                .meta()
+                .annotations
+                .clone()
+                .unwrap()
+        };
+        assert!(!ann(&settings("")).contains_key(UID_ANNOTATION));
+        let a = ann(&settings("PUBLISH_UID_GID=true\n"));
+        assert_eq!(
+            (a[UID_ANNOTATION].as_str(), a[GID_ANNOTATION].as_str()),
+            ("1001", "1002")
+        );
+        assert!(!a.contains_key(GROUPS_ANNOTATION));
+        let a = ann(&settings("PUBLISH_UID_GID=true\nPUBLISH_GROUPS=true\n"));
+        assert_eq!(a[GROUPS_ANNOTATION], "1002,3000");
+        // Needed but not given: refused before anything.
+        let e = desired_state(&settings("PUBLISH_UID_GID=true\n"), &u, &ns, None, 1);
+        assert!(matches!(e, Err(DesiredError::NoIds(_))));
     }
 
     #[test]

@@ -288,14 +288,8 @@ async fn token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<String, 
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    truncate(&s.split_whitespace().collect::<Vec<_>>().join(" "), 300)
+    let chain = crate::credential::error_chain(e);
+    truncate(&chain.split_whitespace().collect::<Vec<_>>().join(" "), 300)
 }
 
 #[cfg(test)]

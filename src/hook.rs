@@ -39,7 +39,14 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         Mode::Apply
     };
     let deadline = started + settings.timeout;
-    let state = desired::desired_state(&settings, &user, &namespace, unix_now());
+    let ids = match account.ids(&user, settings.publish.groups) {
+        Ok(ids) => ids,
+        Err(e) => return fail(e.exit(), e),
+    };
+    let state = match desired::desired_state(&settings, &user, &namespace, Some(&ids), unix_now()) {
+        Ok(s) => s,
+        Err(e) => return fail(e.exit(), e),
+    };
     // Everything about the kubeconfig that can be refused is refused now,
     // before any change (with a token exchange, the tokens to write are
     // only known once the IdP has answered).
@@ -97,13 +104,13 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         Err(e) => {
             eprintln!(
                 "{PROG}: {}",
-                summary(&user, &namespace, &applied, args.dry_run)
+                summary(&user, &namespace, &applied, args.dry_run, state.prune)
             );
             return fail(e.exit(), e);
         }
     };
 
-    let mut line = summary(&user, &namespace, &applied, args.dry_run);
+    let mut line = summary(&user, &namespace, &applied, args.dry_run, state.prune);
     if let Some(k) = kube {
         line.push_str(&match k {
             kubeconfig::Outcome::Written(p) => format!("; kubeconfig {} updated", p.display()),
@@ -237,17 +244,30 @@ fn change_word(c: Change, dry_run: bool) -> &'static str {
         (Change::Created, true) => "would create",
         (Change::Changed, true) => "would change",
         (Change::Unchanged, _) => "unchanged",
+        (Change::Deleted, false) => "deleted",
+        (Change::Deleted, true) => "would delete",
     }
 }
 
-/// `alice: namespace alice: 1 created, 1 changed, 3 unchanged`.
-fn summary(user: &Username, ns: &Namespace, applied: &[Applied], dry_run: bool) -> String {
+/// `alice: namespace alice: 1 created, 1 changed, 3 unchanged` (and `, 1
+/// deleted` when pruning).
+fn summary(
+    user: &Username,
+    ns: &Namespace,
+    applied: &[Applied],
+    dry_run: bool,
+    prune: bool,
+) -> String {
     let count = |c| applied.iter().filter(|a| a.change == c).count();
     let verb = if dry_run { "dry run: would be " } else { "" };
-    format!(
+    let mut line = format!(
         "{user}: namespace {ns}: {verb}{} created, {} changed, {} unchanged",
         count(Change::Created),
         count(Change::Changed),
         count(Change::Unchanged)
-    )
+    );
+    if prune {
+        line.push_str(&format!(", {} deleted", count(Change::Deleted)));
+    }
+    line
 }

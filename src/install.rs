@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::apply::{Applied, ApplyError, Change, Cluster, Connect, Mode, Target};
+use crate::apply::{Applied, ApplyError, Change, Cluster, Connect, Manifest, Mode};
 use crate::exit::Exit;
 use crate::run::{PROG, fail, runtime};
 
@@ -28,6 +28,11 @@ pub enum Part {
     /// `--self-renew`: `create` on the `ondemand` ServiceAccount's own
     /// token, for `root-token`.
     SelfRenew,
+    /// `--prune`: list and delete in users' namespaces, for `PRUNE=true`.
+    Prune,
+    /// `--uid-gid-policy`: the ValidatingAdmissionPolicy that pods run as
+    /// their user, for `PUBLISH_UID_GID=true`.
+    UidGidPolicy,
 }
 
 impl Part {
@@ -40,6 +45,14 @@ impl Part {
                 include_str!("../hooks/job-pod-reaper.yaml"),
             ),
             Self::SelfRenew => ("self-renew.yaml", include_str!("../hooks/self-renew.yaml")),
+            Self::Prune => (
+                "ondemand-prune.yaml",
+                include_str!("../hooks/ondemand-prune.yaml"),
+            ),
+            Self::UidGidPolicy => (
+                "uid-gid-policy.yaml",
+                include_str!("../hooks/uid-gid-policy.yaml"),
+            ),
         }
     }
 }
@@ -116,7 +129,7 @@ pub fn yaml(parts: &[Part]) -> String {
 }
 
 /// The objects of the selected manifests, in order, ready to apply.
-pub fn targets(parts: &[Part]) -> Result<Vec<Target>, InstallError> {
+pub fn targets(parts: &[Part]) -> Result<Vec<Manifest>, InstallError> {
     let mut out = Vec::new();
     for part in parts {
         let (file, text) = part.manifest();
@@ -134,7 +147,7 @@ pub fn targets(parts: &[Part]) -> Result<Vec<Target>, InstallError> {
 
 /// Where one manifest object lives in the API. Only the kinds the
 /// prerequisites use are known.
-fn target(doc: Value) -> Result<Target, String> {
+fn target(doc: Value) -> Result<Manifest, String> {
     let field = |p: &str| doc.pointer(p).and_then(Value::as_str).map(str::to_owned);
     let kind = field("/kind").ok_or("an object without kind")?;
     let name = field("/metadata/name").ok_or(format!("a {kind} without a name"))?;
@@ -163,7 +176,7 @@ fn target(doc: Value) -> Result<Target, String> {
         (None, true) => return Err(format!("{kind}/{name} has no namespace")),
         (Some(_), false) => return Err(format!("{kind}/{name} is cluster-scoped")),
     };
-    Ok(Target {
+    Ok(Manifest {
         path: format!("{path}/{name}"),
         describe: format!("{kind}/{name}"),
         namespace,
@@ -209,7 +222,7 @@ pub fn main(opts: &Options) -> Exit {
                 if opts.dry_run { " (dry run)" } else { "" }
             );
             cluster
-                .apply_targets("install", &targets, mode, deadline)
+                .apply_manifests("install", &targets, mode, deadline)
                 .await
         };
         match tokio::time::timeout_at(deadline.into(), work).await {
@@ -254,6 +267,7 @@ pub fn report(applied: &[Applied], dry_run: bool) -> String {
                 (Change::Created, true) => "would create",
                 (Change::Changed, true) => "would change",
                 (Change::Unchanged, _) => "unchanged",
+                (Change::Deleted, _) => "deleted",
             };
             format!("{word:<12} {}\n", a.object)
         })
@@ -318,6 +332,21 @@ mod tests {
         assert_eq!(
             t[1].path,
             "/apis/rbac.authorization.k8s.io/v1/namespaces/ondemand/rolebindings/ondemand-self-renew"
+        );
+    }
+
+    #[test]
+    fn issue_11s_manifests_are_parts_too() {
+        let t = targets(&[Part::Prune, Part::UidGidPolicy]).unwrap();
+        let names: Vec<&str> = t.iter().map(|t| t.describe.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ClusterRole/ondemand-prune",
+                "ClusterRoleBinding/ondemand-prune",
+                "ValidatingAdmissionPolicy/ood-uid-gid",
+                "ValidatingAdmissionPolicyBinding/ood-uid-gid",
+            ]
         );
     }
 

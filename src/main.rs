@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             all: _,
             concurrency,
             dry_run,
+            prune,
             common,
         }) => {
             init_logging(common.verbose);
@@ -53,7 +54,12 @@ fn main() -> ExitCode {
                 Some(path) => reconcile::Source::List(path),
                 None => reconcile::Source::Labelled,
             };
-            reconcile::main(source, &common.hook_env, concurrency, dry_run).into()
+            let options = reconcile::Options {
+                concurrency,
+                dry_run,
+                prune,
+            };
+            reconcile::main(source, &common.hook_env, options).into()
         }
         Some(Command::Install(args)) => {
             init_logging(0);

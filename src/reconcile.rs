@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
+use crate::account::Account;
 use crate::apply::{Applied, ApplyError, Change, Cluster, Mode};
 use crate::desired::{self, NAME_LABEL, NAME_LABEL_VALUE, USER_ANNOTATION};
 use crate::exit::Exit;
@@ -28,13 +29,29 @@ pub enum Source<'a> {
     Labelled,
 }
 
-pub fn main(source: Source<'_>, hook_env: &Path, concurrency: usize, dry_run: bool) -> Exit {
-    let (settings, runtime) =
+/// How `reconcile` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How many users are worked on at once.
+    pub concurrency: usize,
+    pub dry_run: bool,
+    /// Prune even if hook.env does not say `PRUNE=true`.
+    pub prune: bool,
+}
+
+pub fn main(source: Source<'_>, hook_env: &Path, options: Options) -> Exit {
+    let (mut settings, runtime) =
         match crate::load_settings(hook_env).and_then(|s| Ok((s, crate::runtime()?))) {
             Ok(v) => v,
             Err(exit) => return exit,
         };
-    runtime.block_on(run(source, &settings, concurrency.max(1), dry_run))
+    settings.prune |= options.prune;
+    runtime.block_on(run(
+        source,
+        &settings,
+        options.concurrency.max(1),
+        options.dry_run,
+    ))
 }
 
 async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_run: bool) -> Exit {
@@ -83,13 +100,18 @@ async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_ru
 
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "ood-k8s-bootstrap: reconciled {} of {total} users in {secs:.1}s ({:.0} users/s){}: objects {} created, {} changed, {} unchanged; {} failed",
+        "ood-k8s-bootstrap: reconciled {} of {total} users in {secs:.1}s ({:.0} users/s){}: objects {} created, {} changed, {} unchanged{}; {} failed",
         total - failures.len(),
         total as f64 / secs.max(1e-9),
         if dry_run { " (dry run)" } else { "" },
         counts.get("created").unwrap_or(&0),
         counts.get("changed").unwrap_or(&0),
         counts.get("unchanged").unwrap_or(&0),
+        if settings.prune {
+            format!(", {} deleted", counts.get("deleted").unwrap_or(&0))
+        } else {
+            String::new()
+        },
         failures.len(),
     );
     for f in &failures {
@@ -112,7 +134,18 @@ async fn reconcile_one(
     let user = Username::parse(name).map_err(|e| e.to_string())?;
     let namespace =
         Namespace::for_user(&settings.namespace_prefix, &user).map_err(|e| e.to_string())?;
-    let state = desired::desired_state(settings, &user, &namespace, now);
+    let ids = if settings.needs_ids() {
+        let account = Account::lookup(&user).map_err(|e| e.to_string())?;
+        Some(
+            account
+                .ids(&user, settings.publish.groups)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let state = desired::desired_state(settings, &user, &namespace, ids.as_ref(), now)
+        .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + settings.timeout;
     cluster
         .apply(user.as_str(), &state, mode, deadline)
@@ -132,6 +165,7 @@ fn change_word(c: Change) -> &'static str {
         Change::Created => "created",
         Change::Changed => "changed",
         Change::Unchanged => "unchanged",
+        Change::Deleted => "deleted",
     }
 }
 

@@ -1,20 +1,34 @@
 //! `ood-k8s-bootstrap render --user alice`: the desired objects as YAML,
-//! computed exactly as a real run would, without touching any cluster.
+//! computed exactly as a real run would (site templates included), without
+//! touching any cluster.
 //! Secret data is redacted, so the output is safe to paste into a ticket.
 
 use std::path::Path;
 
 use serde_json::Value;
 
+use crate::account::Account;
 use crate::desired::{self, Object};
 use crate::exit::Exit;
+use crate::kinds::Kind;
 
 pub fn main(user: &str, hook_env: &Path, now_unix: u64) -> Exit {
     let (settings, user, namespace) = match crate::load(user, hook_env) {
         Ok(v) => v,
         Err(exit) => return exit,
     };
-    let state = desired::desired_state(&settings, &user, &namespace, now_unix);
+    let ids = if settings.needs_ids() {
+        match Account::lookup(&user).and_then(|a| a.ids(&user, settings.publish.groups)) {
+            Ok(ids) => Some(ids),
+            Err(e) => return crate::fail(e.exit(), e),
+        }
+    } else {
+        None
+    };
+    let state = match desired::desired_state(&settings, &user, &namespace, ids.as_ref(), now_unix) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(e.exit(), e),
+    };
     match to_yaml(&state.objects) {
         Ok(text) => {
             print!("{text}");
@@ -32,10 +46,14 @@ pub fn to_yaml(objects: &[Object]) -> Result<String, serde_saphyr::ser::Error> {
     let mut out = String::new();
     for obj in objects {
         let mut v = obj.to_json();
-        if let Some(Value::Object(data)) = v.get_mut("data") {
-            for value in data.values_mut() {
-                let len = value.as_str().map_or(0, str::len);
-                *value = Value::String(format!("<redacted: {len} base64 characters>"));
+        if obj.kind() == Kind::Secret {
+            for (field, what) in [("data", "base64 characters"), ("stringData", "characters")] {
+                if let Some(Value::Object(data)) = v.get_mut(field) {
+                    for value in data.values_mut() {
+                        let len = value.as_str().map_or(0, str::len);
+                        *value = Value::String(format!("<redacted: {len} {what}>"));
+                    }
+                }
             }
         }
         out.push_str("---\n");
@@ -63,7 +81,12 @@ mod tests {
         let s = Settings::parse(Path::new("/hook.env"), &text).unwrap();
         let u = Username::parse("alice").unwrap();
         let ns = Namespace::for_user("", &u).unwrap();
-        let yaml = to_yaml(&desired::desired_state(&s, &u, &ns, 1).objects).unwrap();
+        let yaml = to_yaml(
+            &desired::desired_state(&s, &u, &ns, None, 1)
+                .unwrap()
+                .objects,
+        )
+        .unwrap();
         assert_eq!(yaml.matches("---\n").count(), 6, "{yaml}");
         assert!(yaml.contains("kind: NetworkPolicy"));
         assert!(yaml.contains("redacted"));

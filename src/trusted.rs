@@ -37,6 +37,8 @@ pub enum TrustError {
     },
     #[error("{path}: too many levels of symbolic links")]
     Loop { path: PathBuf },
+    #[error("{path}: not a directory")]
+    NotDirectory { path: PathBuf },
     #[error("{path}: is a {kind}, not a regular file")]
     NotRegular { path: PathBuf, kind: &'static str },
     #[error("{path}: owned by uid {uid}, not root; as root run: chown root {path}")]
@@ -96,6 +98,27 @@ pub fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
         });
     }
     Ok(bytes)
+}
+
+/// Checks that `path` is a directory root trusts (itself and every
+/// directory on its way); returns its link-free path.
+pub fn directory(path: &Path) -> Result<PathBuf, TrustError> {
+    let absolute = std::path::absolute(path).map_err(|source| TrustError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let resolved = resolve(&absolute)?;
+    let meta = std::fs::symlink_metadata(&resolved).map_err(|source| TrustError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(TrustError::NotDirectory {
+            path: path.to_owned(),
+        });
+    }
+    check_dir(&resolved, &meta)?;
+    Ok(resolved)
 }
 
 fn libc_flags() -> i32 {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::checks::{bound_roles, needed_access};
 use super::dashboard;
 use super::facts::*;
-use crate::apply::{Cluster, Connect, Target};
+use crate::apply::{Cluster, Connect};
 use crate::cli::DoctorArgs;
 use crate::names::{Namespace, Username};
 use crate::root_kubeconfig::{self, Credential};
@@ -584,12 +584,25 @@ async fn user_objects(c: &Cluster, s: &Settings, user: &str, now: u64) -> Vec<Ob
     let Ok(ns) = Namespace::for_user(&s.namespace_prefix, &u) else {
         return Vec::new();
     };
-    let state = crate::desired::desired_state(s, &u, &ns, now);
-    let targets: Vec<Target> = state.objects.iter().map(Target::of).collect();
-    futures::future::join_all(targets.into_iter().map(|t| async move {
+    let ids = crate::account::Account::lookup(&u)
+        .and_then(|a| a.ids(&u, s.publish.groups))
+        .ok();
+    let Ok(state) = crate::desired::desired_state(s, &u, &ns, ids.as_ref(), now) else {
+        return Vec::new();
+    };
+    let objects: Vec<(String, String)> = state
+        .objects
+        .iter()
+        .map(|o| {
+            let name = o.meta().name.as_deref().unwrap_or_default();
+            let in_ns = o.meta().namespace.as_deref().unwrap_or(name);
+            (o.describe(), o.kind().object_path(in_ns, name))
+        })
+        .collect();
+    futures::future::join_all(objects.into_iter().map(|(describe, path)| async move {
         ObjectFact {
-            describe: t.describe.clone(),
-            status: status(c, &t.path).await,
+            describe,
+            status: status(c, &path).await,
         }
     }))
     .await

@@ -78,6 +78,10 @@ pub struct Draft {
     pub exec_command: Option<PathBuf>,
     pub exchange_audience: Option<String>,
     pub exchange_scope: Option<String>,
+    pub site_templates_dir: Option<PathBuf>,
+    pub publish_uid_gid: bool,
+    pub publish_groups: bool,
+    pub prune: bool,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -89,6 +93,33 @@ pub const REFUSED: &[(&str, &str)] = &[(
     "not a key: the token exchange is made as the portal client (CLIENT_ID, CLIENT_SECRET); \
      set K8S_TOKEN_EXCHANGE_AUDIENCE to the Kubernetes client id instead",
 )];
+
+/// A family of keys recognised by prefix rather than listed one by one.
+pub struct Pattern {
+    pub prefix: &'static str,
+    pub doc: &'static str,
+    /// An example key of the family and its value, shown commented out.
+    pub example: (&'static str, &'static str),
+}
+
+/// The key families: their keys are never "unknown".
+pub const PATTERNS: &[Pattern] = &[Pattern {
+    prefix: crate::templates::SITE_PREFIX,
+    doc: "Site values for the templates in SITE_TEMPLATES_DIR: any key starting with SITE_ \
+          (other than SITE_TEMPLATES_DIR) is one, and a template's ${SITE_NAME} is replaced by \
+          the value of SITE_NAME. A template naming one that is not set is refused.",
+    example: ("SITE_QUOTA_CPU", "16"),
+}];
+
+/// The key family `name` belongs to, if any (known keys excluded).
+pub fn pattern(name: &str) -> Option<&'static Pattern> {
+    if find(name).is_some() {
+        return None;
+    }
+    PATTERNS
+        .iter()
+        .find(|p| name.len() > p.prefix.len() && name.starts_with(p.prefix))
+}
 
 /// The keys, in the order of the shipped example.
 pub const KEYS: &[Key] = &[
@@ -460,6 +491,60 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
     },
+    Key {
+        name: "SITE_TEMPLATES_DIR",
+        section: Section::New,
+        doc: "Directory of site templates: each *.yaml (or *.yml) file holds objects applied \
+              to every user's namespace with the hook's own (e.g. a ResourceQuota and a \
+              LimitRange), with ${USER}, ${NAMESPACE}, ${UID}, ${GID}, ${K8S_USERNAME} (the \
+              username as the API server sees it) and ${SITE_...} replaced; $$ is a literal $. \
+              Allowed kinds: ResourceQuota, LimitRange, NetworkPolicy, Role, RoleBinding, \
+              ServiceAccount, ConfigMap, Secret, PersistentVolumeClaim. The directory and its \
+              files must be owned by root and not writable by others. Checked before \
+              anything is changed; errors name file and line. Empty = none.",
+        value: "absolute path",
+        default: "",
+        example: "",
+        parse: |v, d| abs_path(v).map(|p| d.site_templates_dir = p),
+    },
+    Key {
+        name: "PUBLISH_UID_GID",
+        section: Section::New,
+        doc: "\"true\" annotates each namespace with the user's uid and gid from the passwd \
+              database (openondemand.org/uid, openondemand.org/gid), which \
+              hooks/uid-gid-policy.yaml checks every pod against. Users cannot change their \
+              Namespace object.",
+        value: "true|false",
+        default: "false",
+        example: "false",
+        parse: |v, d| boolean(v).map(|b| d.publish_uid_gid = b),
+    },
+    Key {
+        name: "PUBLISH_GROUPS",
+        section: Section::New,
+        doc: "\"true\" also publishes every group of the user (getgrouplist) as \
+              openondemand.org/supplemental-gids, so pods may use them as supplementalGroups \
+              and fsGroup. Needs PUBLISH_UID_GID=true.",
+        value: "true|false",
+        default: "false",
+        example: "false",
+        parse: |v, d| boolean(v).map(|b| d.publish_groups = b),
+    },
+    Key {
+        name: "PRUNE",
+        section: Section::New,
+        doc: "\"true\" deletes objects this hook made in the user's namespace that are no \
+              longer wanted: the reaper RoleBinding after USE_JOB_POD_REAPER=false, the pull \
+              Secret (and its ServiceAccount reference) after IMAGE_PULL_SECRET is emptied, the \
+              objects of a removed template. Only objects labelled \
+              app.kubernetes.io/managed-by=ood-k8s-bootstrap and written by this program are \
+              touched; PersistentVolumeClaims never. Needs the grant in \
+              hooks/ondemand-prune.yaml.",
+        value: "true|false",
+        default: "false",
+        example: "false",
+        parse: |v, d| boolean(v).map(|b| d.prune = b),
+    },
 ];
 
 /// The key named `name`, if it is one.
@@ -627,6 +712,18 @@ pub fn example() -> String {
             out.push_str(&format!("{}=\"{}\"\n", key.name, key.example));
         }
     }
+    for pattern in PATTERNS {
+        let title = format!("{}* keys", pattern.prefix);
+        out.push_str(&format!(
+            "\n# ---- {title} {}\n\n",
+            "-".repeat(70 - title.len())
+        ));
+        for line in wrap(pattern.doc, 76) {
+            out.push_str(&format!("# {line}\n"));
+        }
+        let (name, value) = pattern.example;
+        out.push_str(&format!("#{name}=\"{value}\"\n"));
+    }
     out
 }
 
@@ -690,6 +787,14 @@ pub fn man_page(version: &str) -> String {
             ));
         }
     }
+    for pattern in PATTERNS {
+        out.push_str(&format!(
+            ".SH \"{}* KEYS\"\n.TP\n\\fB{}\\fR\\fINAME\\fR=\\fItext\\fR\n{}\n",
+            roff(pattern.prefix),
+            roff(pattern.prefix),
+            roff(pattern.doc),
+        ));
+    }
     out.push_str(".SH SEE ALSO\n\\fBood\\-k8s\\-bootstrap\\fR(1)\n");
     out
 }
@@ -752,6 +857,24 @@ mod tests {
             (key.parse)(key.example, &mut d)
                 .unwrap_or_else(|e| panic!("{} example: {e}", key.name));
         }
+    }
+
+    #[test]
+    fn key_families_are_documented_and_recognised() {
+        let example = example();
+        let man = man_page("test");
+        for p in PATTERNS {
+            assert!(
+                example.contains(&format!("#{}=", p.example.0)),
+                "{}",
+                p.prefix
+            );
+            assert!(man.contains(&roff(p.prefix)), "{}", p.prefix);
+            assert!(pattern(p.example.0).is_some());
+        }
+        assert!(pattern("SITE_TEMPLATES_DIR").is_none());
+        assert!(pattern("SITE_").is_none());
+        assert!(pattern("NAMESPACE_PREFIX").is_none());
     }
 
     #[test]

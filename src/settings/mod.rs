@@ -9,7 +9,9 @@
 
 pub mod envfile;
 pub mod keys;
+pub mod template_dir;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +21,7 @@ use thiserror::Error;
 
 use crate::names::{ObjectName, truncate};
 use crate::secret::Secret;
+use crate::templates::{TemplateError, TemplateSet};
 use crate::trusted::{self, TrustError};
 
 use envfile::EnvFile;
@@ -63,6 +66,15 @@ pub enum SettingsError {
         key: &'static str,
         why: &'static str,
     },
+    #[error("{path}:{line}: SITE_TEMPLATES_DIR={dir:?}: {why}")]
+    TemplateDir {
+        path: PathBuf,
+        line: usize,
+        dir: PathBuf,
+        why: String,
+    },
+    #[error("site template {0}")]
+    Template(#[from] TemplateError),
 }
 
 /// The image pull secret to create in each namespace.
@@ -118,6 +130,15 @@ pub struct PodSecurity {
     pub warn: Option<PsaLevel>,
     /// `latest` or `v1.N`; applied to every mode that is set.
     pub version: Option<String>,
+}
+
+/// Which of the user's ids the namespace publishes as annotations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Publish {
+    /// `PUBLISH_UID_GID`: openondemand.org/uid and /gid.
+    pub uid_gid: bool,
+    /// `PUBLISH_GROUPS`: openondemand.org/supplemental-gids too.
+    pub groups: bool,
 }
 
 /// How the user's kubeconfig entry carries credentials.
@@ -215,6 +236,11 @@ pub struct Settings {
     pub image_pull: Option<ImagePull>,
     pub job_pod_reaper: Option<JobPodReaper>,
     pub pod_security: PodSecurity,
+    pub publish: Publish,
+    /// `SITE_TEMPLATES_DIR`, read and checked (empty when unset).
+    pub templates: TemplateSet,
+    /// `PRUNE`: delete objects of ours no longer wanted.
+    pub prune: bool,
     /// `HOOK_TIMEOUT_SECONDS`: bound on the whole run.
     pub timeout: Duration,
     /// `FAST_FAIL_SECONDS`: longest window of failing at once after the API
@@ -229,6 +255,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Does computing a user's objects need their uid/gid (passwd entry)?
+    pub fn needs_ids(&self) -> bool {
+        self.publish.uid_gid || self.templates.uses_ids()
+    }
+
     /// Reads and validates a hook.env file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
         let text = trusted::read_to_string(path).map_err(|e| match e {
@@ -261,7 +292,7 @@ impl Settings {
 fn unknown_keys(file: &EnvFile) -> Result<Vec<String>, SettingsError> {
     let mut warnings = Vec::new();
     for (name, entry) in &file.entries {
-        if keys::find(name).is_some() {
+        if keys::find(name).is_some() || keys::pattern(name).is_some() {
             continue;
         }
         if let Some((key, why)) = keys::REFUSED.iter().find(|(k, _)| k == name) {
@@ -333,6 +364,14 @@ impl Checked<'_> {
         self.check_trusted("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
         let idp_ca_pem = self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
         let exchange = self.exchange(idp_ca_pem.clone())?;
+        if self.draft.publish_groups && !self.draft.publish_uid_gid {
+            return Err(self.invalid(
+                "PUBLISH_GROUPS",
+                "true",
+                "needs PUBLISH_UID_GID=true as well".into(),
+            ));
+        }
+        let templates = self.templates()?;
         let d = self.draft;
         let job_pod_reaper = match (
             d.use_job_pod_reaper,
@@ -375,6 +414,12 @@ impl Checked<'_> {
             image_pull,
             job_pod_reaper,
             pod_security: d.pod_security,
+            publish: Publish {
+                uid_gid: d.publish_uid_gid,
+                groups: d.publish_groups,
+            },
+            templates,
+            prune: d.prune,
             timeout: d.timeout,
             fast_fail: d.fast_fail,
             oidc: Oidc {
@@ -426,6 +471,27 @@ impl Checked<'_> {
             scope: d.exchange_scope.clone(),
             ca_pem,
         }))
+    }
+
+    /// The site templates, read and checked now (with the `SITE_*` values).
+    fn templates(&self) -> Result<TemplateSet, SettingsError> {
+        let Some(dir) = &self.draft.site_templates_dir else {
+            return Ok(TemplateSet::default());
+        };
+        let files = template_dir::read(dir).map_err(|why| SettingsError::TemplateDir {
+            path: self.file.path.clone(),
+            line: self.file.get("SITE_TEMPLATES_DIR").map_or(0, |(_, l)| l),
+            dir: dir.clone(),
+            why,
+        })?;
+        let site: BTreeMap<String, String> = self
+            .file
+            .entries
+            .iter()
+            .filter(|(name, _)| keys::pattern(name).is_some())
+            .map(|(name, e)| (name.clone(), e.value.clone()))
+            .collect();
+        Ok(TemplateSet::parse(&files, &site)?)
     }
 
     /// The pull secret: name and docker config, read now.
@@ -695,6 +761,44 @@ mod tests {
             "{:?}",
             s.warnings
         );
+    }
+
+    #[test]
+    fn site_values_and_templates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ood-settings-tpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("quota.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: quota}\nspec: {hard: {cpu: \"${SITE_CPU}\"}}\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let base = format!(
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nSITE_TEMPLATES_DIR={}\n",
+            dir.display()
+        );
+        let s = parse(&format!("{base}SITE_CPU=4\nPRUNE=true\n")).unwrap();
+        assert!(
+            !s.warnings.iter().any(|w| w.contains("SITE_")),
+            "{:?}",
+            s.warnings
+        );
+        assert!(!s.templates.is_empty() && s.prune && !s.needs_ids());
+        let msg = err(&base);
+        assert!(
+            msg.contains("quota.yaml:4") && msg.contains("SITE_CPU is not set"),
+            "{msg}"
+        );
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nSITE_TEMPLATES_DIR=/nonexistent/t\n");
+        assert!(msg.contains(":2: SITE_TEMPLATES_DIR"), "{msg}");
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nPUBLISH_GROUPS=true\n");
+        assert!(msg.contains("PUBLISH_UID_GID"), "{msg}");
+        let s = parse("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nPUBLISH_UID_GID=true\n").unwrap();
+        assert!(s.needs_ids());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

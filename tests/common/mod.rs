@@ -362,3 +362,32 @@ pub fn prefix(tag: &str) -> String {
     }
     prefix
 }
+
+/// Number of (non-dry-run) writes the `ondemand` ServiceAccount has made to
+/// namespaces starting with `prefix`, from the API server's audit log.
+pub fn ondemand_writes(prefix: &str) -> usize {
+    let log = std::fs::read_to_string(cluster().var("AUDIT_LOG")).expect("audit log");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["user"]["username"] == "system:serviceaccount:ondemand:ondemand")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| {
+            !e["requestURI"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("dryRun")
+        })
+        .filter(|e| {
+            let r = &e["objectRef"];
+            let ns = r["namespace"]
+                .as_str()
+                .or_else(|| r["name"].as_str().filter(|_| r["resource"] == "namespaces"));
+            ns.is_some_and(|n| n.starts_with(prefix))
+        })
+        .count()
+}

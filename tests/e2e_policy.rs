@@ -1,0 +1,785 @@
+//! End-to-end: site policy per user namespace (issue 11) — site templates,
+//! the uid/gid annotations and the ValidatingAdmissionPolicy that enforces
+//! them, and pruning — with the built binary run as OnDemand runs it (root,
+//! the `ondemand` ServiceAccount's kubeconfig) against the local cluster.
+//! Cluster-wide changes an admin would make (the policy binding, the prune
+//! grant) are scoped to this test's namespaces, so the other tests running
+//! at the same time see the cluster as `tests/cluster/up` made it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{cluster, linux_user, ondemand_writes, scratch, text};
+use serde_json::{Value, json};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn hook(user: &str, hook_env: &Path, extra: &[&str]) -> Output {
+    cluster()
+        .hook()
+        .args(["--user", user, "--hook-env"])
+        .arg(hook_env)
+        .args(extra)
+        .output()
+        .expect("run hook")
+}
+
+fn assert_ok(out: &Output) -> String {
+    assert!(out.status.success(), "hook failed:\n{}", text(out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A template directory as an admin sets it up: root-owned, 0755, files 0644.
+fn template_dir(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let tdir = dir.join("templates");
+    let _ = std::fs::remove_dir_all(&tdir);
+    std::fs::create_dir_all(&tdir).unwrap();
+    std::fs::set_permissions(&tdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, body) in files {
+        let p = tdir.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    tdir
+}
+
+/// The documents of a shipped manifest under hooks/.
+fn manifest(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(REPO).join("hooks").join(name)).unwrap();
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
+/// `kubectl apply --server-side` of JSON objects as the admin.
+fn admin_apply(objects: &[Value]) {
+    let c = cluster();
+    for o in objects {
+        let out = common::pipe(
+            Command::new(c.var("KUBECTL"))
+                .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN")])
+                .args(["apply", "--server-side", "--force-conflicts", "-f", "-"]),
+            o.to_string().as_bytes(),
+        );
+        assert!(out.status.success(), "apply {o}: {}", text(&out));
+    }
+}
+
+/// A kubeconfig holding `user`'s own OIDC token, with the dashboard's
+/// cluster and context entries (`open-ondemand`, namespace `ns`).
+fn user_kubeconfig(dir: &Path, user: &str, ns: &str) -> String {
+    let c = cluster();
+    let tokens = c.login(user);
+    let kc = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: open-ondemand\n  cluster: {{server: {}, certificate-authority: {}}}\n\
+             users:\n- name: {user}\n  user: {{token: {}}}\n\
+             contexts:\n- name: open-ondemand\n  context: {{cluster: open-ondemand, user: {user}, namespace: {ns}}}\ncurrent-context: open-ondemand\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE"),
+            tokens.access
+        ),
+    )
+    .unwrap();
+    kc.to_str().unwrap().to_owned()
+}
+
+const QUOTA: &str = "\
+apiVersion: v1
+kind: ResourceQuota
+metadata:
+  name: ${USER}-quota
+  namespace: ${NAMESPACE}
+spec:
+  hard:
+    requests.cpu: \"${SITE_QUOTA_CPU}\"
+    pods: \"20\"
+---
+apiVersion: v1
+kind: LimitRange
+metadata:
+  name: limits
+spec:
+  limits:
+  - type: Container
+    default: {cpu: \"1\", memory: 1Gi}
+";
+
+// ---- site templates ---------------------------------------------------
+
+#[test]
+fn site_templates_are_applied_rendered_and_reconciled() {
+    let c = cluster();
+    let dir = scratch("tpl");
+    let prefix = common::prefix("tpl");
+    linux_user("alice");
+    linux_user("bob");
+    let tdir = template_dir(&dir, &[("quota.yaml", QUOTA)]);
+    let env_with = |cpu: &str| {
+        c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nSITE_TEMPLATES_DIR={}\nSITE_QUOTA_CPU=\"{cpu}\"\n",
+                tdir.display()
+            ),
+        )
+    };
+    let env = env_with("4");
+    let ns = format!("{prefix}alice");
+
+    // A new user gets both, with the rest, in one run.
+    let stderr = assert_ok(&hook("alice", &env, &["-v"]));
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(
+        stderr.contains("6 created, 0 changed, 0 unchanged"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("created    ResourceQuota/alice-quota"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("created    LimitRange/limits"), "{stderr}");
+    let quota = c
+        .get_json(&["resourcequota", "-n", &ns, "alice-quota"])
+        .expect("quota");
+    assert_eq!(quota["spec"]["hard"]["requests.cpu"], "4");
+    assert_eq!(
+        quota["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "ood-k8s-bootstrap"
+    );
+    assert_eq!(
+        quota["metadata"]["annotations"]["openondemand.org/template"],
+        "quota.yaml"
+    );
+    let limits = c.get_json(&["limitrange", "-n", &ns, "limits"]).unwrap();
+    assert_eq!(limits["spec"]["limits"][0]["default"]["memory"], "1Gi");
+
+    // A second run leaves them unchanged.
+    let rv = |v: &Value| v["metadata"]["resourceVersion"].clone();
+    let stderr = assert_ok(&hook("alice", &env, &[]));
+    assert!(
+        stderr.contains("0 created, 1 changed, 5 unchanged"),
+        "{stderr}"
+    );
+    let again = c
+        .get_json(&["resourcequota", "-n", &ns, "alice-quota"])
+        .unwrap();
+    assert_eq!(rv(&again), rv(&quota));
+
+    // render shows them, without a cluster.
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("KUBECONFIG", "/nonexistent")
+        .args(["render", "--user", "alice", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("kind: ResourceQuota") && yaml.contains("kind: LimitRange"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("name: alice-quota"), "{yaml}");
+
+    // A changed quota: the dry run says so, reconcile updates every user.
+    assert_ok(&hook("bob", &env, &[]));
+    let env = env_with("8");
+    let stderr = assert_ok(&hook("alice", &env, &["--dry-run", "-v"]));
+    assert!(
+        stderr.contains("would change ResourceQuota/alice-quota")
+            && stderr.contains("unchanged  LimitRange/limits"),
+        "{stderr}"
+    );
+    let list = dir.join("users.txt");
+    std::fs::write(&list, "alice\nbob\n").unwrap();
+    let out = c
+        .hook()
+        .arg("reconcile")
+        .arg("--hook-env")
+        .arg(&env)
+        .arg("--users")
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reconciled 2 of 2 users"),
+        "{}",
+        text(&out)
+    );
+    for user in ["alice", "bob"] {
+        let q = c
+            .get_json(&[
+                "resourcequota",
+                "-n",
+                &format!("{prefix}{user}"),
+                &format!("{user}-quota"),
+            ])
+            .unwrap();
+        assert_eq!(q["spec"]["hard"]["requests.cpu"], "8", "{user}");
+    }
+}
+
+#[test]
+fn bad_templates_are_refused_before_any_write() {
+    let c = cluster();
+    let dir = scratch("tpl-bad");
+    let prefix = common::prefix("tplbad");
+    linux_user("alice");
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n# a cluster-wide role\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: x}\n",
+            "bad.yaml:7:",
+            "cluster-scoped",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: kube-system\n",
+            "bad.yaml:5:",
+            "user's namespace",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  home: ${HOME}\n",
+            "bad.yaml:6:",
+            "unknown placeholder ${HOME}",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n data: {a: b}\n",
+            "bad.yaml:5:",
+            "not valid YAML",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  labels: {job: x}\n",
+            "bad.yaml:5:",
+            "`job` label",
+        ),
+    ];
+    let writes_before = ondemand_writes(&prefix);
+    for (i, (body, at, needle)) in cases.iter().enumerate() {
+        let sub = dir.join(format!("case{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let tdir = template_dir(&sub, &[("good.yaml", QUOTA), ("bad.yaml", body)]);
+        let env = c.hook_env(
+            &sub,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nSITE_TEMPLATES_DIR={}\nSITE_QUOTA_CPU=1\n",
+                tdir.display()
+            ),
+        );
+        let out = hook("alice", &env, &[]);
+        assert_eq!(out.status.code(), Some(78), "case {i}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let path = format!("{}/{at}", tdir.display());
+        assert!(
+            stderr.contains(&path) && stderr.contains(needle),
+            "case {i}: wanted {path} and {needle:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    // A template directory others can write to is refused too.
+    let tdir = template_dir(&dir, &[("good.yaml", QUOTA)]);
+    std::fs::set_permissions(&tdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nSITE_TEMPLATES_DIR={}\nSITE_QUOTA_CPU=1\n",
+            tdir.display()
+        ),
+    );
+    let out = hook("alice", &env, &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by its group and everyone"),
+        "{}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ondemand_writes(&prefix),
+        writes_before,
+        "a refused run wrote"
+    );
+    assert!(
+        c.get_json(&["namespace", &format!("{prefix}alice")])
+            .is_none()
+    );
+}
+
+// ---- uid/gid published and enforced ------------------------------------
+
+/// A pod as the OnDemand dashboard submits it (ood_core's pod.yml.erb:
+/// pod-level runAsUser/runAsGroup/runAsNonRoot/supplementalGroups/fsGroup,
+/// container-level allowPrivilegeEscalation false), with its ConfigMap and
+/// Service, as one stream.
+fn dashboard_job(ns: &str, uid: u32, gid: u32, id: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  namespace: {ns}
+  name: {id}
+  labels:
+    job: {id}
+    app.kubernetes.io/name: jupyter
+    app.kubernetes.io/managed-by: open-ondemand
+  annotations:
+    pod.kubernetes.io/lifetime: 1h0m0s
+spec:
+  restartPolicy: Never
+  securityContext:
+    runAsUser: {uid}
+    runAsGroup: {gid}
+    runAsNonRoot: true
+    supplementalGroups: []
+    fsGroup: {gid}
+  hostNetwork: false
+  hostIPC: false
+  hostPID: false
+  containers:
+  - name: \"jupyter\"
+    image: registry.example/jupyter:latest
+    imagePullPolicy: IfNotPresent
+    env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: USER
+      value: \"dave\"
+    ports:
+    - containerPort: 8080
+    volumeMounts:
+    - name: configmap-volume
+      mountPath: /ood
+    resources:
+      limits: {{memory: \"1Gi\", cpu: \"1\"}}
+      requests: {{memory: \"1Gi\", cpu: \"1\"}}
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities:
+        drop:
+        - all
+      privileged: false
+  initContainers:
+  - name: \"init-secret\"
+    image: \"registry.example/init:latest\"
+    command: [\"/bin/save_passwd_as_secret\"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities:
+        drop:
+        - all
+      privileged: false
+  volumes:
+  - name: configmap-volume
+    configMap:
+      name: {id}-configmap
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {id}-service
+  namespace: {ns}
+  labels:
+    job: {id}
+    app.kubernetes.io/managed-by: open-ondemand
+spec:
+  selector:
+    job: {id}
+  ports:
+  - protocol: TCP
+    port: 80
+    targetPort: 8080
+  type: NodePort
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {id}-configmap
+  namespace: {ns}
+  labels:
+    job: {id}
+    app.kubernetes.io/managed-by: open-ondemand
+data:
+  config.py: |
+    c.NotebookApp.port = 8080
+"
+    )
+}
+
+fn simple_pod(name: &str, pod_sc: &str, container_sc: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  securityContext: {pod_sc}\n  containers:\n  - name: c\n    image: registry.example/none\n    securityContext: {container_sc}\n"
+    )
+}
+
+#[test]
+fn uid_gid_policy_admits_only_the_users_own_pods() {
+    let c = cluster();
+    let dir = scratch("uidgid");
+    let prefix = common::prefix("uidgid");
+    let (uid, gid, _) = linux_user("dave");
+    let ns = format!("{prefix}dave");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nPUBLISH_UID_GID=true\nPUBLISH_GROUPS=true\n"),
+    );
+    assert_ok(&hook("dave", &env, &[]));
+
+    // The namespace carries the ids from the passwd and group databases.
+    let namespace = c.get_json(&["namespace", &ns]).unwrap();
+    let ann = &namespace["metadata"]["annotations"];
+    assert_eq!(ann["openondemand.org/uid"], uid.to_string());
+    assert_eq!(ann["openondemand.org/gid"], gid.to_string());
+    let id_g = Command::new("id").args(["-G", "dave"]).output().unwrap();
+    let mut groups: Vec<u32> = String::from_utf8_lossy(&id_g.stdout)
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    assert_eq!(ann["openondemand.org/supplemental-gids"], groups.join(","));
+
+    // An admin applies the shipped policy. Its binding selects every
+    // OnDemand namespace; here it is narrowed to this test's namespace so
+    // the tests running alongside are not affected.
+    let docs = manifest("uid-gid-policy.yaml");
+    let (policy, binding) = (&docs[0], &docs[1]);
+    assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/name": "open-ondemand"}})
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    let mut narrowed = binding.clone();
+    let binding_name = format!("{prefix}uid-gid");
+    narrowed["metadata"]["name"] = json!(binding_name);
+    narrowed["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] =
+        json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [&ns]}]);
+    admin_apply(&[policy.clone(), narrowed]);
+
+    let kc = user_kubeconfig(&dir, "dave", &ns);
+    let create = |manifest: &str| {
+        common::pipe(
+            Command::new(c.var("KUBECTL")).args([
+                &format!("--kubeconfig={kc}"),
+                "--context=open-ondemand",
+                &format!("--namespace={ns}"),
+                "-o",
+                "json",
+                "create",
+                "-f",
+                "-",
+            ]),
+            manifest.as_bytes(),
+        )
+    };
+    let good_sc = format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true}}");
+    // The binding takes effect once the API server's policy cache has it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = create(&simple_pod("probe-root", "{runAsUser: 0}", "{}"));
+        if !out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
+                "{}",
+                text(&out)
+            );
+            break;
+        }
+        c.admin(&["delete", "pod", "-n", &ns, "probe-root", "--wait=false"]);
+        assert!(Instant::now() < deadline, "the policy never took effect");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The user's own uid/gid: admitted.
+    let out = create(&simple_pod(
+        "mine",
+        &good_sc,
+        "{allowPrivilegeEscalation: false}",
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    // Another uid (on the container), or root: refused, saying why.
+    let other = uid + 1;
+    for (name, pod_sc, container_sc, why) in [
+        (
+            "other-uid",
+            good_sc.as_str(),
+            format!("{{runAsUser: {other}}}"),
+            format!("runAsUser {uid}"),
+        ),
+        (
+            "as-root",
+            "{runAsUser: 0, runAsGroup: 0}",
+            "{}".to_owned(),
+            format!("runAsUser {uid}"),
+        ),
+        (
+            "no-nonroot",
+            &*format!("{{runAsUser: {uid}, runAsGroup: {gid}}}"),
+            "{}".to_owned(),
+            "runAsNonRoot".to_owned(),
+        ),
+        (
+            "root-group",
+            &*format!(
+                "{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true, supplementalGroups: [0]}}"
+            ),
+            "{}".to_owned(),
+            "supplementalGroups".to_owned(),
+        ),
+    ] {
+        let out = create(&simple_pod(name, pod_sc, &container_sc));
+        assert!(!out.status.success(), "{name} was admitted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("ood-uid-gid") && stderr.contains(&why),
+            "{name}: {stderr}"
+        );
+    }
+    // A job submitted the way the dashboard does it: admitted.
+    let out = create(&dashboard_job(&ns, uid, gid, "jupyter-abc123"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(c.get_json(&["pod", "-n", &ns, "jupyter-abc123"]).is_some());
+
+    c.admin(&["delete", "validatingadmissionpolicybinding", &binding_name]);
+}
+
+// ---- pruning ----------------------------------------------------------
+
+const EXTRA: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: site-settings
+data:
+  user: ${USER}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: read-configmaps
+rules:
+- apiGroups: [\"\"]
+  resources: [\"configmaps\"]
+  verbs: [\"get\", \"list\"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: ${USER}-read-configmaps
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: read-configmaps
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: ${K8S_USERNAME}
+";
+
+/// The shipped prune grant, bound in one namespace only (so the other
+/// tests still see an `ondemand` account without it).
+fn grant_prune_in(ns: &str) {
+    let docs = manifest("ondemand-prune.yaml");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .expect("ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "ondemand", "namespace": "ondemand"}])
+    );
+    admin_apply(&[
+        role.clone(),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "ondemand-prune", "namespace": ns},
+            "roleRef": binding["roleRef"], "subjects": binding["subjects"],
+        }),
+    ]);
+}
+
+#[test]
+fn pruning_removes_exactly_what_was_switched_off() {
+    let c = cluster();
+    let dir = scratch("prune");
+    let prefix = common::prefix("prune");
+    linux_user("carol.smith");
+    let ns = format!("{prefix}carol-smith");
+    let reg = dir.join("registry.json");
+    std::fs::write(&reg, r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#).unwrap();
+    std::fs::set_permissions(&reg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tdir = template_dir(&dir, &[("quota.yaml", QUOTA), ("extra.yaml", EXTRA)]);
+    let base = format!(
+        "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nSITE_TEMPLATES_DIR={}\nSITE_QUOTA_CPU=2\n",
+        tdir.display()
+    );
+    let on = c.hook_env(
+        &dir,
+        &format!(
+            "{base}PRUNE=true\nUSE_JOB_POD_REAPER=true\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+            reg.display()
+        ),
+    );
+    assert_ok(&hook("carol.smith", &on, &[]));
+    grant_prune_in(&ns);
+
+    // What others put there: a pull secret on the ServiceAccount, a
+    // ConfigMap, and one that copies our label (but was not written by us).
+    c.admin(&[
+        "patch",
+        "serviceaccount",
+        "default",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/imagePullSecrets/-","value":{"name":"site-mirror"}}]"#,
+    ]);
+    c.admin(&["create", "configmap", "site-notes", "-n", &ns]);
+    c.admin(&["create", "configmap", "copied", "-n", &ns]);
+    c.admin(&[
+        "label",
+        "configmap",
+        "copied",
+        "-n",
+        &ns,
+        "app.kubernetes.io/managed-by=ood-k8s-bootstrap",
+    ]);
+    // Nothing to prune yet.
+    let stderr = assert_ok(&hook("carol.smith", &on, &[]));
+    assert!(stderr.contains(", 0 deleted"), "{stderr}");
+
+    // Switch off the reaper binding, the pull secret and a template.
+    std::fs::remove_file(tdir.join("extra.yaml")).unwrap();
+    let off = c.hook_env(&dir, &format!("{base}PRUNE=true\n"));
+    let gone = [
+        "RoleBinding/carol.smith-job-pod-reaper-rolebinding",
+        "Secret/regcred",
+        "ConfigMap/site-settings",
+        "Role/read-configmaps",
+        "RoleBinding/carol.smith-read-configmaps",
+    ];
+    let exists = |what: &str| {
+        let (kind, name) = what.split_once('/').unwrap();
+        c.get_json(&[&kind.to_lowercase(), "-n", &ns, name])
+            .is_some()
+    };
+    let pulls = || -> Vec<String> {
+        let sa = c
+            .get_json(&["serviceaccount", "-n", &ns, "default"])
+            .unwrap();
+        sa["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // A dry run lists them first and changes nothing.
+    let writes = ondemand_writes(&prefix);
+    let stderr = assert_ok(&hook("carol.smith", &off, &["--dry-run", "-v"]));
+    for what in gone {
+        assert!(
+            stderr.contains(&format!("would delete {what}")),
+            "{what}: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("would change ServiceAccount/default"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(", 5 deleted"), "{stderr}");
+    for what in gone {
+        assert!(exists(what), "the dry run removed {what}");
+    }
+    assert_eq!(pulls(), ["regcred", "site-mirror"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ondemand_writes(&prefix), writes, "the dry run wrote");
+
+    // The real run removes exactly those, and the ServiceAccount reference.
+    let stderr = assert_ok(&hook("carol.smith", &off, &["-v"]));
+    for what in gone {
+        assert!(
+            stderr.contains(&format!("deleted    {what}")),
+            "{what}: {stderr}"
+        );
+        assert!(!exists(what), "{what} is still there");
+    }
+    assert!(stderr.contains(", 5 deleted"), "{stderr}");
+    assert_eq!(pulls(), ["site-mirror"]);
+    for kept in [
+        "ConfigMap/site-notes",
+        "ConfigMap/copied",
+        "RoleBinding/ondemand-prune",
+        "ResourceQuota/carol.smith-quota",
+        "LimitRange/limits",
+        "RoleBinding/carol.smith-ood-user",
+        "RoleBinding/carol.smith-ood-initializer",
+        "NetworkPolicy/deny-from-other-namespaces",
+    ] {
+        assert!(exists(kept), "{kept} was removed");
+    }
+    let stderr = assert_ok(&hook("carol.smith", &off, &[]));
+    assert!(
+        stderr.contains("0 created, 1 changed, 5 unchanged, 0 deleted"),
+        "{stderr}"
+    );
+
+    // reconcile --prune does it without PRUNE in hook.env.
+    std::fs::remove_file(tdir.join("quota.yaml")).unwrap();
+    let plain = c.hook_env(&dir, &base);
+    let list = dir.join("users.txt");
+    std::fs::write(&list, "carol.smith\n").unwrap();
+    let out = c
+        .hook()
+        .arg("reconcile")
+        .arg("--hook-env")
+        .arg(&plain)
+        .arg("--users")
+        .arg(&list)
+        .arg("--prune")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 deleted"),
+        "{}",
+        text(&out)
+    );
+    assert!(!exists("ResourceQuota/carol.smith-quota") && !exists("LimitRange/limits"));
+    assert!(exists("ConfigMap/copied") && exists("ConfigMap/site-notes"));
+}
+
+#[test]
+fn pruning_without_the_grant_says_what_to_apply() {
+    let c = cluster();
+    let dir = scratch("prune-nogrant");
+    let prefix = common::prefix("prunenog");
+    linux_user("bob");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nPRUNE=true\n"),
+    );
+    // A fresh namespace needs no listing; the next run does.
+    assert_ok(&hook("bob", &env, &[]));
+    let out = hook("bob", &env, &[]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ondemand-prune.yaml") && stderr.contains("user bob"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
