@@ -70,6 +70,11 @@ impl Kind {
         self.info().name
     }
 
+    /// The API group, "" for the core group (e.g. in access reviews).
+    pub fn group(self) -> &'static str {
+        self.info().group
+    }
+
     /// The resource name in API paths and RBAC rules, e.g. `rolebindings`.
     pub fn plural(self) -> &'static str {
         self.info().plural

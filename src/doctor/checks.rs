@@ -6,9 +6,13 @@ use serde_json::Value;
 
 use super::facts::*;
 use super::report::Check;
+use crate::account::Ids;
 use crate::credential::rfc3339;
+use crate::kinds::Kind;
+use crate::names::{Namespace, Username};
 use crate::root_token::{RENEW_EVERY, TIMER, human};
 use crate::settings::{CredentialMode, Settings};
+use crate::templates::UserValues;
 
 /// Below this much validity left, root's token is a warning.
 pub const TOKEN_WARN_SECS: u64 = 24 * 3600;
@@ -46,35 +50,65 @@ pub fn all(f: &Facts) -> Vec<Check> {
     out
 }
 
-/// The permissions one hook run needs, in namespace `ns` ("" = any).
+/// The permissions one hook run needs, in namespace `ns` ("" = any):
+/// get/create/patch on every kind it writes (the site templates' kinds
+/// too), and with PRUNE=true list/delete on every kind it may prune.
 pub fn needed_access(settings: Option<&Settings>, ns: &str) -> Vec<Access> {
-    let mut want: Vec<(&'static str, &'static str)> = vec![
-        ("", "namespaces"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("rbac.authorization.k8s.io", "rolebindings"),
-    ];
-    if settings.is_some_and(|s| s.image_pull.is_some()) {
-        want.push(("", "secrets"));
-        want.push(("", "serviceaccounts"));
-    }
-    let mut out = Vec::new();
-    for (group, resource) in want {
-        for verb in ["get", "create", "patch"] {
-            out.push(Access {
-                verb,
-                group,
-                resource,
-                namespace: if resource == "namespaces" {
-                    String::new()
-                } else {
-                    ns.to_owned()
-                },
-                name: None,
-                allowed: Ok(false),
-            });
+    let mut kinds = vec![Kind::Namespace, Kind::NetworkPolicy, Kind::RoleBinding];
+    if let Some(s) = settings {
+        if s.image_pull.is_some() {
+            kinds.extend([Kind::Secret, Kind::ServiceAccount]);
         }
+        kinds.extend(template_kinds(s));
+    }
+    kinds.sort();
+    kinds.dedup();
+    let access = |verb: &'static str, kind: Kind| Access {
+        verb,
+        group: kind.group(),
+        resource: kind.plural(),
+        namespace: if kind == Kind::Namespace {
+            String::new()
+        } else {
+            ns.to_owned()
+        },
+        name: None,
+        allowed: Ok(false),
+    };
+    let mut out: Vec<Access> = kinds
+        .iter()
+        .flat_map(|k| ["get", "create", "patch"].map(|v| access(v, *k)))
+        .collect();
+    if settings.is_some_and(|s| s.prune) {
+        out.extend(Kind::prunable_kinds().flat_map(|k| ["list", "delete"].map(|v| access(v, k))));
     }
     out
+}
+
+/// The kinds the site templates make (instantiated for a stand-in user:
+/// only the kinds matter).
+fn template_kinds(s: &Settings) -> Vec<Kind> {
+    let Ok(user) = Username::parse("ood-doctor") else {
+        return Vec::new();
+    };
+    let Ok(ns) = Namespace::for_user(&s.namespace_prefix, &user) else {
+        return Vec::new();
+    };
+    let ids = Ids {
+        uid: 65534,
+        gid: 65534,
+        groups: Some(vec![65534]),
+    };
+    let values = UserValues {
+        user: &user,
+        namespace: &ns,
+        k8s_username: format!("{}{user}", s.user_subject_prefix),
+        ids: Some(&ids),
+    };
+    s.templates
+        .instantiate(&values)
+        .map(|objects| objects.iter().map(|o| o.kind).collect())
+        .unwrap_or_default()
 }
 
 /// The ClusterRoles a run binds.

@@ -479,3 +479,27 @@ fn token_exchange_grant_must_be_offered() {
     assert!(c.detail.contains("refused to exchange the token"), "{c:?}");
     assert!(c.fix.unwrap().contains("token exchange settings"));
 }
+
+#[test]
+fn pruning_needs_list_and_delete_on_every_prunable_kind() {
+    let plain = needed_access(Some(&settings("")), "alice");
+    assert_eq!(plain.len(), 9);
+    assert!(
+        plain
+            .iter()
+            .all(|a| ["get", "create", "patch"].contains(&a.verb))
+    );
+    let pruning = needed_access(Some(&settings("PRUNE=true\n")), "alice");
+    let deletes: Vec<String> = pruning
+        .iter()
+        .filter(|a| a.verb == "delete")
+        .map(Access::describe)
+        .collect();
+    assert_eq!(deletes.len(), crate::kinds::Kind::prunable_kinds().count());
+    assert!(
+        deletes.contains(
+            &"delete rolebindings.rbac.authorization.k8s.io in namespace alice".to_owned()
+        )
+    );
+    assert!(!deletes.iter().any(|d| d.contains("persistentvolumeclaims")));
+}
