@@ -313,6 +313,25 @@ fn install_print_needs_no_cluster_and_shows_the_optional_parts() {
 }
 
 #[test]
+fn install_dry_runs_the_pruning_grant_and_the_uid_gid_policy() {
+    let _lock = shared();
+    let out = install(&["--prune", "--uid-gid-policy", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for obj in [
+        "ClusterRole/ondemand-prune",
+        "ClusterRoleBinding/ondemand-prune",
+        "ValidatingAdmissionPolicy/ood-uid-gid",
+        "ValidatingAdmissionPolicyBinding/ood-uid-gid",
+    ] {
+        assert!(
+            stdout(&out).contains(&format!(" {obj}\n")),
+            "{obj}:\n{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
 fn install_refuses_the_ondemand_account_naming_what_it_needs() {
     let _lock = shared();
     let out = run(ondemand_kubeconfig(), &["install"]);
