@@ -98,6 +98,24 @@ pub fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
     Ok(bytes)
 }
 
+/// Checks that `dir` is a directory root controls, reached through
+/// directories root controls (the rule files are read under); returns its
+/// link-free path. For the directories the credential broker keeps its
+/// socket and users' tokens in.
+pub fn check_dir_path(dir: &Path) -> Result<PathBuf, TrustError> {
+    let absolute = std::path::absolute(dir).map_err(|source| TrustError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let resolved = resolve(&absolute)?;
+    let meta = std::fs::symlink_metadata(&resolved).map_err(|source| TrustError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    check_dir(&resolved, &meta)?;
+    Ok(resolved)
+}
+
 fn libc_flags() -> i32 {
     use nix::fcntl::OFlag;
     (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits()
