@@ -133,8 +133,10 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         refreshing: Mutex::new(HashMap::new()),
         verbose: verbose > 0,
     });
+    // A few blocking threads for the token store's fsyncs, no more.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(4)
         .build()
     {
         Ok(rt) => rt,
@@ -268,6 +270,8 @@ async fn connection(mut stream: UnixStream, broker: Arc<Broker>) {
             log(format_args!("uid {uid}: connection failed: {e}"));
             return;
         }
+        // Connected and left without a word (a probe): nothing to answer.
+        Ok(Ok(line)) if line.is_empty() => return,
         Ok(Ok(line)) => request(&broker, uid, &line).await,
     };
     let line = resp.to_line();
@@ -437,6 +441,10 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
         Ok(fresh) => fresh,
         Err(RefreshError::Refused(why)) => {
             // Remember, so the IdP is not asked again until the next login.
+            log(format_args!(
+                "uid {}: the IdP refused the refresh ({why}); the session is over until the next login",
+                set.uid
+            ));
             let _ = store_if(broker, &used, &set.ended(&why)).await;
             return keep_or(
                 set,
