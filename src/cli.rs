@@ -83,8 +83,9 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Run the credential broker (K8S_CREDENTIALS=broker) in the foreground,
-    /// as root: answers each user's kubectl with that user's own token over
+    /// Run the credential broker of K8S_CREDENTIALS=broker (foreground, root).
+    ///
+    /// Answers each user's kubectl with that user's own token over
     /// BROKER_SOCKET (or the socket systemd passes), refreshing it with
     /// hook.env's client when it is about to expire. Normally started by
     /// ood-k8s-bootstrap-broker.socket; logs one line per event on stderr

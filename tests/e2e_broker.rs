@@ -685,6 +685,7 @@ fn limits_refuse_and_the_broker_stays_up() {
     let mut s = UnixStream::connect(&b.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(&vec![b'a'; 64 * 1024]);
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.contains("\"too_large\""), "{answer:?}");
@@ -709,6 +710,31 @@ fn limits_refuse_and_the_broker_stays_up() {
     ] {
         assert!(log.contains(what), "{what} not logged:\n{log}");
     }
+}
+
+/// One user holding connections open cannot keep others out: a uid may
+/// hold an eighth of BROKER_MAX_CONNECTIONS (at least 2).
+#[test]
+fn one_user_cannot_take_every_connection() {
+    let user = "brk-fair";
+    fresh_home(user);
+    let b = Broker::start("brkfair", "BROKER_MAX_CONNECTIONS=16\n");
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let _idle: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&b.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let v = b.raw(b"{\"v\":1}\n");
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    // Root is at its cap; the user is served.
+    token_of(&plugin(user, &b));
+    assert!(
+        b.log_text()
+            .contains("uid 0: refused: busy (this uid has 2 connections open)"),
+        "{}",
+        b.log_text()
+    );
 }
 
 /// Socket activation as systemd does it (LISTEN_FDS/LISTEN_PID, fd 3),

@@ -1,5 +1,6 @@
-//! Pure: the broker's per-uid rate limit (a token bucket per uid) and the
-//! bookkeeping that keeps its tables bounded.
+//! Pure: the broker's per-uid limits — a rate (a token bucket per uid) and
+//! connections held open at once — with tables that stay bounded (entries
+//! go when they no longer limit anything).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -76,6 +77,47 @@ impl RateLimit {
     }
 }
 
+/// Connections each uid holds open, so one user cannot take every slot.
+#[derive(Debug)]
+pub struct PerUid {
+    cap: usize,
+    open: HashMap<u32, usize>,
+}
+
+impl PerUid {
+    /// An eighth of `max_connections` per uid, at least 2.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            cap: (max_connections / 8).max(2),
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Counts a new connection of `uid`; false when it already holds `cap`.
+    pub fn open(&mut self, uid: u32) -> bool {
+        let n = self.open.entry(uid).or_insert(0);
+        if *n >= self.cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection of `uid` ended.
+    pub fn close(&mut self, uid: u32) {
+        if let Some(n) = self.open.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open.remove(&uid);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +146,21 @@ mod tests {
         assert!(r.allow(1, t));
         assert!(!r.allow(1, t));
         assert_eq!(r.retry_after(1), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connections_per_uid() {
+        let mut p = PerUid::new(64);
+        assert_eq!(p.cap(), 8);
+        assert!((0..8).all(|_| p.open(5)));
+        assert!(!p.open(5));
+        assert!(p.open(6));
+        p.close(5);
+        assert!(p.open(5));
+        (0..8).for_each(|_| p.close(5));
+        p.close(5);
+        assert!(!p.open.contains_key(&5));
+        assert_eq!(PerUid::new(2).cap(), 2);
     }
 
     #[test]

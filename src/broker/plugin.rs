@@ -84,22 +84,23 @@ fn ask(socket: &Path, cluster: Option<String>, timeout: Duration) -> Result<Stri
     })
     .map_err(|e| format!("cannot encode the request: {e}"))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(|e| {
-        format!(
-            "the credential broker at {} closed the connection: {e}",
-            socket.display()
-        )
-    })?;
+    // A broker refusing the connection may answer before it reads: the
+    // answer is read even when the request could not be written.
+    let wrote = stream.write_all(&line);
     let mut answer = Vec::new();
-    stream
+    let read = (&stream)
         .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut answer)
-        .map_err(|e| {
-            format!(
-                "no answer from the credential broker at {}: {e}",
-                socket.display()
-            )
-        })?;
+        .read_to_end(&mut answer);
+    if answer.is_empty() {
+        let e = wrote
+            .err()
+            .or(read.err())
+            .map_or("it closed the connection".into(), |e| e.to_string());
+        return Err(format!(
+            "no answer from the credential broker at {} ({e}): try again; if this persists, ask your administrator",
+            socket.display()
+        ));
+    }
     if answer.len() > MAX_RESPONSE {
         return Err("the credential broker's answer is too long".into());
     }

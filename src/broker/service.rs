@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::idp::Idp;
-use super::limits::RateLimit;
+use super::limits::{PerUid, RateLimit};
 use super::listen::{self, Origin};
 use super::protocol::{self, ErrorCode, MAX_REQUEST, Response};
 use super::store::{Replaced, Store, StoreError};
@@ -96,6 +96,8 @@ struct Broker {
     store: Store,
     idp: Idp,
     rate: Mutex<RateLimit>,
+    /// Connections open per uid.
+    open: Mutex<PerUid>,
     /// One refresh at a time per uid.
     refreshing: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     verbose: bool,
@@ -130,6 +132,7 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         store,
         idp,
         rate: Mutex::new(RateLimit::new(b.requests_per_minute)),
+        open: Mutex::new(PerUid::new(b.max_connections)),
         refreshing: Mutex::new(HashMap::new()),
         verbose: verbose > 0,
     });
@@ -191,7 +194,11 @@ fn announce(origin: &Origin, configured: &Path, broker: &Broker, max: usize) {
 
 /// The accept loop.
 async fn serve(listener: UnixListener, broker: Arc<Broker>, max: usize) -> Exit {
-    let slots = Arc::new(Semaphore::new(max));
+    let slots = Slots {
+        serve: Arc::new(Semaphore::new(max)),
+        refuse: Arc::new(Semaphore::new(max.clamp(8, 64))),
+        max,
+    };
     let (mut term, mut int) = match (
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
@@ -202,16 +209,7 @@ async fn serve(listener: UnixListener, broker: Arc<Broker>, max: usize) -> Exit 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let broker = broker.clone();
-                        tokio::spawn(async move {
-                            connection(stream, broker).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => busy(&stream, max),
-                },
+                Ok((stream, _)) => admit(stream, &broker, &slots),
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
                     log(format_args!("accept failed: {e}"));
@@ -224,26 +222,22 @@ async fn serve(listener: UnixListener, broker: Arc<Broker>, max: usize) -> Exit 
     }
     log(format_args!("stopping: waiting for requests in flight"));
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, slots.serve.acquire_many(all)).await;
     Exit::Ok
 }
 
-/// Over the connection limit: one non-blocking answer, then close.
-fn busy(stream: &UnixStream, max: usize) {
-    let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-    let resp = Response::error(
-        ErrorCode::Busy,
-        "the credential broker is busy: try again in a moment",
-    );
-    let _ = stream.try_write(&resp.to_line());
-    log(format_args!(
-        "uid {uid}: refused: busy ({max} connections at once)"
-    ));
+/// The connection slots: those served, and a few more for the quick
+/// "busy" answers to connections over the limits.
+struct Slots {
+    serve: Arc<Semaphore>,
+    refuse: Arc<Semaphore>,
+    max: usize,
 }
 
-/// One connection: one request, one answer.
-async fn connection(mut stream: UnixStream, broker: Arc<Broker>) {
-    let started = Instant::now();
+/// Serves a new connection in a task of its own if it is within the
+/// limits (connections at once, overall and per uid); else answers it
+/// "busy" in a short task of its own, or, past even those, closes it.
+fn admit(stream: UnixStream, broker: &Arc<Broker>, slots: &Slots) {
     let uid = match stream.peer_cred() {
         Ok(c) => c.uid(),
         Err(e) => {
@@ -251,6 +245,63 @@ async fn connection(mut stream: UnixStream, broker: Arc<Broker>) {
             return;
         }
     };
+    let Ok(permit) = slots.serve.clone().try_acquire_owned() else {
+        return busy(
+            stream,
+            uid,
+            format!("{} connections at once", slots.max),
+            slots,
+        );
+    };
+    let cap = match broker.open.lock() {
+        Ok(mut open) => (!open.open(uid)).then(|| open.cap()),
+        Err(_) => None,
+    };
+    if let Some(cap) = cap {
+        return busy(
+            stream,
+            uid,
+            format!("this uid has {cap} connections open"),
+            slots,
+        );
+    }
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        connection(stream, uid, &broker).await;
+        if let Ok(mut open) = broker.open.lock() {
+            open.close(uid);
+        }
+        drop(permit);
+    });
+}
+
+/// Over a connection limit: the request is read (closing a Unix socket
+/// with unread data resets it, and the client would see no answer), then
+/// "busy", each within a second.
+fn busy(mut stream: UnixStream, uid: u32, why: String, slots: &Slots) {
+    let Ok(permit) = slots.refuse.clone().try_acquire_owned() else {
+        log(format_args!("uid {uid}: closed at once: busy ({why})"));
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_line(&mut stream)).await;
+        let resp = Response::error(
+            ErrorCode::Busy,
+            "the credential broker is busy: try again in a moment",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&resp.to_line()).await?;
+            stream.shutdown().await
+        })
+        .await;
+        log(format_args!("uid {uid}: refused: busy ({why})"));
+        drop(permit);
+    });
+}
+
+/// One connection: one request, one answer.
+async fn connection(mut stream: UnixStream, uid: u32, broker: &Arc<Broker>) {
+    let started = Instant::now();
     let (resp, what) = match tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream)).await {
         Err(_) => (
             Response::error(
@@ -272,7 +323,7 @@ async fn connection(mut stream: UnixStream, broker: Arc<Broker>) {
         }
         // Connected and left without a word (a probe): nothing to answer.
         Ok(Ok(line)) if line.is_empty() => return,
-        Ok(Ok(line)) => request(&broker, uid, &line).await,
+        Ok(Ok(line)) => request(broker, uid, &line).await,
     };
     let line = resp.to_line();
     let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -288,6 +339,11 @@ async fn connection(mut stream: UnixStream, broker: Arc<Broker>) {
     };
     if broker.verbose || what.notable {
         log(format_args!("uid {uid}: {} ({ms} ms){outcome}", what.text));
+    }
+    if resp.error.is_some_and(|e| e.code == ErrorCode::TooLarge) {
+        // Take (and drop) what the client still sends, briefly, so that it
+        // reads the answer rather than a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain(&mut stream)).await;
     }
 }
 
@@ -485,6 +541,18 @@ async fn store_if(broker: &Arc<Broker>, used: &str, new: &TokenSet) -> Result<Re
             })
         })?
         .map_err(Refusal::Store)
+}
+
+/// Reads and drops input until the end of the stream, at most 1 MiB.
+async fn drain(stream: &mut UnixStream) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < (1 << 20) {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 /// Why no request line was read.

@@ -490,8 +490,8 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_MAX_CONNECTIONS",
         section: Section::New,
-        doc: "broker mode: connections the broker serves at once; more are answered \
-              \"busy\" at once.",
+        doc: "broker mode: connections the broker serves at once, of which one user (uid) \
+              may hold an eighth (at least 2); more are answered \"busy\" at once.",
         value: "1-10000",
         default: "64",
         example: "64",
