@@ -158,10 +158,6 @@ impl Broker {
         }
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
-    }
-
     /// Sends `signal` and waits (bounded) for the broker to exit.
     fn stop(&mut self, signal: Signal) {
         let Some(mut child) = self.child.take() else {
@@ -756,9 +752,9 @@ fn socket_activation_and_an_unsafe_store() {
         "{}",
         b.log_text()
     );
-    // the activated broker stops cleanly too
-    let _ = b.pid();
+    // the activated broker stops cleanly too, leaving the socket to systemd
     b.stop(Signal::SIGTERM);
+    assert!(b.socket.exists());
 
     // A token store that is a symlink: the hook refuses it, changes nothing.
     let real = b.state.with_extension("real");

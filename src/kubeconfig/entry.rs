@@ -182,21 +182,7 @@ pub fn plan(
                         .into(),
                 );
             }
-            let tokens = Obtained {
-                access_token: access.expose(),
-                id_token: login.id_token.as_ref().map(|t| t.expose()),
-                refresh_token: login.refresh_token.as_ref().map(|t| t.expose()),
-                bearer: Bearer::AccessToken,
-                source: Source::Login,
-            };
-            let with = RefreshWith {
-                issuer,
-                token_endpoint: None,
-                client_id,
-                audience: None,
-                scope: None,
-            };
-            broker = Some(TokenSet::new(who.uid, user.as_str(), &tokens, with, now)?);
+            broker = Some(login_set(who, login, access, issuer, client_id, now)?);
             let command = kc.exec_command.as_deref().unwrap_or(exe);
             Some(broker_entry(command, settings))
         }
@@ -230,6 +216,41 @@ pub fn plan(
         broker,
         warnings,
     })
+}
+
+/// Broker mode: the token set of a portal login, refreshed as the client
+/// that got it. (Tokens from elsewhere — an RFC 8693 exchange — make their
+/// set the same way, with `Source::Exchange`, the token endpoint and the
+/// `audience`/`scope` their refresh needs.)
+fn login_set(
+    who: &Who<'_>,
+    login: &Login,
+    access: &crate::secret::Secret,
+    issuer: String,
+    client_id: String,
+    now: u64,
+) -> Result<TokenSet, EntryError> {
+    let tokens = Obtained {
+        access_token: access.expose(),
+        id_token: login.id_token.as_ref().map(|t| t.expose()),
+        refresh_token: login.refresh_token.as_ref().map(|t| t.expose()),
+        bearer: Bearer::AccessToken,
+        source: Source::Login,
+    };
+    let with = RefreshWith {
+        issuer,
+        token_endpoint: None,
+        client_id,
+        audience: None,
+        scope: None,
+    };
+    Ok(TokenSet::new(
+        who.uid,
+        who.user.as_str(),
+        &tokens,
+        with,
+        now,
+    )?)
 }
 
 /// The broker mode's exec plugin entry: `broker-credential` and the
