@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use ood_k8s_bootstrap::cli::{self, Command};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
-use ood_k8s_bootstrap::{config, credential, hook, kubeconfig, reconcile, render};
+use ood_k8s_bootstrap::{broker, config, credential, hook, kubeconfig, reconcile, render};
 
 fn main() -> ExitCode {
     // Hidden subcommands, before any runtime or thread exists. (`credential
@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         (Some("credential"), Some(next)) if next.starts_with("--") => {
             return credential::main(credential::CredentialArgs::from_env());
         }
+        (Some(broker::plugin::SUBCOMMAND), Some(next)) if next.starts_with("--") => {
+            return broker::plugin::main(broker::plugin::PluginArgs::from_env());
+        }
         _ => {}
     }
     let cli = cli::parse();
@@ -36,6 +39,10 @@ fn main() -> ExitCode {
         Some(Command::Config { example, common }) => {
             init_logging(common.verbose);
             config::main(example, &common.hook_env).into()
+        }
+        Some(Command::Broker { common }) => {
+            init_logging(common.verbose);
+            broker::service::main(&common.hook_env, common.verbose).into()
         }
         Some(Command::Reconcile {
             users,
