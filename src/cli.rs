@@ -84,6 +84,17 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run the credential broker of K8S_CREDENTIALS=broker (foreground, root).
+    ///
+    /// Answers each user's kubectl with that user's own token over
+    /// BROKER_SOCKET (or the socket systemd passes), refreshing it with
+    /// hook.env's client when it is about to expire. Normally started by
+    /// ood-k8s-bootstrap-broker.socket; logs one line per event on stderr
+    /// (-v: every request).
+    Broker {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Re-bootstrap many users' cluster side in one process (no kubeconfig
     /// changes): after a hook.env change, or to repair drift.
     Reconcile {
@@ -434,6 +445,14 @@ mod tests {
         assert!(parse_duration("5m").unwrap_err().contains("10m"));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn broker_subcommand_and_a_user_named_broker() {
+        let c = cli(&["broker", "--hook-env", "/tmp/h.env"]);
+        assert!(matches!(c.command, Some(Command::Broker { .. })));
+        let c = cli(&["broker", "/etc/ood/config/hook.env"]);
+        assert_eq!(c.hook.user.as_deref(), Some("broker"));
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //!
 //! The refresh can only work if the refresh token belongs to a client the
 //! IdP lets refresh without a secret (a public client). A portal's
-//! confidential client's refresh token cannot be refreshed here: kubectl
-//! then works until the login's token expires and says to log in again.
+//! confidential client's refresh token — what OnDemand's login gives —
+//! cannot be refreshed here: kubectl then works until the login's token
+//! expires and says to log in again. `K8S_CREDENTIALS=broker`
+//! ([`crate::broker`]) refreshes those, as root, with the portal's secret.
 
 use std::fmt;
 use std::fs::File;

@@ -112,15 +112,7 @@ pub fn run_hook(args: &HookArgs) -> Exit {
 
     let mut line = summary(&user, &namespace, &applied, args.dry_run, state.prune);
     if let Some(k) = kube {
-        line.push_str(&match k {
-            kubeconfig::Outcome::Written(p) => format!("; kubeconfig {} updated", p.display()),
-            kubeconfig::Outcome::Unchanged(p) => format!("; kubeconfig {} unchanged", p.display()),
-            kubeconfig::Outcome::NoTokens => {
-                "; no OIDC tokens in the environment, kubeconfig credentials left as they are"
-                    .into()
-            }
-            kubeconfig::Outcome::Disabled => String::new(),
-        });
+        line.push_str(&outcome_text(&k));
     }
     line.push_str(&format!(" ({} ms)", started.elapsed().as_millis()));
     eprintln!("{PROG}: {line}");
@@ -235,6 +227,23 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The kubeconfig part of the summary line.
+fn outcome_text(k: &kubeconfig::Outcome) -> String {
+    match k {
+        kubeconfig::Outcome::Written(p) => format!("; kubeconfig {} updated", p.display()),
+        kubeconfig::Outcome::Unchanged(p) => format!("; kubeconfig {} unchanged", p.display()),
+        kubeconfig::Outcome::NoTokens => {
+            "; no OIDC tokens in the environment, kubeconfig credentials left as they are".into()
+        }
+        kubeconfig::Outcome::Disabled => String::new(),
+        kubeconfig::Outcome::Brokered { kubeconfig, tokens } => format!(
+            "; tokens stored for the credential broker ({}){}",
+            tokens.display(),
+            outcome_text(kubeconfig)
+        ),
+    }
 }
 
 fn change_word(c: Change, dry_run: bool) -> &'static str {

@@ -5,6 +5,7 @@
 
 pub mod account;
 pub mod apply;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod credential;

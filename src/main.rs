@@ -9,7 +9,7 @@ use std::time::Duration;
 use ood_k8s_bootstrap::cli::{self, Command};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
 use ood_k8s_bootstrap::{
-    config, credential, doctor, hook, install, kubeconfig, reconcile, render, root_token,
+    broker, config, credential, doctor, hook, install, kubeconfig, reconcile, render, root_token,
 };
 
 fn main() -> ExitCode {
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         (Some("credential"), Some(next)) if next.starts_with("--") => {
             return credential::main(credential::CredentialArgs::from_env());
         }
+        (Some(broker::plugin::SUBCOMMAND), Some(next)) if next.starts_with("--") => {
+            return broker::plugin::main(broker::plugin::PluginArgs::from_env());
+        }
         _ => {}
     }
     let cli = cli::parse();
@@ -39,6 +42,10 @@ fn main() -> ExitCode {
         Some(Command::Config { example, common }) => {
             init_logging(common.verbose);
             config::main(example, &common.hook_env).into()
+        }
+        Some(Command::Broker { common }) => {
+            init_logging(common.verbose);
+            broker::service::main(&common.hook_env, common.verbose).into()
         }
         Some(Command::Reconcile {
             users,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::Exit;
 
-/// Where the memory lives: tmpfs, root-only, gone at reboot.
+/// Where the memory lives: tmpfs, root-only files, gone at reboot.
 pub const STATE_DIR: &str = "/run/ood-k8s-bootstrap";
 
 /// How long the quick probe inside the window may take.
@@ -217,7 +217,7 @@ impl Memory {
             std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
         }
         if !safe_dir(&self.dir) {
-            return Err(std::io::Error::other("directory not root-only"));
+            return Err(std::io::Error::other("directory writable by others"));
         }
         let tmp = self.dir.join(format!(".outage.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
@@ -240,10 +240,12 @@ fn nofollow_nonblock() -> i32 {
     (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits()
 }
 
-/// A real directory, ours, closed to everyone else.
+/// A real directory, ours, that no one else can write to. (It may be
+/// readable: the credential broker's socket lives in it too, and the
+/// records themselves are 0600.)
 fn safe_dir(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir).is_ok_and(|m| {
-        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o077 == 0
+        m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
     })
 }
 

@@ -1,5 +1,6 @@
 //! Pure: what the hook wants in the user's kubeconfig (and, in exec mode,
-//! in the token cache), from hook.env and the login's tokens.
+//! in the token cache; in broker mode, in root's token store), from
+//! hook.env and the login's tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,8 @@ use thiserror::Error;
 
 use super::Login;
 use super::merge::{ClusterEntry, ContextEntry, Desired, UserEntry};
+use crate::broker::plugin::SUBCOMMAND as BROKER_PLUGIN;
+use crate::broker::tokenset::{Bearer, Obtained, RefreshWith, Source, TokenSet};
 use crate::credential::{CACHE_DIR, Cache};
 use crate::names::{Namespace, Username};
 use crate::settings::{CredentialMode, Settings};
@@ -19,6 +22,8 @@ pub struct Plan {
     pub desired: Desired,
     /// Exec mode: the token cache to write, and its path.
     pub cache: Option<(PathBuf, Cache)>,
+    /// Broker mode: the token set root stores for the broker.
+    pub broker: Option<TokenSet>,
     /// Tokens were given (otherwise credentials are left alone).
     pub has_tokens: bool,
     pub warnings: Vec<String>,
@@ -47,22 +52,30 @@ pub fn cache_path(home: &Path, entry_name: &str) -> PathBuf {
         .join(format!("{entry_name}.json"))
 }
 
+/// The user: name, uid and home directory.
+pub struct Who<'a> {
+    pub user: &'a Username,
+    pub uid: u32,
+    pub home: &'a Path,
+}
+
 /// Builds the plan. `exe` is the command the exec entry runs when
 /// `K8S_EXEC_COMMAND` is not set; `now` is Unix seconds.
 pub fn plan(
     settings: &Settings,
-    user: &Username,
+    who: &Who<'_>,
     namespace: &Namespace,
     login: &Login,
-    home: &Path,
     exe: &Path,
     now: u64,
 ) -> Result<Plan, EntryError> {
+    let (user, home) = (who.user, who.home);
     let kc = &settings.kubeconfig;
     let oidc = &settings.oidc;
     let name = entry_name(settings, user);
     let mut warnings = Vec::new();
     let mut cache = None;
+    let mut broker = None;
     let mode = kc.credentials;
     let need = |v: Option<&String>, key: &'static str| -> Result<String, EntryError> {
         v.cloned().ok_or(EntryError::Missing {
@@ -160,6 +173,26 @@ pub fn plan(
                 settings.oidc.ca_file.as_deref(),
             ))
         }
+        (Some(access), CredentialMode::Broker) => {
+            let issuer = need(oidc.issuer_url.as_ref(), "IDP_ISSUER_URL")?;
+            let client_id = need(oidc.client_id.as_ref(), "CLIENT_ID")?;
+            checked(
+                access.expose(),
+                "the access token",
+                login.refresh_token.is_some(),
+            )?;
+            if login.refresh_token.is_none() {
+                warnings.push(
+                    "no refresh token (OOD_OIDC_REFRESH_TOKEN): the broker can hand out the \
+                     access token only until it expires; set OIDCPassRefreshToken On and add \
+                     OIDC_REFRESH_TOKEN to pun_pre_hook_exports"
+                        .into(),
+                );
+            }
+            broker = Some(login_set(who, login, access, issuer, client_id, now)?);
+            let command = kc.exec_command.as_deref().unwrap_or(exe);
+            Some(broker_entry(command, settings))
+        }
     };
 
     let (cluster, context) = match &kc.server {
@@ -187,7 +220,67 @@ pub fn plan(
             context,
         },
         cache,
+        broker,
         warnings,
+    })
+}
+
+/// Broker mode: the token set of a portal login, refreshed as the client
+/// that got it. (Tokens from elsewhere — an RFC 8693 exchange — make their
+/// set the same way, with `Source::Exchange`, the token endpoint and the
+/// `audience`/`scope` their refresh needs.)
+fn login_set(
+    who: &Who<'_>,
+    login: &Login,
+    access: &crate::secret::Secret,
+    issuer: String,
+    client_id: String,
+    now: u64,
+) -> Result<TokenSet, EntryError> {
+    let tokens = Obtained {
+        access_token: access.expose(),
+        id_token: login.id_token.as_ref().map(|t| t.expose()),
+        refresh_token: login.refresh_token.as_ref().map(|t| t.expose()),
+        bearer: Bearer::AccessToken,
+        source: Source::Login,
+    };
+    let with = RefreshWith {
+        issuer,
+        token_endpoint: None,
+        client_id,
+        audience: None,
+        scope: None,
+    };
+    Ok(TokenSet::new(
+        who.uid,
+        who.user.as_str(),
+        &tokens,
+        with,
+        now,
+    )?)
+}
+
+/// The broker mode's exec plugin entry: `broker-credential` and the
+/// socket; nothing secret.
+pub fn broker_entry(command: &Path, settings: &Settings) -> Value {
+    let b = &settings.broker;
+    // The plugin waits for the IdP's worst case, and a little more.
+    let timeout = b.idp_timeout.as_secs() + 10;
+    json!({
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": command.display().to_string(),
+            "args": [
+                BROKER_PLUGIN,
+                "--socket", b.socket.display().to_string(),
+                "--cluster", settings.kubeconfig.cluster_name,
+                "--timeout", timeout.to_string(),
+            ],
+            "interactiveMode": "Never",
+            "provideClusterInfo": false,
+            "installHint": "ood-k8s-bootstrap is installed by Open OnDemand on its web nodes; \
+                            log in to OnDemand there to get Kubernetes credentials",
+        }
     })
 }
 
@@ -256,12 +349,16 @@ mod tests {
     fn run(s: &Settings, l: &Login) -> Result<Plan, EntryError> {
         let user = Username::parse("alice").unwrap();
         let ns = Namespace::for_user("user-", &user).unwrap();
+        let who = Who {
+            user: &user,
+            uid: 1001,
+            home: Path::new("/home/alice"),
+        };
         plan(
             s,
-            &user,
+            &who,
             &ns,
             l,
-            Path::new("/home/alice"),
             Path::new("/usr/bin/ood-k8s-bootstrap"),
             1000,
         )
@@ -321,6 +418,45 @@ mod tests {
         assert_eq!(cache.refresh_token.as_deref(), Some("refresh-1"));
         let json = serde_json::to_string(&cache).unwrap();
         assert!(!json.contains("portal-secret"));
+    }
+
+    #[test]
+    fn broker_mode_stores_tokens_for_root_and_the_entry_names_only_the_socket() {
+        let s = settings("K8S_CREDENTIALS=broker\nBROKER_SOCKET=/run/b/broker.sock\n");
+        let p = run(&s, &login(2000)).unwrap();
+        let entry = p.desired.user.unwrap().user;
+        let text = entry.to_string();
+        assert!(!text.contains("portal-secret") && !text.contains("refresh-1"));
+        assert!(!text.contains(login(2000).access_token.unwrap().expose()));
+        assert_eq!(entry["exec"]["interactiveMode"], "Never");
+        assert_eq!(
+            entry["exec"]["args"],
+            json!([
+                "broker-credential",
+                "--socket",
+                "/run/b/broker.sock",
+                "--cluster",
+                "open-ondemand",
+                "--timeout",
+                "20"
+            ])
+        );
+        assert!(p.cache.is_none());
+        let set = p.broker.unwrap();
+        assert_eq!(
+            (set.uid, set.user.as_str(), set.expiry),
+            (1001, "alice", 2000)
+        );
+        assert_eq!(set.refresh_token.as_deref(), Some("refresh-1"));
+        assert_eq!(set.refresh.client_id, "ood-portal");
+        assert!(
+            !serde_json::to_string(&set)
+                .unwrap()
+                .contains("portal-secret")
+        );
+        // without tokens: nothing stored, the entry left alone
+        let p = run(&s, &Login::default()).unwrap();
+        assert!(p.broker.is_none() && p.desired.user.is_none());
     }
 
     #[test]

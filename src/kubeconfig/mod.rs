@@ -20,6 +20,8 @@ use nix::unistd::Uid;
 use thiserror::Error;
 
 use crate::account::Account;
+use crate::broker::store::Store;
+use crate::broker::tokenset::TokenSet;
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::secret::Secret;
@@ -65,6 +67,12 @@ pub enum Outcome {
     NoTokens,
     /// `K8S_CREDENTIALS=none`.
     Disabled,
+    /// Broker mode: the tokens were stored for the credential broker
+    /// (`tokens`), and the kubeconfig written or left as it was.
+    Brokered {
+        kubeconfig: Box<Outcome>,
+        tokens: PathBuf,
+    },
 }
 
 /// Why the kubeconfig was not written. Every message names the user and,
@@ -105,12 +113,21 @@ pub enum KubeconfigError {
     Token { user: String, source: EntryError },
     #[error("kubeconfig of user {user}: {why}")]
     Writer { user: String, why: String },
+    #[error(
+        "credential broker tokens of user {user}: {why}; kubeconfig left unchanged (check BROKER_STATE_DIR)"
+    )]
+    BrokerStore { user: String, why: String },
+    #[error(
+        "credential broker tokens of user {user}: only root can store them (running as uid {euid}); run the hook as root"
+    )]
+    BrokerNotRoot { user: String, euid: u32 },
 }
 
 impl KubeconfigError {
     pub fn exit(&self) -> Exit {
         match self {
-            Self::Unsafe { .. } | Self::NotRoot { .. } => Exit::NoPerm,
+            Self::Unsafe { .. } | Self::NotRoot { .. } | Self::BrokerNotRoot { .. } => Exit::NoPerm,
+            Self::BrokerStore { .. } => Exit::CantCreate,
             Self::Io { .. } => Exit::CantCreate,
             Self::Parse { .. } | Self::Token { .. } => Exit::DataErr,
             Self::LockTimeout { .. } => Exit::TempFail,
@@ -135,6 +152,8 @@ pub struct PreparedWrite {
     as_root: bool,
     /// The whole run's budget: the writer is killed after it.
     timeout: Duration,
+    /// Broker mode: the state directory and the set to store in it.
+    broker: Option<(PathBuf, TokenSet)>,
 }
 
 /// Everything that can be checked before any change: the settings the mode
@@ -152,25 +171,23 @@ pub fn prepare(
     }
     let who = user.to_string();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let plan = entry::plan(
-        settings,
+    let whom = entry::Who {
         user,
-        namespace,
-        login,
-        &account.home,
-        &exe,
-        crate::unix_now(),
-    )
-    .map_err(|source| match source {
-        EntryError::Missing { .. } => KubeconfigError::Config {
-            user: who.clone(),
-            source,
+        uid: account.uid.as_raw(),
+        home: &account.home,
+    };
+    let plan = entry::plan(settings, &whom, namespace, login, &exe, crate::unix_now()).map_err(
+        |source| match source {
+            EntryError::Missing { .. } => KubeconfigError::Config {
+                user: who.clone(),
+                source,
+            },
+            EntryError::Token(_) => KubeconfigError::Token {
+                user: who.clone(),
+                source,
+            },
         },
-        EntryError::Token(_) => KubeconfigError::Token {
-            user: who.clone(),
-            source,
-        },
-    })?;
+    )?;
     for w in &plan.warnings {
         eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
     }
@@ -178,6 +195,12 @@ pub fn prepare(
         return Ok(Prepared::Done(Outcome::NoTokens));
     }
     let euid = Uid::effective();
+    if plan.broker.is_some() && !euid.is_root() {
+        return Err(KubeconfigError::BrokerNotRoot {
+            user: who,
+            euid: euid.as_raw(),
+        });
+    }
     if !euid.is_root() && euid != account.uid {
         return Err(KubeconfigError::NotRoot {
             user: who,
@@ -210,6 +233,9 @@ pub fn prepare(
         has_tokens: plan.has_tokens,
         as_root: euid.is_root(),
         timeout: settings.timeout,
+        broker: plan
+            .broker
+            .map(|set| (settings.broker.state_dir.clone(), set)),
     })))
 }
 
@@ -228,42 +254,81 @@ impl Prepared {
             has_tokens,
             as_root,
             timeout,
+            broker,
         } = w;
-        let reply = if as_root {
-            as_user::run_as(&user, &job, timeout).map_err(|why| KubeconfigError::Writer {
-                user: who.clone(),
-                why,
-            })?
-        } else {
-            write::run(&job)
+        // The tokens first: the entry that makes kubectl ask for them after.
+        let stored = match broker {
+            Some((dir, set)) => Some(store_for_broker(&who, &dir, &set)?),
+            None => None,
         };
-        drop(job);
-        match reply {
-            Reply::Done {
-                path,
-                changed,
-                warnings,
-            } => {
-                for w in warnings {
-                    eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
-                }
-                Ok(if !has_tokens {
-                    Outcome::NoTokens
-                } else if changed {
-                    Outcome::Written(path)
-                } else {
-                    Outcome::Unchanged(path)
-                })
+        let outcome = write_kubeconfig(who, &user, &job, has_tokens, as_root, timeout)?;
+        Ok(match stored {
+            Some(tokens) => Outcome::Brokered {
+                kubeconfig: Box::new(outcome),
+                tokens,
+            },
+            None => outcome,
+        })
+    }
+}
+
+/// Stores a login's token set root-only for the broker; returns its file.
+fn store_for_broker(
+    who: &str,
+    dir: &std::path::Path,
+    set: &TokenSet,
+) -> Result<PathBuf, KubeconfigError> {
+    let fail = |why: String| KubeconfigError::BrokerStore {
+        user: who.to_owned(),
+        why,
+    };
+    let store = Store::open(dir).map_err(|e| fail(e.to_string()))?;
+    store.write(set).map_err(|e| fail(e.to_string()))?;
+    Ok(store.file(set.uid))
+}
+
+/// Runs the writer (as the user when we are root) and reads its reply.
+fn write_kubeconfig(
+    who: String,
+    user: &str,
+    job: &Job,
+    has_tokens: bool,
+    as_root: bool,
+    timeout: Duration,
+) -> Result<Outcome, KubeconfigError> {
+    let reply = if as_root {
+        as_user::run_as(user, job, timeout).map_err(|why| KubeconfigError::Writer {
+            user: who.clone(),
+            why,
+        })?
+    } else {
+        write::run(job)
+    };
+    match reply {
+        Reply::Done {
+            path,
+            changed,
+            warnings,
+        } => {
+            for w in warnings {
+                eprintln!("ood-k8s-bootstrap: warning: {who}: {w}");
             }
-            Reply::Failed(f) => {
-                let (user, path, why) = (who, f.path, f.why);
-                Err(match f.kind {
-                    FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
-                    FailKind::Io => KubeconfigError::Io { user, path, why },
-                    FailKind::Parse => KubeconfigError::Parse { user, path, why },
-                    FailKind::LockTimeout => KubeconfigError::LockTimeout { user, path, why },
-                })
-            }
+            Ok(if !has_tokens {
+                Outcome::NoTokens
+            } else if changed {
+                Outcome::Written(path)
+            } else {
+                Outcome::Unchanged(path)
+            })
+        }
+        Reply::Failed(f) => {
+            let (user, path, why) = (who, f.path, f.why);
+            Err(match f.kind {
+                FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
+                FailKind::Io => KubeconfigError::Io { user, path, why },
+                FailKind::Parse => KubeconfigError::Parse { user, path, why },
+                FailKind::LockTimeout => KubeconfigError::LockTimeout { user, path, why },
+            })
         }
     }
 }

@@ -82,6 +82,11 @@ pub struct Draft {
     pub publish_uid_gid: bool,
     pub publish_groups: bool,
     pub prune: bool,
+    pub broker_socket: PathBuf,
+    pub broker_state_dir: PathBuf,
+    pub broker_idp_timeout: Duration,
+    pub broker_max_connections: usize,
+    pub broker_requests_per_minute: u32,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -185,7 +190,8 @@ pub const KEYS: &[Key] = &[
         name: "IDP_CA_FILE",
         section: Section::New,
         doc: "CA bundle for the issuer's HTTPS certificate, if not a system-trusted CA \
-              (exec mode: the plugin refreshes tokens there). Must be readable by users.",
+              (exec mode: the plugin refreshes tokens there, so it must be readable by users; \
+              broker mode: the broker refreshes tokens there).",
         value: "absolute path",
         default: "",
         example: "",
@@ -207,7 +213,8 @@ pub const KEYS: &[Key] = &[
         name: "CLIENT_SECRET",
         section: Section::OldHooks,
         doc: "Only written into users' kubeconfigs in K8S_CREDENTIALS=auth-provider mode \
-              (where every user can read it, as with the old hook). Prefer exec or token.",
+              (where every user can read it, as with the old hook). In broker mode the \
+              credential broker (root) refreshes users' tokens with it; it never leaves root.",
         value: "text (secret)",
         default: "",
         example: "changeme",
@@ -376,11 +383,15 @@ pub const KEYS: &[Key] = &[
         name: "K8S_CREDENTIALS",
         section: Section::New,
         doc: "How the user's kubeconfig entry carries credentials: auth-provider = the old \
-              hook's `auth-provider: oidc` entry; token = the portal's access token as a bearer \
-              token, no secret; exec = this binary as a kubectl exec credential plugin with a \
-              per-user token cache refreshed without any client secret; none = leave users' \
-              kubeconfigs alone (cluster side only).",
-        value: "auth-provider|token|exec|none",
+              hook's `auth-provider: oidc` entry (the client secret is readable by the user); \
+              token = the portal's access token as a bearer token, no secret, until it \
+              expires; exec = this binary as a kubectl exec credential plugin with a per-user \
+              token cache, refreshed as a public client (K8S_EXEC_CLIENT_ID) only; broker = \
+              this binary as an exec plugin asking the root credential broker \
+              (`ood-k8s-bootstrap broker`, BROKER_* keys), which keeps the tokens root-only \
+              and refreshes them with CLIENT_ID/CLIENT_SECRET for the whole session; none = \
+              leave users' kubeconfigs alone (cluster side only).",
+        value: "auth-provider|token|exec|broker|none",
         default: "auth-provider",
         example: "auth-provider",
         parse: |v, d| {
@@ -388,8 +399,9 @@ pub const KEYS: &[Key] = &[
                 "auth-provider" => CredentialMode::AuthProvider,
                 "token" => CredentialMode::Token,
                 "exec" => CredentialMode::Exec,
+                "broker" => CredentialMode::Broker,
                 "none" => CredentialMode::None,
-                _ => return Err("expected auth-provider, token, exec or none".into()),
+                _ => return Err("expected auth-provider, token, exec, broker or none".into()),
             };
             Ok(())
         },
@@ -456,7 +468,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_EXEC_COMMAND",
         section: Section::New,
-        doc: "exec mode: the path users' kubectl runs this binary from.",
+        doc: "exec and broker modes: the path users' kubectl runs this binary from.",
         value: "absolute path",
         default: "",
         example: "/usr/bin/ood-k8s-bootstrap",
@@ -544,6 +556,85 @@ pub const KEYS: &[Key] = &[
         default: "false",
         example: "false",
         parse: |v, d| boolean(v).map(|b| d.prune = b),
+    },
+    Key {
+        name: "BROKER_SOCKET",
+        section: Section::New,
+        doc: "broker mode: the credential broker's Unix socket. The hook writes it into users' \
+              kubeconfigs; `ood-k8s-bootstrap broker` binds it unless systemd passes the socket \
+              (ood-k8s-bootstrap-broker.socket, whose ListenStream= must name the same path).",
+        value: "absolute path",
+        default: "/run/ood-k8s-bootstrap/broker.sock",
+        example: "/run/ood-k8s-bootstrap/broker.sock",
+        parse: |v, d| {
+            let p = abs_path(v)?.ok_or("expected an absolute path")?;
+            if p.as_os_str().len() > 100 {
+                return Err("a Unix socket path may be at most 100 bytes long".into());
+            }
+            d.broker_socket = p;
+            Ok(())
+        },
+    },
+    Key {
+        name: "BROKER_STATE_DIR",
+        section: Section::New,
+        doc: "broker mode: where the hook stores each user's tokens for the broker, one \
+              root-only file per uid (the directory is created mode 700).",
+        value: "absolute path",
+        default: "/var/lib/ood-k8s-bootstrap/tokens",
+        example: "/var/lib/ood-k8s-bootstrap/tokens",
+        parse: |v, d| {
+            d.broker_state_dir = abs_path(v)?.ok_or("expected an absolute path")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "BROKER_IDP_TIMEOUT_SECONDS",
+        section: Section::New,
+        doc: "broker mode: longest wait for the IdP when the broker refreshes a user's tokens.",
+        value: "1-120",
+        default: "10",
+        example: "10",
+        parse: |v, d| match v.parse::<u64>() {
+            Ok(n @ 1..=120) => {
+                d.broker_idp_timeout = Duration::from_secs(n);
+                Ok(())
+            }
+            _ => Err("expected a whole number of seconds from 1 to 120".into()),
+        },
+    },
+    Key {
+        name: "BROKER_MAX_CONNECTIONS",
+        section: Section::New,
+        doc: "broker mode: connections the broker serves at once, of which one user (uid) \
+              may hold an eighth (at least 2); more are answered \"busy\" at once.",
+        value: "1-10000",
+        default: "64",
+        example: "64",
+        parse: |v, d| match v.parse::<usize>() {
+            Ok(n @ 1..=10_000) => {
+                d.broker_max_connections = n;
+                Ok(())
+            }
+            _ => Err("expected a whole number from 1 to 10000".into()),
+        },
+    },
+    Key {
+        name: "BROKER_REQUESTS_PER_MINUTE",
+        section: Section::New,
+        doc: "broker mode: requests the broker answers per user (uid) and minute, with bursts \
+              of a quarter of that; more are refused until the user slows down. kubectl asks \
+              once per command and caches the token until it expires.",
+        value: "1-100000",
+        default: "240",
+        example: "240",
+        parse: |v, d| match v.parse::<u32>() {
+            Ok(n @ 1..=100_000) => {
+                d.broker_requests_per_minute = n;
+                Ok(())
+            }
+            _ => Err("expected a whole number from 1 to 100000".into()),
+        },
     },
 ];
 

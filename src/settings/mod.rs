@@ -152,6 +152,9 @@ pub enum CredentialMode {
     /// This binary as a kubectl exec credential plugin with a per-user
     /// token cache; no client secret in the user's home.
     Exec,
+    /// This binary as a kubectl exec plugin asking the root credential
+    /// broker, which keeps the tokens root-only and refreshes them.
+    Broker,
     /// Do not touch the user's kubeconfig (cluster side only).
     None,
 }
@@ -162,6 +165,7 @@ impl CredentialMode {
             Self::AuthProvider => "auth-provider",
             Self::Token => "token",
             Self::Exec => "exec",
+            Self::Broker => "broker",
             Self::None => "none",
         }
     }
@@ -220,6 +224,21 @@ pub struct KubeconfigSettings {
     pub exec_command: Option<PathBuf>,
 }
 
+/// The credential broker (`K8S_CREDENTIALS=broker`, `ood-k8s-bootstrap broker`).
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// `BROKER_SOCKET`: the Unix socket users' kubectl asks.
+    pub socket: PathBuf,
+    /// `BROKER_STATE_DIR`: the root-only token sets, one file per uid.
+    pub state_dir: PathBuf,
+    /// `BROKER_IDP_TIMEOUT_SECONDS`: bound on one refresh at the IdP.
+    pub idp_timeout: Duration,
+    /// `BROKER_MAX_CONNECTIONS`: connections served at once.
+    pub max_connections: usize,
+    /// `BROKER_REQUESTS_PER_MINUTE`: per-uid rate.
+    pub requests_per_minute: u32,
+}
+
 /// Everything hook.env says, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -250,6 +269,7 @@ pub struct Settings {
     /// Set when `K8S_TOKEN_EXCHANGE_AUDIENCE` is.
     pub exchange: Option<ExchangeSettings>,
     pub kubeconfig: KubeconfigSettings,
+    pub broker: BrokerSettings,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -389,9 +409,16 @@ impl Checked<'_> {
             _ => None,
         };
         let credentials = d.credentials;
+        if credentials == CredentialMode::Broker && d.client_secret.is_none() {
+            warnings.push(format!(
+                "{}: CLIENT_SECRET is not set: with K8S_CREDENTIALS=broker the broker refreshes \
+                 users' tokens as a public client, which a portal's (confidential) client is not",
+                self.file.path.display()
+            ));
+        }
         if matches!(
             credentials,
-            CredentialMode::AuthProvider | CredentialMode::Exec
+            CredentialMode::AuthProvider | CredentialMode::Exec | CredentialMode::Broker
         ) {
             for (key, set) in [
                 ("IDP_ISSUER_URL", d.issuer_url.is_some()),
@@ -438,6 +465,13 @@ impl Checked<'_> {
                 ca_file: d.k8s_ca_file,
                 exec_client_id: d.exec_client_id,
                 exec_command: d.exec_command,
+            },
+            broker: BrokerSettings {
+                socket: d.broker_socket,
+                state_dir: d.broker_state_dir,
+                idp_timeout: d.broker_idp_timeout,
+                max_connections: d.broker_max_connections,
+                requests_per_minute: d.broker_requests_per_minute,
             },
             warnings,
         })

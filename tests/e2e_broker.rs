@@ -1,0 +1,777 @@
+//! End-to-end tests of the credential broker (`K8S_CREDENTIALS=broker`):
+//! the real binary as OnDemand's hook (root, tokens from a real login of
+//! the confidential portal client at the local Dex), the real broker as a
+//! separate process on a socket of its own (own socket or systemd-style
+//! socket activation), real Linux users and real kubectl run as them
+//! against the local cluster (`tests/cluster/up`).
+//!
+//! Each test starts its own broker (socket and token store in scratch
+//! directories), and uses Dex users no other test here uses at the same
+//! time: dave (the long session), alice and bob (isolation), carol.smith
+//! (session ended). Tests that only need *a* valid token store alice's for
+//! Linux users of their own (`brk-*`).
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::{Tokens, bin, cluster, linux_user, prefix, scratch, text};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// kubectl and the cluster CA where every user can read them.
+fn shared() -> &'static (PathBuf, PathBuf) {
+    static SHARED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = PathBuf::from(format!("/tmp/ood-e2e-brk-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+        let kubectl = dir.join("kubectl");
+        std::fs::copy(cluster().var("KUBECTL"), &kubectl).unwrap();
+        std::fs::set_permissions(&kubectl, PermissionsExt::from_mode(0o755)).unwrap();
+        let ca = dir.join("ca.crt");
+        std::fs::copy(cluster().var("K8S_CA_FILE"), &ca).unwrap();
+        std::fs::set_permissions(&ca, PermissionsExt::from_mode(0o644)).unwrap();
+        (kubectl, ca)
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A broker started by the test, with its own hook.env, socket and store.
+struct Broker {
+    tag: String,
+    env: PathBuf,
+    socket: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Writes the hook.env (root-only scratch dir; the socket's directory
+    /// is made by the broker itself) and starts the broker.
+    fn start(tag: &str, extra: &str) -> Self {
+        let dir = scratch(tag);
+        let sock_dir = PathBuf::from(format!("/tmp/ood-e2e-{tag}-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&sock_dir);
+        let socket = sock_dir.join("broker.sock");
+        let state = dir.join("tokens");
+        let c = cluster();
+        let env = c.hook_env(
+            &dir,
+            &format!(
+                "IDP_CA_FILE=\"{}\"\nNAMESPACE_PREFIX=\"{p}\"\nK8S_USERNAME_PREFIX=\"{tag}-\"\n\
+                 K8S_CLUSTER_NAME=\"{tag}\"\nK8S_SERVER=\"{}\"\nK8S_CA_FILE=\"{}\"\n\
+                 K8S_CREDENTIALS=broker\nBROKER_SOCKET=\"{}\"\nBROKER_STATE_DIR=\"{}\"\n{extra}",
+                c.var("OIDC_CA_FILE"),
+                c.var("K8S_SERVER"),
+                shared().1.display(),
+                socket.display(),
+                state.display(),
+                p = prefix(tag),
+            ),
+        );
+        std::fs::set_permissions(&env, PermissionsExt::from_mode(0o600)).unwrap();
+        let mut b = Self {
+            tag: tag.to_owned(),
+            env,
+            socket,
+            state,
+            log: dir.join("broker.log"),
+            child: None,
+        };
+        b.spawn(None);
+        b
+    }
+
+    /// Starts the broker process: on its own socket, or (with `activate`)
+    /// behind systemd-socket-activate, which binds the socket and passes
+    /// it as fd 3 with LISTEN_FDS/LISTEN_PID, as systemd does.
+    fn spawn(&mut self, activate: Option<&str>) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = match activate {
+            None => Command::new(bin()),
+            Some(tool) => {
+                std::fs::create_dir_all(self.socket.parent().unwrap()).unwrap();
+                std::fs::set_permissions(
+                    self.socket.parent().unwrap(),
+                    PermissionsExt::from_mode(0o755),
+                )
+                .unwrap();
+                let mut c = Command::new(tool);
+                c.arg("-l").arg(&self.socket).arg(bin());
+                c
+            }
+        };
+        cmd.arg("broker")
+            .arg("--hook-env")
+            .arg(&self.env)
+            .arg("-v")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let starts = self.log_text().matches("started (").count();
+        self.child = Some(cmd.spawn().expect("start the broker"));
+        let t = Instant::now();
+        // Ready when it says so. Socket-activated, it starts on the first
+        // connection (as with systemd), so one is made.
+        let mut probed = false;
+        while self.log_text().matches("started (").count() == starts {
+            if activate.is_some() && !probed && self.socket.exists() {
+                probed = UnixStream::connect(&self.socket).is_ok();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the broker exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the broker did not listen on {} within 10 s: {}",
+                self.socket.display(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if activate.is_some() {
+            // SocketMode=0666 in the .socket unit; the tool has no such option.
+            std::fs::set_permissions(&self.socket, PermissionsExt::from_mode(0o666)).unwrap();
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for the broker to exit.
+    fn stop(&mut self, signal: Signal) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the broker did not stop on {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The stored set of `uid`, as JSON.
+    fn stored(&self, uid: u32) -> Value {
+        let path = self.state.join(format!("{uid}.json"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}", path.display());
+        }))
+        .unwrap()
+    }
+
+    /// The hook, as OnDemand runs it, with the login's tokens.
+    fn hook(&self, user: &str, tokens: Option<&Tokens>) -> Output {
+        let mut cmd = cluster().hook();
+        cmd.arg("--user").arg(user).arg("--hook-env").arg(&self.env);
+        if let Some(t) = tokens {
+            cmd.env("OOD_OIDC_ACCESS_TOKEN", &t.access)
+                .env("OOD_OIDC_REFRESH_TOKEN", &t.refresh);
+        }
+        cmd.output().expect("run the hook")
+    }
+
+    /// One raw protocol exchange, as root (uid 0 has no tokens).
+    fn raw(&self, request: &[u8]) -> Value {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(request);
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read the answer");
+        serde_json::from_str(answer.trim_end()).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(self.socket.parent().unwrap());
+    }
+}
+
+/// `user`'s command line in a clean environment, as that user.
+fn as_user(user: &str, program: &Path, args: &[&str]) -> Output {
+    let home = linux_user(user).2;
+    Command::new("runuser")
+        .args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("PATH=/usr/bin:/bin")
+        .arg(program)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("runuser")
+}
+
+fn kubectl(user: &str, args: &[&str]) -> Output {
+    as_user(user, &shared().0, args)
+}
+
+/// The plugin exactly as the kubeconfig entry runs it.
+fn plugin(user: &str, b: &Broker) -> Output {
+    let cfg = config(&linux_user(user).2);
+    let exec = entry(&cfg, &format!("{}-{user}", b.tag))["user"]["exec"].clone();
+    let args: Vec<&str> = exec["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    as_user(user, Path::new(exec["command"].as_str().unwrap()), &args)
+}
+
+fn config(home: &Path) -> Value {
+    let text = std::fs::read_to_string(home.join(".kube/config")).expect("read kubeconfig");
+    serde_saphyr::from_str(&text).expect("kubeconfig parses")
+}
+
+fn entry(cfg: &Value, name: &str) -> Value {
+    cfg["users"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"].as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("no user entry {name}"))
+        .clone()
+}
+
+/// `kubectl get pods` in the user's namespace works; kube-system is
+/// forbidden (the token is the user's own).
+fn assert_kubectl_scoped(user: &str, tag: &str) {
+    let own = kubectl(user, &["--context", tag, "get", "pods"]);
+    assert!(own.status.success(), "kubectl as {user}: {}", text(&own));
+    let other = kubectl(
+        user,
+        &["--context", tag, "get", "pods", "-n", "kube-system"],
+    );
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Forbidden"),
+        "kubectl as {user} in kube-system: {}",
+        text(&other)
+    );
+}
+
+/// The JWT payload's claims (no signature check).
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+fn token_of(out: &Output) -> String {
+    assert!(out.status.success(), "plugin: {}", text(out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ExecCredential JSON");
+    assert_eq!(v["apiVersion"], "client.authentication.k8s.io/v1");
+    assert_eq!(v["kind"], "ExecCredential");
+    assert!(v["status"]["expirationTimestamp"].is_string(), "{v}");
+    v["status"]["token"].as_str().unwrap().to_owned()
+}
+
+/// Every file under `dir`, without following symlinks.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
+            Ok(t) if t.is_file() => out.push(e.path()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn assert_absent_from_home(home: &Path, secrets: &[(&str, &str)]) {
+    let files = files_under(home);
+    assert!(!files.is_empty(), "nothing under {}", home.display());
+    for f in files {
+        let data = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+        for (what, s) in secrets {
+            assert!(!data.contains(s), "{what} is in {}", f.display());
+        }
+    }
+}
+
+fn fresh_home(user: &str) -> (u32, PathBuf) {
+    let (uid, _, home) = linux_user(user);
+    // Other test files leave credentials of other modes here.
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    (uid, home)
+}
+
+fn ttl() -> u64 {
+    let ttl = cluster().var("OIDC_TOKEN_TTL");
+    ttl.strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("OIDC_TOKEN_TTL {ttl:?}: expected seconds like 40s"))
+}
+
+/// Milliseconds of the broker's log lines that contain `what`.
+fn log_ms(log: &str, what: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let (_, rest) = l.rsplit_once(" (")?;
+            rest.strip_suffix(" ms)")?.parse().ok()
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// (1) and (2): a portal login (confidential client), the hook as OnDemand
+/// runs it; the user's kubectl works, still works after twice the token
+/// lifetime because the broker refreshed with the portal's client (the
+/// stored refresh token rotated), and the home holds neither the client
+/// secret nor any refresh token.
+#[test]
+fn kubectl_works_for_the_whole_session_and_home_holds_no_secret() {
+    let user = "dave";
+    let (uid, home) = fresh_home(user);
+    let b = Broker::start("brksess", "");
+    let tokens = cluster().login(user);
+    let login_exp = claims(&tokens.access)["exp"].as_u64().unwrap();
+    let out = b.hook(user, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tokens stored for the credential broker"),
+        "{err}"
+    );
+    assert!(!err.contains(&tokens.access) && !err.contains(&tokens.refresh));
+
+    // Stored root-only, for this uid, with the login's refresh token.
+    let file = b.state.join(format!("{uid}.json"));
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    assert_eq!(std::fs::metadata(&b.state).unwrap().mode() & 0o777, 0o700);
+    let set = b.stored(uid);
+    assert_eq!(set["uid"], uid);
+    assert_eq!(set["refresh_token"], tokens.refresh.as_str());
+    assert_eq!(set["refresh"]["client_id"], cluster().var("OIDC_CLIENT_ID"));
+    assert!(
+        !set.to_string()
+            .contains(cluster().var("OIDC_CLIENT_SECRET"))
+    );
+
+    // The entry: an exec plugin naming the socket, nothing secret.
+    let e = entry(&config(&home), "brksess-dave");
+    let exec = &e["user"]["exec"];
+    assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+    assert_eq!(exec["interactiveMode"], "Never");
+    assert_eq!(exec["args"][0], "broker-credential");
+    assert!(
+        exec["args"]
+            .to_string()
+            .contains(&*b.socket.to_string_lossy())
+    );
+    assert!(!e.to_string().contains(&tokens.access));
+
+    assert_kubectl_scoped(user, "brksess");
+    // The user-perceived latency of a stored token: the plugin process.
+    let mut plugin_ms = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        token_of(&plugin(user, &b));
+        plugin_ms.push(t.elapsed().as_millis() as u64);
+    }
+
+    // Keep using kubectl until twice the token lifetime has passed.
+    let until = login_exp + ttl() + 5;
+    let mut runs = 0;
+    while now() < until {
+        std::thread::sleep(Duration::from_secs(15));
+        let out = kubectl(user, &["--context", "brksess", "get", "pods"]);
+        assert!(
+            out.status.success(),
+            "kubectl as {user}, {} s after login: {}\nbroker log:\n{}",
+            now() + ttl() - login_exp,
+            text(&out),
+            b.log_text()
+        );
+        runs += 1;
+    }
+    assert!(runs >= 5, "only {runs} kubectl runs");
+    assert_kubectl_scoped(user, "brksess");
+
+    // It was the broker's refresh that kept it working, more than once,
+    // and the IdP rotated the refresh token, which was stored.
+    let set = b.stored(uid);
+    assert_eq!(set["source"], "refresh");
+    assert!(set["expiry"].as_u64().unwrap() > login_exp + ttl() / 2);
+    let rotated = set["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, tokens.refresh, "the refresh token did not rotate");
+    let log = b.log_text();
+    let refreshes = log_ms(&log, "refreshed at the IdP");
+    assert!(refreshes.len() >= 2, "refreshes: {refreshes:?}\n{log}");
+    assert!(
+        !log.contains(&tokens.access) && !log.contains(&rotated) && !log.contains(&tokens.refresh)
+    );
+
+    // (2) Nothing secret in the home directory.
+    assert_absent_from_home(
+        &home,
+        &[
+            (
+                "the portal's client secret",
+                cluster().var("OIDC_CLIENT_SECRET"),
+            ),
+            ("the login's refresh token", &tokens.refresh),
+            ("the current refresh token", &rotated),
+        ],
+    );
+
+    let served = log_ms(&log, "served (stored");
+    eprintln!(
+        "figures: broker answer (stored token) median {} ms over {} requests; plugin as the user \
+         (runuser + exec + request) median {} ms; refresh at the IdP (Dex, through the broker) \
+         median {} ms over {} refreshes",
+        median(served.clone()),
+        served.len(),
+        median(plugin_ms),
+        median(refreshes.clone()),
+        refreshes.len()
+    );
+}
+
+/// (3) Each user gets their own token, whoever else is logged in; a user
+/// without stored tokens gets none. An admin's run without tokens leaves
+/// the stored set alone.
+#[test]
+fn another_user_gets_only_their_own_token() {
+    let b = Broker::start("brkiso", "");
+    let mut uids = Vec::new();
+    for user in ["alice", "bob"] {
+        let (uid, _) = fresh_home(user);
+        uids.push(uid);
+        let out = b.hook(user, Some(&cluster().login(user)));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let alice_token = b.stored(uids[0])["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_token = token_of(&plugin("bob", &b));
+    assert_ne!(bob_token, alice_token);
+    assert_eq!(claims(&bob_token)["preferred_username"], "bob");
+    let alice = token_of(&plugin("alice", &b));
+    assert_eq!(alice, alice_token);
+    assert_eq!(claims(&alice)["preferred_username"], "alice");
+    assert_kubectl_scoped("bob", "brkiso");
+    assert_kubectl_scoped("alice", "brkiso");
+
+    // A real user with no stored tokens, with bob's kubeconfig entry
+    // copied: still nothing (the broker goes by uid, not by the entry).
+    let nobody = "brk-nobody";
+    let (_, home) = fresh_home(nobody);
+    let out = b.hook(nobody, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !b.state
+            .join(format!("{}.json", linux_user(nobody).0))
+            .exists()
+    );
+    let bob_cfg = std::fs::read_to_string(linux_user("bob").2.join(".kube/config")).unwrap();
+    let cfg_path = home.join(".kube/config");
+    std::fs::create_dir_all(cfg_path.parent().unwrap()).unwrap();
+    std::fs::write(&cfg_path, bob_cfg).unwrap();
+    let (uid, gid, _) = linux_user(nobody);
+    for p in [cfg_path.parent().unwrap(), &cfg_path] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    let out = kubectl(nobody, &["--context", "brkiso", "get", "pods"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no Kubernetes credentials stored for you")
+            && err.contains("log in to OnDemand"),
+        "{}",
+        text(&out)
+    );
+    assert!(!err.contains(&bob_token) && !err.contains(&alice_token));
+
+    // An admin re-bootstrapping alice (no tokens) leaves her set alone.
+    let file = b.state.join(format!("{}.json", uids[0]));
+    let before = std::fs::read(&file).unwrap();
+    let out = b.hook("alice", None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}
+
+/// (4) Broker down: kubectl fails at once with a message naming it, both
+/// when the socket is gone (stopped cleanly) and when it is stale (killed).
+#[test]
+fn broker_down_is_a_clear_quick_error() {
+    let user = "brk-down";
+    fresh_home(user);
+    let mut b = Broker::start("brkdown", "");
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    token_of(&plugin(user, &b));
+
+    for (signal, left) in [(Signal::SIGKILL, true), (Signal::SIGTERM, false)] {
+        if !b.running() {
+            b.spawn(None); // replaces the stale socket
+            token_of(&plugin(user, &b));
+        }
+        b.stop(signal);
+        assert_eq!(b.socket.exists(), left, "socket after {signal}");
+        let t = Instant::now();
+        let out = kubectl(user, &["--context", "brkdown", "get", "pods"]);
+        let took = t.elapsed();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("the credential broker is not running")
+                && err.contains(&*b.socket.to_string_lossy())
+                && err.contains("ask your administrator"),
+            "after {signal}: {}",
+            text(&out)
+        );
+        assert!(took < Duration::from_secs(10), "kubectl took {took:?}");
+    }
+}
+
+/// (5) The IdP refuses the refresh (the session's refresh token was used
+/// elsewhere and rotated away, as a portal refreshing its own session
+/// would): "session ended, log in again"; the IdP is not asked again; a
+/// new login recovers.
+#[test]
+fn a_refused_refresh_says_log_in_again() {
+    let user = "carol.smith";
+    let (uid, _) = fresh_home(user);
+    let b = Broker::start("brkend", "");
+    let tokens = cluster().login(user);
+    let out = b.hook(user, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_kubectl_scoped(user, "brkend");
+
+    // Someone else refreshes the same refresh token: Dex rotates it.
+    refresh_elsewhere(&tokens.refresh);
+    let exp = b.stored(uid)["expiry"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(exp.saturating_sub(now()) + 1));
+
+    for round in 0..2 {
+        let t = Instant::now();
+        let out = kubectl(user, &["--context", "brkend", "get", "pods"]);
+        assert!(!out.status.success(), "round {round}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("your OnDemand session has ended")
+                && err.contains("log in to OnDemand again"),
+            "round {round}: {}\nbroker log:\n{}",
+            text(&out),
+            b.log_text()
+        );
+        assert!(t.elapsed() < Duration::from_secs(15));
+    }
+    let set = b.stored(uid);
+    assert!(
+        set["refresh_token"].is_null() && set["ended"].is_string(),
+        "{set}"
+    );
+    // The IdP was asked once; then the broker knew.
+    let log = b.log_text();
+    assert_eq!(
+        log.matches("the session is over until the next login")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // Logging in again stores a new session.
+    let out = b.hook(user, Some(&cluster().login(user)));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_kubectl_scoped(user, "brkend");
+}
+
+/// A refresh of `refresh_token` with the portal's client, as the portal
+/// would do it for its own session.
+fn refresh_elsewhere(refresh_token: &str) {
+    let c = cluster();
+    let form = format!(
+        "grant_type=refresh_token&refresh_token={refresh_token}&client_id={}&client_secret={}",
+        c.var("OIDC_CLIENT_ID"),
+        c.var("OIDC_CLIENT_SECRET")
+    );
+    let out = common::pipe(
+        Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--fail-with-body",
+            "--cacert",
+            c.var("OIDC_CA_FILE"),
+            "--data-binary",
+            "@-",
+            &format!("{}/token", c.var("OIDC_ISSUER")),
+        ]),
+        form.as_bytes(),
+    );
+    assert!(out.status.success(), "refresh elsewhere: {}", text(&out));
+}
+
+/// (6) Limits: connections at once, request size, idle clients, malformed
+/// and forged requests, per-uid rate — each refused with its code, and the
+/// broker stays up.
+#[test]
+fn limits_refuse_and_the_broker_stays_up() {
+    let mut b = Broker::start(
+        "brklim",
+        "BROKER_MAX_CONNECTIONS=2\nBROKER_REQUESTS_PER_MINUTE=8\n",
+    );
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    // Two idle connections fill the broker; a third is told "busy" at once.
+    let idle: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&b.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(code(&b.raw(b"{\"v\":1}\n")), "busy");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // The idle ones are answered "timeout" and closed after 5 s.
+    for mut s in idle {
+        let mut answer = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains("\"timeout\""), "{answer}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+
+    // An oversized request: refused, connection closed.
+    let mut s = UnixStream::connect(&b.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(&vec![b'a'; 64 * 1024]);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains("\"too_large\""), "{answer:?}");
+
+    // Forged, malformed and future requests.
+    assert_eq!(code(&b.raw(b"{\"v\":1,\"uid\":1000}\n")), "bad_request");
+    assert_eq!(code(&b.raw(b"GET / HTTP/1.0\r\n\r\n")), "bad_request");
+    assert_eq!(code(&b.raw(b"{\"v\":2}\n")), "unsupported_version");
+
+    // Still up and answering; then the per-uid rate (bursts of 2).
+    assert_eq!(code(&b.raw(b"{\"v\":1}\n")), "no_credentials");
+    let codes: Vec<String> = (0..4).map(|_| code(&b.raw(b"{\"v\":1}\n"))).collect();
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    assert!(b.running(), "the broker died: {}", b.log_text());
+    let log = b.log_text();
+    for what in [
+        "busy",
+        "no request in time",
+        "longer than 4096",
+        "bad request",
+        "rate limit",
+    ] {
+        assert!(log.contains(what), "{what} not logged:\n{log}");
+    }
+}
+
+/// One user holding connections open cannot keep others out: a uid may
+/// hold an eighth of BROKER_MAX_CONNECTIONS (at least 2).
+#[test]
+fn one_user_cannot_take_every_connection() {
+    let user = "brk-fair";
+    fresh_home(user);
+    let b = Broker::start("brkfair", "BROKER_MAX_CONNECTIONS=16\n");
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let _idle: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&b.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let v = b.raw(b"{\"v\":1}\n");
+    assert_eq!(v["error"]["code"], "busy", "{v}");
+    // Root is at its cap; the user is served.
+    token_of(&plugin(user, &b));
+    assert!(
+        b.log_text()
+            .contains("uid 0: refused: busy (this uid has 2 connections open)"),
+        "{}",
+        b.log_text()
+    );
+}
+
+/// Socket activation as systemd does it (LISTEN_FDS/LISTEN_PID, fd 3),
+/// here by systemd-socket-activate; and the hook's refusal of an unsafe
+/// token store.
+#[test]
+fn socket_activation_and_an_unsafe_store() {
+    let user = "brk-act";
+    fresh_home(user);
+    let mut b = Broker::start("brkact", "");
+    b.stop(Signal::SIGTERM);
+    b.spawn(Some("systemd-socket-activate"));
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let token = token_of(&plugin(user, &b));
+    assert_eq!(claims(&token)["preferred_username"], "alice");
+    assert!(
+        b.log_text().contains("socket-activated"),
+        "{}",
+        b.log_text()
+    );
+    // the activated broker stops cleanly too, leaving the socket to systemd
+    b.stop(Signal::SIGTERM);
+    assert!(b.socket.exists());
+
+    // A token store that is a symlink: the hook refuses it, changes nothing.
+    let real = b.state.with_extension("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let _ = std::fs::remove_dir_all(&b.state);
+    std::os::unix::fs::symlink(&real, &b.state).unwrap();
+    let before = std::fs::read(linux_user(user).2.join(".kube/config")).unwrap();
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert_eq!(out.status.code(), Some(73), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("symbolic link") && err.contains("BROKER_STATE_DIR"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(linux_user(user).2.join(".kube/config")).unwrap(),
+        before
+    );
+}
