@@ -194,7 +194,9 @@ fn token_ttl() -> u64 {
 /// Checked past twice the token lifetime, as a user would meet it.
 #[test]
 fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
-    let user = "bob";
+    // dave: no other test here holds a portal-client session of his (Dex
+    // keeps one refresh token per user and client).
+    let user = "dave";
     linux_user(user);
     let dir = scratch("kc-ap-refresh");
     let env = hook_env(
@@ -208,7 +210,7 @@ fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
     let out = run_hook(user, &env, Some(&tokens));
     assert!(out.status.success(), "{}", text(&out));
     let cfg = config(&home_of(user));
-    let e = entry(&cfg, "users", "kcapr-bob").expect("user entry");
+    let e = entry(&cfg, "users", "kcapr-dave").expect("user entry");
     let ca = e["user"]["auth-provider"]["config"]["idp-certificate-authority-data"]
         .as_str()
         .expect("idp-certificate-authority-data");
@@ -219,7 +221,7 @@ fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
     std::thread::sleep(wait);
     assert_kubectl_scoped(user, "kcapr", &[]);
     let cfg = config(&home_of(user));
-    let e = entry(&cfg, "users", "kcapr-bob").expect("user entry");
+    let e = entry(&cfg, "users", "kcapr-dave").expect("user entry");
     assert_ne!(
         e["user"]["auth-provider"]["config"]["id-token"],
         tokens.access.as_str(),
