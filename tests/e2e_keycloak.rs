@@ -221,6 +221,39 @@ fn audience_client_token_works_directly_and_through_the_hook() {
     }
 }
 
+/// The realm is what the other tests (and the hook's exchange) rely on,
+/// and the admin in the env file can see and change it.
+#[test]
+fn keycloak_admin_sees_the_realm_as_imported() {
+    let c = cluster();
+    let client = |id: &str| -> Value {
+        let (code, v) = c.keycloak_admin(
+            "GET",
+            &format!("/admin/realms/ood/clients?clientId={id}"),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        v[0].clone()
+    };
+    let portal = client(c.var("KEYCLOAK_PORTAL_CLIENT_ID"));
+    assert_eq!(portal["publicClient"], false, "{portal}");
+    let attrs = &portal["attributes"];
+    assert_eq!(attrs["standard.token.exchange.enabled"], "true", "{portal}");
+    assert_eq!(
+        attrs["standard.token.exchange.enableRefreshRequestedTokenType"], "SAME_SESSION",
+        "{portal}"
+    );
+    let k8s = client(c.var("KEYCLOAK_K8S_AUDIENCE"));
+    assert_eq!(k8s["bearerOnly"], true, "{k8s}");
+    let (code, realm) = c.keycloak_admin("GET", "/admin/realms/ood", None);
+    assert_eq!(code, 200, "{realm}");
+    assert_eq!(
+        realm["accessTokenLifespan"].to_string(),
+        c.var("KEYCLOAK_TOKEN_TTL"),
+        "{realm}"
+    );
+}
+
 #[test]
 fn dex_tokens_still_authenticate_next_to_keycloak() {
     let c = cluster();

@@ -34,7 +34,9 @@ KEYCLOAK_VERSION="${OOD_TEST_KEYCLOAK_VERSION:-26.7.3}"
 KEYCLOAK_TOKEN_TTL="${OOD_TEST_KEYCLOAK_TOKEN_TTL:-60}"
 # Build-time options baked into the cached copy by `kc.sh build`, so each
 # start skips Quarkus' minute-long re-augmentation (`start --optimized`).
-KEYCLOAK_BUILD_OPTS=(--db=dev-mem --health-enabled=false --metrics-enabled=false)
+# The H2 file database is seeded once in the cache and copied fresh for
+# each cluster (see keycloak/fetch).
+KEYCLOAK_BUILD_OPTS=(--db=dev-file --health-enabled=false --metrics-enabled=false)
 
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -53,9 +55,13 @@ build_key() {
 
 bin_dir() { echo "$CACHE_DIR/bin-$(build_key)"; }
 
-# The cached, pre-built Keycloak: keyed by version and build options.
+# The cached, pre-built Keycloak: keyed by version, build options and the
+# recipe that made it.
 keycloak_dir() {
-    echo "$CACHE_DIR/keycloak-$KEYCLOAK_VERSION-$(printf '%s\n' "${KEYCLOAK_BUILD_OPTS[@]}" | sha256sum | cut -c1-8)"
+    local key
+    key="$({ printf '%s\n' "${KEYCLOAK_BUILD_OPTS[@]}"; cat "$CLUSTER_DIR/keycloak/fetch"; } \
+        | sha256sum | cut -c1-8)"
+    echo "$CACHE_DIR/keycloak-$KEYCLOAK_VERSION-$key"
 }
 
 # The Java Keycloak runs on: OOD_TEST_JAVA_HOME, else JAVA_HOME, else the

@@ -197,27 +197,98 @@ impl Cluster {
         &self,
         form: &[(&str, &str)],
     ) -> Result<serde_json::Value, serde_json::Value> {
+        self.keycloak_post_form(self.var("KEYCLOAK_TOKEN_ENDPOINT"), form)
+    }
+
+    fn keycloak_post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let (code, json) = self.keycloak_curl(&["--data-binary", "@-", url], &form_encode(form));
+        if code == 200 { Ok(json) } else { Err(json) }
+    }
+
+    /// curl to Keycloak with `input` on stdin: (HTTP status, JSON answer,
+    /// Null when empty).
+    fn keycloak_curl(&self, args: &[&str], input: &str) -> (u16, serde_json::Value) {
         let out = pipe(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "20",
-                "--cacert",
-                self.var("KEYCLOAK_CA_FILE"),
-                "--data-binary",
-                "@-",
-                "--write-out",
-                "\n%{http_code}",
-                self.var("KEYCLOAK_TOKEN_ENDPOINT"),
-            ]),
-            form_encode(form).as_bytes(),
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--cacert"])
+                .arg(self.var("KEYCLOAK_CA_FILE"))
+                .args(["--write-out", "\n%{http_code}"])
+                .args(args),
+            input.as_bytes(),
         );
         assert!(out.status.success(), "curl to Keycloak: {}", text(&out));
         let answer = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = answer.rsplit_once('\n').unwrap_or(("", &answer));
-        let json: serde_json::Value = serde_json::from_str(body)
-            .unwrap_or_else(|e| panic!("Keycloak answered {code} with non-JSON ({e}): {body}"));
-        if code == "200" { Ok(json) } else { Err(json) }
+        let code: u16 = code.parse().expect("an HTTP status");
+        let json = if body.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("Keycloak answered {code} with non-JSON ({e}): {body}"))
+        };
+        (code, json)
+    }
+
+    /// The master realm's admin (`KEYCLOAK_ADMIN_USER`) calling Keycloak's
+    /// admin REST API: `method` on `KEYCLOAK_URL` + `path` (e.g.
+    /// `/admin/realms/ood/clients`), with an optional JSON body. Returns
+    /// the HTTP status and the JSON answer. The admin's token goes to curl
+    /// in a root-only header file.
+    pub fn keycloak_admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = self.var("KEYCLOAK_URL");
+        let token = self
+            .keycloak_post_form(
+                &format!("{base}/realms/master/protocol/openid-connect/token"),
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "admin-cli"),
+                    ("username", self.var("KEYCLOAK_ADMIN_USER")),
+                    ("password", self.var("KEYCLOAK_ADMIN_PASSWORD")),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("Keycloak admin login: {e}"))["access_token"]
+            .as_str()
+            .expect("admin access token")
+            .to_owned();
+        let dir = scratch(&format!("kcadmin{}", N.fetch_add(1, Ordering::Relaxed)));
+        let header = dir.join("auth.hdr");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&header)
+            .and_then(|mut f| writeln!(f, "Authorization: Bearer {token}"))
+            .expect("write the admin header file");
+        let header_arg = format!("@{}", header.display());
+        let url = format!("{base}{path}");
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &header_arg,
+            "-H",
+            "Content-Type: application/json",
+        ];
+        if body.is_some() {
+            args.extend(["--data-binary", "@-"]);
+        }
+        args.push(&url);
+        let input = body.map(|b| b.to_string()).unwrap_or_default();
+        let answer = self.keycloak_curl(&args, &input);
+        let _ = std::fs::remove_dir_all(&dir);
+        answer
     }
 
     /// Tokens for a Keycloak test user from the password grant as the
