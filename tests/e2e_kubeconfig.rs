@@ -194,6 +194,9 @@ fn token_ttl() -> u64 {
 /// Checked past twice the token lifetime, as a user would meet it.
 #[test]
 fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
+    // bob: no other test here holds a portal-client session of his (Dex
+    // keeps one refresh token per user and client), and no test looks for
+    // the client secret in his home (this mode puts it there).
     let user = "bob";
     linux_user(user);
     let dir = scratch("kc-ap-refresh");
@@ -229,7 +232,8 @@ fn auth_provider_mode_keeps_working_past_twice_the_token_lifetime() {
 
 #[test]
 fn token_mode_works_with_kubectl() {
-    let user = "bob";
+    // alice: bob's portal session belongs to the auth-provider refresh test.
+    let user = "alice";
     linux_user(user);
     let dir = scratch("kc-tok");
     let env = hook_env(&dir, "kctok", "token", "");
@@ -242,7 +246,7 @@ fn token_mode_works_with_kubectl() {
     let ctx = entry(&cfg, "contexts", "kctok").expect("context");
     assert_eq!(
         ctx["context"]["namespace"],
-        format!("{}bob", prefix("kctok"))
+        format!("{}alice", prefix("kctok"))
     );
     assert_kubectl_scoped(user, "kctok", &[]);
 
@@ -255,7 +259,7 @@ fn token_mode_works_with_kubectl() {
         text(&out)
     );
     let after = config(&home_of(user));
-    assert_eq!(entry(&after, "users", "kctok-bob"), Some(e));
+    assert_eq!(entry(&after, "users", "kctok-alice"), Some(e));
 }
 
 /// The cache file of an exec-mode entry.

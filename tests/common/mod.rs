@@ -1,6 +1,6 @@
 //! Shared helpers for the end-to-end tests: the local cluster started by
 //! `tests/cluster/up`, the built binary, real Linux users and real OIDC
-//! tokens from the local Dex.
+//! tokens from the local Dex and Keycloak.
 //!
 //! Nothing here is skipped when something is missing: a test that cannot
 //! reach the cluster fails, loudly, with what to run.
@@ -228,6 +228,416 @@ pub struct Tokens {
     pub access: String,
     pub refresh: String,
     pub id: String,
+}
+
+/// Keycloak, the IdP most OnDemand sites run: logins through its portal
+/// clients, RFC 8693 token exchange, refresh, and what the API server makes
+/// of a token. Every token and secret travels through stdin or a root-only
+/// file, never argv.
+impl Cluster {
+    /// A Keycloak test user's password (from `KEYCLOAK_TEST_USERS`).
+    pub fn keycloak_password(&self, user: &str) -> &str {
+        self.var("KEYCLOAK_TEST_USERS")
+            .split_whitespace()
+            .find_map(|pair| pair.strip_prefix(user).and_then(|r| r.strip_prefix(':')))
+            .unwrap_or_else(|| panic!("{user} is not a Keycloak test user"))
+    }
+
+    /// The logins in `KEYCLOAK_TEST_USERS`.
+    pub fn keycloak_users(&self) -> Vec<&str> {
+        self.var("KEYCLOAK_TEST_USERS")
+            .split_whitespace()
+            .filter_map(|pair| pair.split_once(':').map(|(u, _)| u))
+            .collect()
+    }
+
+    /// One POST to Keycloak's token endpoint, the form on curl's stdin.
+    /// Ok with the JSON answer on success, Err with the IdP's error JSON
+    /// (`error`, `error_description`) otherwise.
+    pub fn keycloak_token_request(
+        &self,
+        form: &[(&str, &str)],
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        self.keycloak_post_form(self.var("KEYCLOAK_TOKEN_ENDPOINT"), form)
+    }
+
+    fn keycloak_post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let (code, json) = self.keycloak_curl(&["--data-binary", "@-", url], &form_encode(form));
+        if code == 200 { Ok(json) } else { Err(json) }
+    }
+
+    /// curl to Keycloak with `input` on stdin: (HTTP status, JSON answer,
+    /// Null when empty).
+    fn keycloak_curl(&self, args: &[&str], input: &str) -> (u16, serde_json::Value) {
+        let out = pipe(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--cacert"])
+                .arg(self.var("KEYCLOAK_CA_FILE"))
+                .args(["--write-out", "\n%{http_code}"])
+                .args(args),
+            input.as_bytes(),
+        );
+        assert!(out.status.success(), "curl to Keycloak: {}", text(&out));
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = answer.rsplit_once('\n').unwrap_or(("", &answer));
+        let code: u16 = code.parse().expect("an HTTP status");
+        let json = if body.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("Keycloak answered {code} with non-JSON ({e}): {body}"))
+        };
+        (code, json)
+    }
+
+    /// The master realm's admin (`KEYCLOAK_ADMIN_USER`) calling Keycloak's
+    /// admin REST API: `method` on `KEYCLOAK_URL` + `path` (e.g.
+    /// `/admin/realms/ood/clients`), with an optional JSON body. Returns
+    /// the HTTP status and the JSON answer. The admin's token goes to curl
+    /// in a root-only header file.
+    pub fn keycloak_admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = self.var("KEYCLOAK_URL");
+        let token = self
+            .keycloak_post_form(
+                &format!("{base}/realms/master/protocol/openid-connect/token"),
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "admin-cli"),
+                    ("username", self.var("KEYCLOAK_ADMIN_USER")),
+                    ("password", self.var("KEYCLOAK_ADMIN_PASSWORD")),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("Keycloak admin login: {e}"))["access_token"]
+            .as_str()
+            .expect("admin access token")
+            .to_owned();
+        let dir = scratch(&format!("kcadmin{}", N.fetch_add(1, Ordering::Relaxed)));
+        let header = dir.join("auth.hdr");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&header)
+            .and_then(|mut f| writeln!(f, "Authorization: Bearer {token}"))
+            .expect("write the admin header file");
+        let header_arg = format!("@{}", header.display());
+        let url = format!("{base}{path}");
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &header_arg,
+            "-H",
+            "Content-Type: application/json",
+        ];
+        if body.is_some() {
+            args.extend(["--data-binary", "@-"]);
+        }
+        args.push(&url);
+        let input = body.map(|b| b.to_string()).unwrap_or_default();
+        let answer = self.keycloak_curl(&args, &input);
+        let _ = std::fs::remove_dir_all(&dir);
+        answer
+    }
+
+    /// Tokens for a Keycloak test user from the password grant as the
+    /// confidential portal client (`KEYCLOAK_PORTAL_CLIENT_ID`), as
+    /// mod_auth_openidc holds them after a portal login.
+    pub fn keycloak_login(&self, user: &str) -> Tokens {
+        self.keycloak_login_client(
+            user,
+            self.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+            self.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+            None,
+        )
+    }
+
+    /// Password grant as any confidential client of the realm, asking for
+    /// `openid` plus `scope` (e.g. `KEYCLOAK_K8S_AUDIENCE_SCOPE`).
+    pub fn keycloak_login_client(
+        &self,
+        user: &str,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Tokens {
+        let scope = match scope {
+            Some(s) => format!("openid {s}"),
+            None => "openid".to_owned(),
+        };
+        let v = self
+            .keycloak_token_request(&[
+                ("grant_type", "password"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("username", user),
+                ("password", self.keycloak_password(user)),
+                ("scope", &scope),
+            ])
+            .unwrap_or_else(|e| panic!("Keycloak password grant for {user} as {client_id}: {e}"));
+        Tokens::from_json(&v)
+    }
+
+    /// An RFC 8693 standard token exchange of `subject` (an access token),
+    /// by default as the portal client for the Kubernetes audience with the
+    /// audience scope, asking for a refresh token; see [`Exchange`].
+    pub fn keycloak_exchange(&self, subject: &str) -> Exchange<'_> {
+        Exchange {
+            cluster: self,
+            subject: subject.to_owned(),
+            client_id: self.var("KEYCLOAK_PORTAL_CLIENT_ID").to_owned(),
+            secret: self.var("KEYCLOAK_PORTAL_CLIENT_SECRET").to_owned(),
+            audience: Some(self.var("KEYCLOAK_K8S_AUDIENCE").to_owned()),
+            scope: Some(self.var("KEYCLOAK_K8S_AUDIENCE_SCOPE").to_owned()),
+            refresh: true,
+        }
+    }
+
+    /// The refresh grant as a confidential client.
+    pub fn keycloak_refresh(
+        &self,
+        client_id: &str,
+        secret: &str,
+        refresh: &str,
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        self.keycloak_token_request(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("refresh_token", refresh),
+        ])
+    }
+
+    /// Who the API server takes a bearer token for: real kubectl's
+    /// `auth whoami -o json` (a SelfSubjectReview), the token in a
+    /// root-only kubeconfig. Ok(status.userInfo), or Err(kubectl's stderr).
+    pub fn whoami(&self, token: &str) -> Result<serde_json::Value, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = scratch(&format!("whoami{}", N.fetch_add(1, Ordering::Relaxed)));
+        let path = dir.join("kubeconfig");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {
+                "server": self.var("K8S_SERVER"),
+                "certificate-authority": self.var("K8S_CA_FILE")}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+        });
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(config.to_string().as_bytes()))
+            .expect("write the whoami kubeconfig");
+        let out = self.kubectl_as(
+            path.to_str().expect("utf-8 path"),
+            &["auth", "whoami", "-o", "json"],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("whoami json");
+            Ok(v["status"]["userInfo"].clone())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Tokens {
+    /// From a token endpoint's JSON answer; refresh and ID tokens may be
+    /// absent (then empty), the access token may not.
+    pub fn from_json(v: &serde_json::Value) -> Tokens {
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let access = field("access_token");
+        assert!(!access.is_empty(), "no access_token in the IdP's answer");
+        Tokens {
+            access,
+            refresh: field("refresh_token"),
+            id: field("id_token"),
+        }
+    }
+}
+
+/// A token exchange request (RFC 8693) at Keycloak, builder style: start
+/// from [`Cluster::keycloak_exchange`], change what the test is about, then
+/// [`Exchange::send`].
+pub struct Exchange<'a> {
+    cluster: &'a Cluster,
+    subject: String,
+    client_id: String,
+    secret: String,
+    audience: Option<String>,
+    scope: Option<String>,
+    refresh: bool,
+}
+
+impl Exchange<'_> {
+    /// Exchange as another confidential client.
+    pub fn client(mut self, id: &str, secret: &str) -> Self {
+        self.client_id = id.to_owned();
+        self.secret = secret.to_owned();
+        self
+    }
+
+    pub fn audience(mut self, audience: Option<&str>) -> Self {
+        self.audience = audience.map(str::to_owned);
+        self
+    }
+
+    pub fn scope(mut self, scope: Option<&str>) -> Self {
+        self.scope = scope.map(str::to_owned);
+        self
+    }
+
+    /// Whether to ask for a refresh token (`requested_token_type`).
+    pub fn refresh(mut self, refresh: bool) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// Ok with the token endpoint's answer, Err with the IdP's error JSON.
+    pub fn send(self) -> Result<serde_json::Value, serde_json::Value> {
+        let mut form = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.as_str()),
+            ("subject_token", self.subject.as_str()),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ];
+        if let Some(a) = &self.audience {
+            form.push(("audience", a));
+        }
+        if let Some(s) = &self.scope {
+            form.push(("scope", s));
+        }
+        if self.refresh {
+            form.push((
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:refresh_token",
+            ));
+        }
+        self.cluster.keycloak_token_request(&form)
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                b' ' => "+".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The claims of a JWT, decoded but not verified (the API server verifies;
+/// tests only read what the IdP put there).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("JWT payload is base64url");
+    serde_json::from_slice(&bytes).expect("JWT payload is JSON")
+}
+
+/// A token's `aud` as a list, whether the IdP wrote a string or an array.
+pub fn audiences(claims: &serde_json::Value) -> Vec<String> {
+    match &claims["aud"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// kubectl and the cluster CA copied where every user can read them (the
+/// state directory is root-only), for kubectl run as a real Linux user.
+/// Returns (kubectl, ca.crt).
+pub fn user_tools() -> &'static (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let dir = PathBuf::from(format!("/tmp/ood-e2e-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tools dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod tools dir");
+        let kubectl = dir.join("kubectl");
+        std::fs::copy(cluster().var("KUBECTL"), &kubectl).expect("copy kubectl");
+        std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod kubectl");
+        let ca = dir.join("ca.crt");
+        std::fs::copy(cluster().var("K8S_CA_FILE"), &ca).expect("copy the CA");
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).expect("chmod CA");
+        (kubectl, ca)
+    })
+}
+
+/// kubectl run as the Linux user `user` (runuser, empty environment but
+/// HOME and PATH), so it reads that user's own `~/.kube/config`.
+pub fn kubectl_as_user(user: &str, args: &[&str]) -> Output {
+    let (_, _, home) = linux_user(user);
+    Command::new("runuser")
+        .args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("PATH=/usr/bin:/bin")
+        .arg(&user_tools().0)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("runuser kubectl")
+}
+
+/// Every regular file under `dir` (no symlinks followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The binary under test.
