@@ -820,6 +820,57 @@ mod idp {
     }
 
     #[test]
+    fn doctor_with_keycloak_exchanges_the_portal_token_as_the_hook_would() {
+        let _lock = shared();
+        let c = cluster();
+        let dir = scratch("doctor-keycloak");
+        // A site's hook.env for Keycloak, with the shipped example's
+        // mistake: the token endpoint as the issuer (the hook corrects it).
+        let env = hook_env(
+            &dir,
+            &format!(
+                "IDP_ISSUER_URL=\"{}\"\nIDP_CA_FILE=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n\
+                 K8S_TOKEN_EXCHANGE_AUDIENCE=\"{}\"\nK8S_TOKEN_EXCHANGE_SCOPE=\"{}\"\n",
+                c.var("KEYCLOAK_TOKEN_ENDPOINT"),
+                c.var("KEYCLOAK_CA_FILE"),
+                c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+                c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+                c.var("KEYCLOAK_K8S_AUDIENCE"),
+                c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE"),
+            ),
+        );
+        linux_user("alice");
+        let tokens = c.keycloak_login("alice");
+        let out = doctor(
+            &env,
+            ondemand_kubeconfig(),
+            &["--user", "alice"],
+            &[("OOD_OIDC_ACCESS_TOKEN", tokens.access.as_str())],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let all = stdout(&out);
+        for want in [
+            "⚠ issuer: IDP_ISSUER_URL=",
+            "✓ token exchange: the IdP offers the token-exchange grant",
+            "✓ user alice: the IdP exchanged the token",
+            "✓ user alice: the API server sees \"alice\"",
+        ] {
+            assert!(all.contains(want), "no {want:?}:\n{}", text(&out));
+        }
+        assert!(
+            all.contains(&format!(
+                "set IDP_ISSUER_URL=\"{}\"",
+                c.var("KEYCLOAK_ISSUER")
+            )),
+            "{all}"
+        );
+        assert!(
+            !all.contains(&tokens.access)
+                && !String::from_utf8_lossy(&out.stderr).contains(&tokens.access)
+        );
+    }
+
+    #[test]
     fn doctor_fails_when_the_api_servers_username_differs_from_the_binding() {
         let _lock = shared();
         let c = cluster();

@@ -607,7 +607,10 @@ fn token_claims(
             format!("set IDP_ISSUER_URL=\"{iss}\" in hook.env"),
         );
     }
+    // With a token exchange the portal's token is not for Kubernetes; the
+    // exchanged one is (checked by the API server below).
     if let Some(id) = &s.oidc.client_id
+        && s.exchange.is_none()
         && !aud.contains(id)
     {
         return Check::warn(
