@@ -113,7 +113,7 @@ pub fn check(
     }
     let warning = match client_id {
         Some(id) if !claims.aud.iter().any(|a| a == id) => Some(format!(
-            "{what} is for audience {:?}, which does not include CLIENT_ID {id:?}: an API server run with --oidc-client-id={id} will refuse it (add the Kubernetes client's audience to the OnDemand client at the IdP)",
+            "{what} is for audience {:?}, not {id:?}: fine if the API server trusts one of those audiences; one that expects {id:?} (--oidc-client-id) will refuse it (then add an audience mapper for it at the IdP)",
             claims.aud
         )),
         _ => None,

@@ -574,8 +574,12 @@ fn broker_down_is_a_clear_quick_error() {
 /// elsewhere and rotated away, as a portal refreshing its own session
 /// would): "session ended, log in again"; the IdP is not asked again; a
 /// new login recovers.
+/// carol.smith's home is shared by the tests below that use her.
+static CAROL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_refused_refresh_says_log_in_again() {
+    let _carol = CAROL.lock().unwrap_or_else(|e| e.into_inner());
     let user = "carol.smith";
     let (uid, _) = fresh_home(user);
     let b = Broker::start("brkend", "");
@@ -773,5 +777,93 @@ fn socket_activation_and_an_unsafe_store() {
     assert_eq!(
         std::fs::read(linux_user(user).2.join(".kube/config")).unwrap(),
         before
+    );
+}
+
+/// The whole promise on Keycloak, which most sites run: a login through the
+/// confidential portal client, the hook as OnDemand runs it with a token
+/// exchange for the `kubernetes` audience and `K8S_CREDENTIALS=broker`. The
+/// user's kubectl works, still works after twice the access-token lifetime
+/// (the broker refreshed the exchange's refresh token as the portal
+/// client), every token kubectl gets carries the Kubernetes audience, and
+/// the home holds neither the client secret nor any refresh token.
+#[test]
+fn keycloak_exchange_and_broker_last_the_whole_session() {
+    let _carol = CAROL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cluster();
+    let user = "carol.smith";
+    let (uid, home) = fresh_home(user);
+    let audience = c.var("KEYCLOAK_K8S_AUDIENCE");
+    let b = Broker::start(
+        "brkkc",
+        &format!(
+            "IDP_ISSUER_URL=\"{}\"\nIDP_CA_FILE=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n\
+             K8S_TOKEN_EXCHANGE_AUDIENCE=\"{audience}\"\nK8S_TOKEN_EXCHANGE_SCOPE=\"{}\"\n",
+            c.var("KEYCLOAK_ISSUER"),
+            c.var("KEYCLOAK_CA_FILE"),
+            c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+            c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+            c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE"),
+        ),
+    );
+    let tokens = c.keycloak_login(user);
+    assert!(
+        !common::audiences(&common::jwt_claims(&tokens.access))
+            .iter()
+            .any(|a| a == audience),
+        "the portal's own token should not be for Kubernetes"
+    );
+    let out = b.hook(user, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let set = b.stored(uid);
+    let exchanged = set["refresh_token"]
+        .as_str()
+        .expect("a refresh token from the exchange")
+        .to_owned();
+    assert_ne!(
+        exchanged, tokens.refresh,
+        "the login's refresh token was stored, not the exchange's"
+    );
+    assert_kubectl_scoped(user, "brkkc");
+
+    let ttl: u64 = c
+        .var("KEYCLOAK_TOKEN_TTL")
+        .parse()
+        .expect("KEYCLOAK_TOKEN_TTL seconds");
+    let until = now() + 2 * ttl + 5;
+    let mut tokens_seen = std::collections::BTreeSet::new();
+    while now() < until {
+        std::thread::sleep(Duration::from_secs(20));
+        let token = token_of(&plugin(user, &b));
+        let aud = common::audiences(&common::jwt_claims(&token));
+        assert!(
+            aud.iter().any(|a| a == audience),
+            "token for {aud:?}, not {audience}"
+        );
+        tokens_seen.insert(token);
+        let out = kubectl(user, &["--context", "brkkc", "get", "pods"]);
+        assert!(
+            out.status.success(),
+            "kubectl as {user}: {}\nbroker log:\n{}",
+            text(&out),
+            b.log_text()
+        );
+    }
+    assert!(tokens_seen.len() >= 2, "the broker never refreshed");
+    assert_eq!(b.stored(uid)["source"], "refresh");
+    assert_absent_from_home(
+        &home,
+        &[
+            (
+                "the portal's client secret",
+                c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+            ),
+            ("the login's refresh token", &tokens.refresh),
+            ("the exchange's refresh token", &exchanged),
+            (
+                "the current refresh token",
+                b.stored(uid)["refresh_token"].as_str().unwrap(),
+            ),
+        ],
     );
 }

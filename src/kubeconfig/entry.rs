@@ -83,7 +83,13 @@ pub fn plan(
             key,
         })
     };
-    let api_client = oidc.client_id.as_deref();
+    // The audience the API server is expected to trust: the exchange's
+    // target when there is one, else the portal's client.
+    let api_client = settings
+        .exchange
+        .as_ref()
+        .map(|x| x.audience.as_str())
+        .or(oidc.client_id.as_deref());
     // Checks a token; an expired one is only a warning when kubectl can
     // refresh it.
     let mut checked =
@@ -499,6 +505,10 @@ mod tests {
         let mut l = login(2000);
         l.access_token = Some(Secret::new(fake_jwt(&json!({"exp": 2000, "aud": "other"}))));
         let p = run(&settings("K8S_CREDENTIALS=token\n"), &l).unwrap();
-        assert!(p.warnings[0].contains("CLIENT_ID"), "{:?}", p.warnings);
+        assert!(
+            p.warnings[0].contains("--oidc-client-id"),
+            "{:?}",
+            p.warnings
+        );
     }
 }
