@@ -272,11 +272,14 @@ pub const KEYS: &[Key] = &[
         name: "OIDC_USERNAME_PREFIX",
         section: Section::New,
         doc: "Prefix of the RoleBinding's User subject, for API servers started with \
-              --oidc-username-prefix (e.g. \"oidc-\"). Default: none (the plain username).",
-        value: "text without whitespace, '/' or ':'",
+              --oidc-username-prefix (e.g. \"oidc:\"). Default: none (the plain username).",
+        value: "text without whitespace or '/'",
         default: "",
         example: "",
-        parse: |v, d| prefix(v).map(|p| d.user_subject_prefix = p),
+        parse: |v, d| {
+            // ':' is allowed here: `oidc:` is the usual API server prefix.
+            prefix(&v.replace(':', "")).map(|_| d.user_subject_prefix = v.to_owned())
+        },
     },
     Key {
         name: "JOB_POD_REAPER_CLUSTER_ROLE",

@@ -757,8 +757,12 @@ mod tests {
             "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=reaper\n\
              POD_SECURITY_ENFORCE=restricted\nPOD_SECURITY_VERSION=v1.33\nHOOK_TIMEOUT_SECONDS=4\nOIDC_USERNAME_PREFIX=oidc:\n",
         );
-        // ':' is refused in prefixes
-        assert!(s.is_err());
+        // ':' is fine in the subject prefix (`oidc:`), not in the others.
+        assert_eq!(s.unwrap().user_subject_prefix, "oidc:");
+        assert!(
+            err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nK8S_USERNAME_PREFIX=a:b\n")
+                .contains("K8S_USERNAME_PREFIX")
+        );
         let s = parse(
             "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nUSE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=reaper\n\
              POD_SECURITY_ENFORCE=restricted\nPOD_SECURITY_VERSION=v1.33\nHOOK_TIMEOUT_SECONDS=4\nOIDC_USERNAME_PREFIX=oidc-\n",
