@@ -105,6 +105,17 @@ pub enum ApplyError {
         secs: f64,
         last: String,
     },
+    #[error(
+        "user {user}: {last}; the API server {server} asked to retry in {wait}s (Retry-After), \
+         but only {left:.1}s of HOOK_TIMEOUT_SECONDS remain — not waiting; try again later"
+    )]
+    RetryTooLate {
+        user: String,
+        server: String,
+        last: String,
+        wait: u64,
+        left: f64,
+    },
 }
 
 impl ApplyError {
@@ -113,9 +124,10 @@ impl ApplyError {
             Self::Kubeconfig { .. } => Exit::Config,
             Self::Unreachable { .. } => Exit::Unavailable,
             Self::Unauthorized { .. } | Self::Forbidden { .. } => Exit::NoPerm,
-            Self::Terminating { .. } | Self::Server { .. } | Self::Deadline { .. } => {
-                Exit::TempFail
-            }
+            Self::Terminating { .. }
+            | Self::Server { .. }
+            | Self::Deadline { .. }
+            | Self::RetryTooLate { .. } => Exit::TempFail,
             Self::Invalid { .. } => Exit::DataErr,
         }
     }
@@ -139,6 +151,9 @@ pub enum Mode {
     Apply,
     DryRun,
 }
+
+/// Bound on one [`Cluster::request`] (the admin commands' single requests).
+const REQUEST_LIMIT: Duration = Duration::from_secs(30);
 
 /// Which credentials [`Cluster::connect_with`] uses.
 #[derive(Debug, Default, Clone)]
@@ -225,18 +240,21 @@ impl Cluster {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config.rustls_client_config().map_err(bad)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = TimedConnector {
+            inner: https,
+            limit: connect_limit(timeout),
+        };
         let hyper =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
                 .pool_timer(hyper_util::rt::TokioTimer::new())
-                .build(https);
+                .build(connector);
         // Retries are ours (inside the run's deadline), not the client's.
         let service = tower::ServiceBuilder::new()
             .layer(config.base_uri_layer())
@@ -253,29 +271,36 @@ impl Cluster {
         &self.server
     }
 
-    /// Sends one request and reads its JSON answer (Null if not JSON). A
-    /// failure to talk to the server comes back as its one-line cause.
-    async fn exchange(
-        &self,
-        request: Request<Body>,
-    ) -> Result<(StatusCode, http::Version, Value), String> {
-        let response = self
-            .client
-            .send(request)
-            .await
-            .map_err(|e| error_chain(&e))?;
+    /// Sends one request and reads its whole answer before `deadline`.
+    async fn exchange(&self, request: Request<Body>, deadline: Instant) -> Result<Answer, NoReply> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let response = match tokio::time::timeout_at(deadline, self.client.send(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(NoReply::Unanswered(error_chain(&e))),
+            Err(_) => return Err(NoReply::Unanswered("no answer before the deadline".into())),
+        };
         let (status, version) = (response.status(), response.version());
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes();
-        Ok((
+        let retry_after = retry_after(response.headers());
+        let bytes = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) => {
+                return Err(NoReply::Cut(format!(
+                    "the {status} response was cut off: {}",
+                    error_chain(&e)
+                )));
+            }
+            Err(_) => {
+                return Err(NoReply::Cut(format!(
+                    "the {status} response was not complete before the deadline"
+                )));
+            }
+        };
+        Ok(Answer {
             status,
             version,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+            retry_after,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
     }
 
     /// One request with a JSON body (or none), answered with whatever
@@ -299,10 +324,14 @@ impl Cluster {
             None => Body::empty(),
         };
         let request = builder.body(body).map_err(|e| e.to_string())?;
-        let (status, _, body) = self.exchange(request).await?;
+        let deadline = Instant::now() + REQUEST_LIMIT;
+        let answer = self
+            .exchange(request, deadline)
+            .await
+            .map_err(NoReply::into_detail)?;
         Ok(Reply {
-            status: status.as_u16(),
-            body,
+            status: answer.status.as_u16(),
+            body: answer.body,
         })
     }
 
@@ -374,7 +403,11 @@ impl Cluster {
 
     /// Namespaces matching a label selector (for `reconcile`); needs `list`
     /// on namespaces, which the `ondemand` ClusterRole does not grant.
-    pub async fn list_namespaces(&self, selector: &str) -> Result<Vec<Value>, ApplyError> {
+    pub async fn list_namespaces(
+        &self,
+        selector: &str,
+        deadline: Instant,
+    ) -> Result<Vec<Value>, ApplyError> {
         let unreachable = |detail: String| ApplyError::Unreachable {
             user: "(all)".into(),
             server: self.server.clone(),
@@ -386,7 +419,10 @@ impl Cluster {
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
             .map_err(|e| unreachable(e.to_string()))?;
-        let (status, _, body) = self.exchange(request).await.map_err(unreachable)?;
+        let Answer { status, body, .. } = self
+            .exchange(request, deadline)
+            .await
+            .map_err(|e| unreachable(e.into_detail()))?;
         let message = one_line(
             body.get("message")
                 .and_then(Value::as_str)
@@ -560,6 +596,131 @@ impl Write {
 struct Response {
     status: StatusCode,
     body: Value,
+}
+
+/// A complete answer from the API server.
+struct Answer {
+    status: StatusCode,
+    version: http::Version,
+    /// The `Retry-After` header, in whole seconds as the API server sends it.
+    retry_after: Option<Duration>,
+    /// The JSON body (Null if not JSON).
+    body: Value,
+}
+
+/// Why a request got no complete answer.
+enum NoReply {
+    /// Nothing came back: refused, reset, TLS failure, GOAWAY, or silence
+    /// until the deadline.
+    Unanswered(String),
+    /// The status line came, the body did not (cut off or too slow).
+    Cut(String),
+}
+
+impl NoReply {
+    fn into_detail(self) -> String {
+        match self {
+            Self::Unanswered(d) | Self::Cut(d) => d,
+        }
+    }
+}
+
+/// A request that failed.
+enum Failure {
+    /// The answer is final: retrying cannot change it.
+    Final(ApplyError),
+    /// Worth another try while the deadline allows.
+    Transient(Transient),
+}
+
+struct Transient {
+    /// Whether the server answered at all (this try or, once in
+    /// [`Ctx::write`]'s loop, any earlier one); decides 69 or 75.
+    answered: bool,
+    /// `Kind/name: what happened`, for the error line.
+    reason: String,
+    retry_after: Option<Duration>,
+}
+
+/// What to do after a transient failure.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Try again after this pause.
+    RetryIn(Duration),
+    /// The server asked for a pause (`Retry-After`) that outlasts the
+    /// deadline: fail now rather than wait for nothing.
+    TooLate(Duration),
+    /// No time left for another try.
+    GiveUp,
+}
+
+/// The pause before the next try is our `backoff` or the server's
+/// `Retry-After`, whichever is longer, if it ends before the deadline.
+fn next_step(retry_after: Option<Duration>, backoff: Duration, left: Duration) -> Next {
+    match retry_after {
+        Some(wait) if wait >= left => Next::TooLate(wait),
+        _ => match retry_after.unwrap_or_default().max(backoff) {
+            pause if pause >= left => Next::GiveUp,
+            pause => Next::RetryIn(pause),
+        },
+    }
+}
+
+/// The `Retry-After` of a response, if it holds delay-seconds (the only
+/// form the API server sends; an HTTP date is ignored).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// How long connecting (TCP and TLS handshake) may take before the attempt
+/// is abandoned and retried on a new connection: a third of the run's
+/// deadline, between 1 and 5 seconds.
+fn connect_limit(timeout: Duration) -> Duration {
+    (timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// A connector that gives up on a connection (TCP connect or TLS handshake)
+/// after `limit`, so one stalled connection does not eat the whole deadline.
+#[derive(Clone)]
+struct TimedConnector<C> {
+    inner: C,
+    limit: Duration,
+}
+
+type Connecting<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tower::BoxError>> + Send>>;
+
+impl<C> tower::Service<http::Uri> for TimedConnector<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<tower::BoxError>,
+{
+    type Response = C::Response;
+    type Error = tower::BoxError;
+    type Future = Connecting<C::Response>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (connecting, limit) = (self.inner.call(uri), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(format!(
+                    "no connection within {:.1}s (TCP connect or TLS handshake stalled)",
+                    limit.as_secs_f64()
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 struct Ctx<'a> {
@@ -878,52 +1039,75 @@ impl Ctx<'_> {
         }
     }
 
-    /// Sends one request, retrying transient failures until the deadline.
+    /// Sends one request, retrying transient failures until the deadline:
+    /// after a growing pause, or as long as the server's `Retry-After` asks
+    /// if that still ends before the deadline (if not, it fails at once).
     async fn write(
         &self,
         target: &Target,
         how: Write,
         dry_run: bool,
     ) -> Result<Response, ApplyError> {
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
+        let mut earlier: Option<String> = None;
+        let mut answered = false;
         loop {
-            let attempt = self.send(target, how.clone(), dry_run).await;
-            let retry_reason = match &attempt {
-                Ok(_) => return attempt,
-                Err(ApplyError::Unreachable { detail, .. }) => detail.clone(),
-                Err(ApplyError::Server {
-                    status: 429 | 500 | 502 | 503 | 504,
-                    message,
-                    ..
-                }) => message.clone(),
-                Err(_) => return attempt,
+            let mut transient = match self.send(target, how.clone(), dry_run).await {
+                Ok(response) => return Ok(response),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(t)) => t,
             };
-            let now = Instant::now();
-            if now + backoff >= self.deadline {
-                // Connection failures keep their own exit status (69); the
-                // rest become a deadline (75).
-                return match attempt {
-                    Err(e @ ApplyError::Unreachable { .. }) => Err(e),
-                    _ => Err(ApplyError::Deadline {
+            answered |= transient.answered;
+            transient.answered = answered;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            match next_step(transient.retry_after, backoff, left) {
+                Next::RetryIn(pause) => {
+                    tracing::debug!(object = %target.what, reason = %transient.reason, "retrying in {pause:?}");
+                    earlier = Some(transient.reason);
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Next::TooLate(wait) => {
+                    return Err(ApplyError::RetryTooLate {
                         user: self.user.into(),
                         server: self.cluster.server.clone(),
-                        secs: self.deadline.saturating_duration_since(now).as_secs_f64(),
-                        last: retry_reason,
-                    }),
-                };
+                        last: transient.reason,
+                        wait: wait.as_secs(),
+                        left: left.as_secs_f64(),
+                    });
+                }
+                Next::GiveUp => {
+                    // The last try is often just cut by the deadline; an
+                    // earlier, different failure says more.
+                    if let Some(e) = earlier.filter(|e| *e != transient.reason) {
+                        transient.reason = format!("{}; before that: {e}", transient.reason);
+                    }
+                    return Err(self.gave_up(transient, started.elapsed()));
+                }
             }
-            tracing::debug!(object = %target.what, %retry_reason, "retrying in {backoff:?}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
-    async fn send(
-        &self,
-        target: &Target,
-        how: Write,
-        dry_run: bool,
-    ) -> Result<Response, ApplyError> {
+    /// The error for a transient failure that outlasted the deadline: a
+    /// server that never answered any try is unreachable (69); one that
+    /// answered, but only with temporary errors or cut-off answers, is a
+    /// temporary failure (75).
+    fn gave_up(&self, last: Transient, tried: Duration) -> ApplyError {
+        let secs = tried.as_secs_f64();
+        if last.answered {
+            ApplyError::Deadline {
+                user: self.user.into(),
+                server: self.cluster.server.clone(),
+                secs,
+                last: last.reason,
+            }
+        } else {
+            self.unreachable(format!("{} (tried for {secs:.1}s)", last.reason))
+        }
+    }
+
+    async fn send(&self, target: &Target, how: Write, dry_run: bool) -> Result<Response, Failure> {
         let path = &target.path;
         let dry = if dry_run { "&dryRun=All" } else { "" };
         let prune = how.is_prune();
@@ -977,19 +1161,27 @@ impl Ctx<'_> {
         }
         let request = builder
             .body(Body::from(body))
-            .map_err(|e| self.unreachable(e.to_string()))?;
+            .map_err(|e| Failure::Final(self.unreachable(e.to_string())))?;
         tracing::trace!(object = %target.what, dry_run, "request");
 
-        let (status, version, body) = self
-            .cluster
-            .exchange(request)
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        tracing::trace!(object = %target.what, ?status, ?version, "response");
-        if status.is_success() {
-            return Ok(Response { status, body });
+        let reply = match self.cluster.exchange(request, self.deadline).await {
+            Ok(reply) => reply,
+            Err(no_reply) => {
+                return Err(Failure::Transient(Transient {
+                    answered: matches!(no_reply, NoReply::Cut(_)),
+                    reason: format!("{}: {}", target.what, no_reply.into_detail()),
+                    retry_after: None,
+                }));
+            }
+        };
+        tracing::trace!(object = %target.what, status = ?reply.status, version = ?reply.version, "response");
+        if reply.status.is_success() {
+            return Ok(Response {
+                status: reply.status,
+                body: reply.body,
+            });
         }
-        Err(self.classify(target, prune, status, &body))
+        Err(self.classify(target, prune, &reply))
     }
 
     fn unreachable(&self, detail: String) -> ApplyError {
@@ -1000,14 +1192,10 @@ impl Ctx<'_> {
         }
     }
 
-    /// Turns an error Status into an error a site admin can act on.
-    fn classify(
-        &self,
-        target: &Target,
-        prune: bool,
-        status: StatusCode,
-        body: &Value,
-    ) -> ApplyError {
+    /// Turns an error Status into an error a site admin can act on, or a
+    /// transient one worth retrying (throttling, 5xx during an upgrade).
+    fn classify(&self, target: &Target, prune: bool, reply: &Answer) -> Failure {
+        let (status, body) = (reply.status, &reply.body);
         let message = one_line(
             body.get("message")
                 .and_then(Value::as_str)
@@ -1025,7 +1213,17 @@ impl Ctx<'_> {
         };
         let user = self.user.to_owned();
         let object = target.what.clone();
-        match status.as_u16() {
+        Failure::Final(match status.as_u16() {
+            code @ (429 | 500 | 502 | 503 | 504) => {
+                let throttled = if code == 429 { " (throttled)" } else { "" };
+                return Failure::Transient(Transient {
+                    answered: true,
+                    reason: format!(
+                        "{object}: the API server answered {code}{throttled}: {message}"
+                    ),
+                    retry_after: reply.retry_after,
+                });
+            }
             401 => ApplyError::Unauthorized {
                 user,
                 server: self.cluster.server.clone(),
@@ -1077,7 +1275,7 @@ impl Ctx<'_> {
                 status: code,
                 message,
             },
-        }
+        })
     }
 }
 
@@ -1155,6 +1353,40 @@ mod tests {
         assert_eq!(comparable(&a), comparable(&b));
         let c = json!({"metadata": {"name": "x"}, "spec": 2});
         assert_ne!(comparable(&a), comparable(&c));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_only_inside_the_deadline() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        assert_eq!(next_step(None, ms(50), s(3)), Next::RetryIn(ms(50)));
+        assert_eq!(next_step(Some(s(1)), ms(50), s(3)), Next::RetryIn(s(1)));
+        assert_eq!(next_step(Some(s(0)), ms(400), s(3)), Next::RetryIn(ms(400)));
+        assert_eq!(next_step(Some(s(30)), ms(50), s(3)), Next::TooLate(s(30)));
+        assert_eq!(next_step(Some(s(1)), ms(50), ms(900)), Next::TooLate(s(1)));
+        assert_eq!(next_step(None, s(1), ms(900)), Next::GiveUp);
+    }
+
+    #[test]
+    fn retry_after_header_parses_delay_seconds_only() {
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(parse("1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse(" 30 "), Some(Duration::from_secs(30)));
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse("-1"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn connecting_gets_a_third_of_the_deadline_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(connect_limit(s(3)), s(1));
+        assert_eq!(connect_limit(s(1)), s(1));
+        assert_eq!(connect_limit(s(12)), s(4));
+        assert_eq!(connect_limit(s(60)), s(5));
     }
 
     #[test]

@@ -207,7 +207,11 @@ async fn cluster_side(
         return Err(ClusterError::Down(record));
     }
     let work = cluster.apply(user.as_str(), state, mode, deadline);
-    let result = match tokio::time::timeout_at(deadline.into(), work).await {
+    // Each request is bounded by the deadline itself (apply.rs), with an
+    // error naming what it waited for; this backstop, a moment later,
+    // covers everything else.
+    let backstop = deadline + std::time::Duration::from_millis(200);
+    let result = match tokio::time::timeout_at(backstop.into(), work).await {
         Ok(result) => result,
         Err(_) => Err(timed_out(cluster.server())),
     };

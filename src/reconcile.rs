@@ -202,7 +202,10 @@ async fn labelled_users(
     settings: &Settings,
 ) -> Result<Vec<String>, (Exit, String)> {
     let list = cluster
-        .list_namespaces(&format!("{NAME_LABEL}={NAME_LABEL_VALUE}"))
+        .list_namespaces(
+            &format!("{NAME_LABEL}={NAME_LABEL_VALUE}"),
+            Instant::now() + settings.timeout,
+        )
         .await
         .map_err(|e| match e {
             ApplyError::Forbidden { .. } => (

@@ -1,0 +1,3 @@
+module oodtest/chaosproxy
+
+go 1.26.0

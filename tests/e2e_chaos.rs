@@ -1,0 +1,755 @@
+//! End-to-end under faults: the built binary runs as OnDemand runs it, but
+//! reaches the real local API server through the fault-injecting proxy of
+//! `tests/chaos` (refused and reset connections, stalled handshakes,
+//! throttling, 5xx, stalls, GOAWAY). For every fault the run ends within its
+//! deadline with the exit status and one-line message SPEC §7 calls for and
+//! no secret in its output; a transient fault is retried and the run
+//! succeeds; and afterwards a clean run converges to exactly the objects a
+//! clean user has. The fault × outcome table is in tests/chaos/README.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Tokens, cluster, linux_user, scratch, text};
+use serde_json::{Value, json};
+
+/// The deadline every run here gets (HOOK_TIMEOUT_SECONDS).
+const DEADLINE: Duration = Duration::from_secs(3);
+/// The slack the issue allows past it.
+const SLACK: Duration = Duration::from_secs(1);
+
+// ---- the proxy ------------------------------------------------------------
+
+/// The proxy binary, built (once, cached) by tests/chaos/build.
+fn proxy_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/build");
+        let out = Command::new(&script)
+            .output()
+            .expect("run tests/chaos/build");
+        assert!(
+            out.status.success(),
+            "tests/chaos/build failed:\n{}",
+            text(&out)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// A running proxy in front of the real API server, with a root-only
+/// kubeconfig that reaches the cluster through it (the `ondemand` token).
+struct Proxy {
+    child: Child,
+    url: String,
+    events: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path, plan: Value) -> Proxy {
+        let c = cluster();
+        let ca = PathBuf::from(c.var("K8S_CA_FILE"));
+        let events = dir.join("proxy-events.jsonl");
+        let log = std::fs::File::create(dir.join("proxy.log")).expect("proxy log");
+        let mut child = Command::new(proxy_bin())
+            .arg("-upstream")
+            .arg(c.var("K8S_SERVER"))
+            .arg("-ca")
+            .arg(&ca)
+            .arg("-ca-key")
+            .arg(ca.with_file_name("ca.key"))
+            .arg("-plan")
+            .arg(plan.to_string())
+            .arg("-events")
+            .arg(&events)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the chaos proxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("proxy stdout"))
+            .read_line(&mut line)
+            .expect("read the proxy's address");
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "chaos proxy did not start ({line:?}): {}",
+                    std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default()
+                )
+            })
+            .trim();
+        let url = format!("https://{addr}");
+        let original =
+            std::fs::read_to_string(c.var("KUBECONFIG_ONDEMAND")).expect("ondemand kubeconfig");
+        assert!(original.contains(c.var("K8S_SERVER")));
+        let kubeconfig = dir.join("via-proxy.kubeconfig");
+        std::fs::write(&kubeconfig, original.replace(c.var("K8S_SERVER"), &url))
+            .expect("write kubeconfig");
+        Proxy {
+            child,
+            url,
+            events,
+            kubeconfig,
+        }
+    }
+
+    /// Every request the proxy saw, in order.
+    fn requests(&self) -> Vec<Value> {
+        self.events("request")
+    }
+
+    fn events(&self, kind: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("event json"))
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    /// The number of requests or connections that got `fault`.
+    fn injected(&self, fault: &str) -> usize {
+        let all = [self.events("conn"), self.events("request")].concat();
+        all.iter().filter(|e| e["fault"] == fault).count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- runs -----------------------------------------------------------------
+
+/// One test's setting: its own namespace prefix, hook.env and tokens.
+struct Case {
+    dir: PathBuf,
+    prefix: String,
+    hook_env: PathBuf,
+    tokens: Tokens,
+}
+
+impl Case {
+    fn new(tag: &str) -> Case {
+        let c = cluster();
+        let dir = scratch(&format!("chaos-{tag}"));
+        let prefix = common::prefix(tag);
+        let registry = dir.join("registry.json");
+        std::fs::write(
+            &registry,
+            r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#,
+        )
+        .expect("registry file");
+        std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod registry file");
+        let hook_env = c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nHOOK_TIMEOUT_SECONDS={}\nUSE_JOB_POD_REAPER=true\n\
+                 FAST_FAIL_SECONDS=0\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                DEADLINE.as_secs(),
+                registry.display()
+            ),
+        );
+        linux_user("alice");
+        Case {
+            dir,
+            prefix,
+            hook_env,
+            tokens: c.login("alice"),
+        }
+    }
+
+    fn namespace(&self) -> String {
+        format!("{}alice", self.prefix)
+    }
+
+    /// The hook for alice, as OnDemand runs it, with portal tokens, through
+    /// `kubeconfig`.
+    fn run(&self, kubeconfig: &Path) -> Run {
+        let started = Instant::now();
+        let out = cluster()
+            .hook()
+            .env("KUBECONFIG", kubeconfig)
+            .env("OOD_OIDC_ACCESS_TOKEN", &self.tokens.access)
+            .env("OOD_OIDC_REFRESH_TOKEN", &self.tokens.refresh)
+            .args(["--user", "alice", "--hook-env"])
+            .arg(&self.hook_env)
+            .output()
+            .expect("run the hook");
+        Run {
+            out,
+            took: started.elapsed(),
+        }
+    }
+
+    /// A clean run straight to the API server, which must converge to
+    /// exactly what a clean user has.
+    fn converges(&self) {
+        let run = self.run(Path::new(cluster().var("KUBECONFIG_ONDEMAND")));
+        run.succeeded(self);
+        assert_eq!(
+            objects(&self.namespace(), "alice"),
+            *reference(),
+            "after the fault, a clean run did not converge to a clean user's objects"
+        );
+    }
+
+    /// Every secret the run could leak.
+    fn secrets(&self) -> Vec<String> {
+        let c = cluster();
+        let ondemand = std::fs::read_to_string(c.var("KUBECONFIG_ONDEMAND")).unwrap();
+        let token = ondemand
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .expect("ondemand token")
+            .to_owned();
+        vec![
+            token,
+            self.tokens.access.clone(),
+            self.tokens.refresh.clone(),
+            self.tokens.id.clone(),
+            c.var("OIDC_CLIENT_SECRET").to_owned(),
+        ]
+    }
+}
+
+struct Run {
+    out: Output,
+    took: Duration,
+}
+
+impl Run {
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    /// The checks every run gets: within the deadline (+1 s), one stderr
+    /// line, no secret anywhere in the output.
+    fn bounded_one_line_no_secrets(&self, case: &Case) {
+        eprintln!(
+            "{:?} after {:?}: {}",
+            self.out.status.code(),
+            self.took,
+            self.stderr()
+        );
+        assert!(
+            self.took <= DEADLINE + SLACK,
+            "took {:?} with a {DEADLINE:?} deadline\n{}",
+            self.took,
+            text(&self.out)
+        );
+        let stderr = self.stderr();
+        assert_eq!(stderr.lines().count(), 1, "not one line:\n{stderr}");
+        let all = format!("{stderr}{}", String::from_utf8_lossy(&self.out.stdout));
+        for secret in case.secrets() {
+            assert!(!all.contains(&secret), "a secret leaked into:\n{all}");
+        }
+    }
+
+    fn failed(&self, case: &Case, status: i32, words: &[&str]) {
+        self.bounded_one_line_no_secrets(case);
+        assert_eq!(self.out.status.code(), Some(status), "{}", text(&self.out));
+        let stderr = self.stderr();
+        assert!(
+            stderr.starts_with("ood-k8s-bootstrap: error: user alice: "),
+            "{stderr}"
+        );
+        for w in words {
+            assert!(stderr.contains(w), "{w:?} missing from:\n{stderr}");
+        }
+    }
+
+    fn succeeded(&self, case: &Case) {
+        assert_eq!(self.out.status.code(), Some(0), "{}", text(&self.out));
+        self.bounded_one_line_no_secrets(case);
+    }
+}
+
+// ---- what a converged user has ----------------------------------------------
+
+/// The objects of `ns` that the hook manages, without bookkeeping
+/// (uids, versions, timestamps, field managers) and with the namespace and
+/// user names replaced, so two users' objects compare equal.
+fn objects(ns: &str, user: &str) -> BTreeMap<String, Value> {
+    let c = cluster();
+    let mut items = vec![c.get_json(&["namespace", ns]).expect("namespace")];
+    let list = c
+        .get_json(&[
+            "networkpolicies,rolebindings,secrets,serviceaccounts",
+            "-n",
+            ns,
+        ])
+        .expect("list");
+    items.extend(list["items"].as_array().cloned().unwrap_or_default());
+    items
+        .into_iter()
+        .map(|mut item| {
+            let meta = item["metadata"].as_object_mut().expect("metadata");
+            for key in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "managedFields",
+                "generation",
+                "namespace",
+            ] {
+                meta.remove(key);
+            }
+            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                a.remove("openondemand.org/last-hook-execution");
+            }
+            item.as_object_mut().expect("object").remove("status");
+            let text = item.to_string().replace(ns, "NS").replace(user, "USER");
+            let item: Value = serde_json::from_str(&text).expect("json");
+            let key = format!("{}/{}", item["kind"], item["metadata"]["name"]);
+            (key, item)
+        })
+        .collect()
+}
+
+/// A clean user's objects: alice under a prefix of its own, bootstrapped
+/// with no proxy in the way.
+fn reference() -> &'static BTreeMap<String, Value> {
+    static REFERENCE: OnceLock<BTreeMap<String, Value>> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let case = Case::new("chref");
+        let run = case.run(Path::new(cluster().var("KUBECONFIG_ONDEMAND")));
+        assert_eq!(run.out.status.code(), Some(0), "{}", text(&run.out));
+        let objects = objects(&case.namespace(), "alice");
+        for kind in ["Namespace", "NetworkPolicy", "RoleBinding", "Secret"] {
+            assert!(
+                objects
+                    .keys()
+                    .any(|k| k.starts_with(&format!("\"{kind}\""))),
+                "{kind} missing from the reference: {objects:?}"
+            );
+        }
+        objects
+    })
+}
+
+// ---- persistent faults: the run fails within its deadline, clearly ---------
+
+/// Runs alice's hook through a proxy that applies `rule` to every request
+/// or connection, checks the failure, then that a clean run converges.
+fn persistent(tag: &str, rule: Value, status: i32, words: &[&str]) -> Proxy {
+    let case = Case::new(tag);
+    let proxy = Proxy::start(&case.dir, json!({ "rules": [rule] }));
+    let run = case.run(&proxy.kubeconfig);
+    run.failed(&case, status, words);
+    assert!(
+        run.stderr().contains(&proxy.url),
+        "the message does not name the server:\n{}",
+        run.stderr()
+    );
+    case.converges();
+    proxy
+}
+
+#[test]
+fn refused_connections_fail_as_unreachable() {
+    let p = persistent(
+        "ch-refuse",
+        json!({"fault": "refuse"}),
+        69,
+        &["unreachable", "tried for"],
+    );
+    assert!(p.injected("refuse") > 1, "not retried");
+}
+
+#[test]
+fn stalled_tls_handshakes_fail_as_unreachable() {
+    let p = persistent(
+        "ch-tlsstall",
+        json!({"fault": "tls_stall"}),
+        69,
+        &["unreachable", "TLS handshake stalled"],
+    );
+    // Each stalled connection is given up after 1 s and another tried.
+    assert!(p.injected("tls_stall") >= 2, "not retried");
+}
+
+#[test]
+fn resets_before_the_answer_fail_as_unreachable() {
+    let p = persistent(
+        "ch-resetreq",
+        json!({"fault": "reset_request"}),
+        69,
+        &["unreachable", "Namespace/"],
+    );
+    assert!(p.injected("reset_request") > 1, "not retried");
+}
+
+#[test]
+fn goaway_before_any_request_fails_as_unreachable() {
+    let p = persistent(
+        "ch-goawaynow",
+        json!({"fault": "goaway_now"}),
+        69,
+        &["unreachable"],
+    );
+    assert!(p.injected("goaway_now") > 1, "not retried");
+}
+
+#[test]
+fn headers_delayed_past_the_deadline_fail_as_unreachable() {
+    persistent(
+        "ch-slowhead",
+        json!({"fault": "delay_headers", "delay_ms": 30000}),
+        69,
+        &["unreachable", "no answer before the deadline"],
+    );
+}
+
+#[test]
+fn resets_mid_response_are_a_temporary_failure() {
+    let p = persistent(
+        "ch-resetresp",
+        json!({"fault": "reset_response"}),
+        75,
+        &["gave up after", "cut off"],
+    );
+    assert!(p.injected("reset_response") > 1, "not retried");
+}
+
+#[test]
+fn aborted_streams_are_a_temporary_failure() {
+    persistent(
+        "ch-abort",
+        json!({"fault": "abort_stream"}),
+        75,
+        &["gave up after", "cut off"],
+    );
+}
+
+#[test]
+fn body_delayed_past_the_deadline_is_a_temporary_failure() {
+    persistent(
+        "ch-slowbody",
+        json!({"fault": "delay_body", "delay_ms": 30000}),
+        75,
+        &["gave up after", "not complete before the deadline"],
+    );
+}
+
+#[test]
+fn throttling_is_a_temporary_failure() {
+    let p = persistent(
+        "ch-429",
+        json!({"fault": "status", "status": 429}),
+        75,
+        &["gave up after", "429 (throttled)"],
+    );
+    assert!(p.injected("status") > 1, "not retried");
+}
+
+#[test]
+fn status_500_is_a_temporary_failure() {
+    persistent(
+        "ch-500",
+        json!({"fault": "status", "status": 500}),
+        75,
+        &["gave up after", "answered 500"],
+    );
+}
+
+#[test]
+fn status_503_is_a_temporary_failure() {
+    persistent(
+        "ch-503",
+        json!({"fault": "status", "status": 503}),
+        75,
+        &["gave up after", "answered 503"],
+    );
+}
+
+#[test]
+fn status_504_is_a_temporary_failure() {
+    persistent(
+        "ch-504",
+        json!({"fault": "status", "status": 504}),
+        75,
+        &["gave up after", "answered 504"],
+    );
+}
+
+#[test]
+fn retry_after_is_honoured_until_the_deadline() {
+    let p = persistent(
+        "ch-429ra",
+        json!({"fault": "status", "status": 429, "retry_after": "1"}),
+        75,
+        &["429 (throttled)"],
+    );
+    let times: Vec<i64> = p
+        .requests()
+        .iter()
+        .map(|e| e["t_ms"].as_i64().expect("t_ms"))
+        .collect();
+    assert!(
+        (2..=4).contains(&times.len()),
+        "{} tries in 3 s with Retry-After: 1",
+        times.len()
+    );
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 950,
+            "retried before Retry-After: {times:?}"
+        );
+    }
+}
+
+#[test]
+fn retry_after_beyond_the_deadline_fails_at_once() {
+    let case = Case::new("ch-429late");
+    let proxy = Proxy::start(
+        &case.dir,
+        json!({"rules": [{"fault": "status", "status": 429, "retry_after": "30"}]}),
+    );
+    let run = case.run(&proxy.kubeconfig);
+    run.failed(&case, 75, &["Retry-After", "30s", "not waiting"]);
+    assert!(
+        run.took < DEADLINE,
+        "waited out the deadline: {:?}",
+        run.took
+    );
+    assert_eq!(proxy.requests().len(), 1, "retried anyway");
+    case.converges();
+}
+
+// ---- faults inside the deadline: retried, and the run succeeds -------------
+
+/// Runs alice's hook through a proxy with `rules`, checks that it
+/// succeeded although the proxy injected `fault`, then that it converged.
+fn transient(tag: &str, rules: Value, fault: &str) -> Proxy {
+    let case = Case::new(tag);
+    let proxy = Proxy::start(&case.dir, json!({ "seed": 7, "rules": rules }));
+    let run = case.run(&proxy.kubeconfig);
+    run.succeeded(&case);
+    assert!(proxy.injected(fault) > 0, "the proxy injected no {fault}");
+    assert_eq!(
+        objects(&case.namespace(), "alice"),
+        *reference(),
+        "the run succeeded but its objects differ from a clean user's"
+    );
+    case.converges();
+    proxy
+}
+
+#[test]
+fn a_first_503_is_retried() {
+    transient(
+        "ch-t503",
+        json!([{"fault": "status", "status": 503, "first": 1}]),
+        "status",
+    );
+}
+
+#[test]
+fn a_share_of_5xx_is_retried() {
+    transient(
+        "ch-tshare",
+        json!([
+            {"fault": "status", "status": 500, "share": 0.15},
+            {"fault": "status", "status": 504, "share": 0.15}
+        ]),
+        "status",
+    );
+}
+
+#[test]
+fn a_429_with_retry_after_is_waited_for_and_retried() {
+    let p = transient(
+        "ch-t429",
+        json!([{"fault": "status", "status": 429, "retry_after": "1", "first": 1}]),
+        "status",
+    );
+    // The first request (the namespace) and its retry, a second apart.
+    let reqs = p.requests();
+    assert_eq!(reqs[0]["fault"], "status");
+    assert_eq!(reqs[1]["path"], reqs[0]["path"]);
+    let gap = reqs[1]["t_ms"].as_i64().unwrap() - reqs[0]["t_ms"].as_i64().unwrap();
+    assert!(gap >= 950, "retried {gap} ms after Retry-After: 1");
+}
+
+#[test]
+fn a_refused_connection_is_retried() {
+    transient(
+        "ch-trefuse",
+        json!([{"fault": "refuse", "first": 1}]),
+        "refuse",
+    );
+}
+
+#[test]
+fn a_stalled_handshake_is_abandoned_and_retried() {
+    transient(
+        "ch-tstall",
+        json!([{"fault": "tls_stall", "first": 1}]),
+        "tls_stall",
+    );
+}
+
+#[test]
+fn a_goaway_before_any_request_is_retried() {
+    transient(
+        "ch-tgoaway",
+        json!([{"fault": "goaway_now", "first": 1}]),
+        "goaway_now",
+    );
+}
+
+#[test]
+fn a_graceful_goaway_after_every_response_is_survived() {
+    let p = transient("ch-tgoawayall", json!([{"fault": "goaway"}]), "goaway");
+    assert!(
+        p.events("conn").len() > 1,
+        "the connection was never replaced"
+    );
+}
+
+#[test]
+fn a_reset_before_the_answer_is_retried() {
+    transient(
+        "ch-tresetreq",
+        json!([{"fault": "reset_request", "first": 1}]),
+        "reset_request",
+    );
+}
+
+#[test]
+fn a_reset_mid_response_is_retried() {
+    // The namespace is created, but its answer is lost: the retry finds it.
+    transient(
+        "ch-tresetresp",
+        json!([{"fault": "reset_response", "first": 1}]),
+        "reset_response",
+    );
+}
+
+#[test]
+fn a_lost_answer_to_the_pull_secret_patch_is_retried() {
+    // The JSON patch adding our pull secret to the `default` ServiceAccount
+    // is applied but its answer lost; the retry's resourceVersion test then
+    // fails, and the hook must see its entry is there rather than fail or
+    // add it twice.
+    transient(
+        "ch-tpatch",
+        json!([{"fault": "abort_stream", "method": "PATCH", "path": "/serviceaccounts/default$", "first": 1}]),
+        "abort_stream",
+    );
+}
+
+#[test]
+fn headers_delayed_within_the_deadline_are_waited_for() {
+    transient(
+        "ch-tslow",
+        json!([{"fault": "delay_headers", "delay_ms": 1000, "first": 1}]),
+        "delay_headers",
+    );
+}
+
+// ---- reconcile: per-user failures, the rest done ----------------------------
+
+#[test]
+fn reconcile_through_faults_reports_each_failing_user_and_does_the_rest() {
+    let c = cluster();
+    let case = Case::new("ch-rc");
+    let users: Vec<String> = (0..12).map(|i| format!("chaosrc{i:02}")).collect();
+    let list = case.dir.join("users.txt");
+    std::fs::write(&list, users.join("\n")).unwrap();
+    let reconcile = |kubeconfig: &Path, list: &Path| {
+        let started = Instant::now();
+        let out = c
+            .hook()
+            .env("KUBECONFIG", kubeconfig)
+            .arg("reconcile")
+            .arg("--hook-env")
+            .arg(&case.hook_env)
+            .arg("--users")
+            .arg(list)
+            .args(["--concurrency", "8"])
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    // A reference user, reconciled cleanly.
+    let ref_list = case.dir.join("ref.txt");
+    std::fs::write(&ref_list, "chaosrcref\n").unwrap();
+    let (out, _) = reconcile(Path::new(c.var("KUBECONFIG_ONDEMAND")), &ref_list);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let clean = objects(&format!("{}chaosrcref", case.prefix), "chaosrcref");
+    let ns = |user: &str| format!("{}{user}", case.prefix);
+    let matches_reference = |user: &str| objects(&ns(user), user) == clean;
+
+    // Three users fail persistently, each in its own way; a fifth of every
+    // other request fails once and is retried.
+    let only = |user: &str| format!("^/api(s/[^/]+)?/v1/namespaces/{}(/|$)", ns(user));
+    let proxy = Proxy::start(
+        &case.dir,
+        json!({"seed": 42, "rules": [
+            {"fault": "status", "status": 503, "path": only("chaosrc03")},
+            {"fault": "abort_stream", "path": only("chaosrc07")},
+            {"fault": "delay_headers", "delay_ms": 30000, "path": only("chaosrc09")},
+            {"fault": "status", "status": 503, "share": 0.2}
+        ]}),
+    );
+    let (out, took) = reconcile(&proxy.kubeconfig, &list);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        took <= 2 * DEADLINE + SLACK,
+        "took {took:?} with a {DEADLINE:?} deadline per user"
+    );
+    assert!(stderr.contains("reconciled 9 of 12 users"), "{stderr}");
+    assert!(stderr.contains("3 failed"), "{stderr}");
+    let failure = |user: &str| {
+        stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("failed: {user}: ")))
+            .unwrap_or_else(|| panic!("no failure line for {user}:\n{stderr}"))
+            .to_owned()
+    };
+    assert!(failure("chaosrc03").contains("503"), "{stderr}");
+    assert!(failure("chaosrc07").contains("cut off"), "{stderr}");
+    assert!(
+        failure("chaosrc09").contains("no answer before the deadline"),
+        "{stderr}"
+    );
+    assert!(
+        proxy.injected("status") > 3,
+        "no transient faults were injected"
+    );
+    let token = std::fs::read_to_string(c.var("KUBECONFIG_ONDEMAND")).unwrap();
+    let token = token
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap();
+    assert!(!stderr.contains(token), "the ondemand token leaked");
+    for user in &users {
+        let failed = ["chaosrc03", "chaosrc07", "chaosrc09"].contains(&user.as_str());
+        if !failed {
+            assert!(matches_reference(user), "{user} was not done");
+        }
+    }
+
+    // A clean reconcile afterwards repairs the three.
+    let (out, _) = reconcile(Path::new(c.var("KUBECONFIG_ONDEMAND")), &list);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for user in &users {
+        assert!(matches_reference(user), "{user} did not converge");
+    }
+}
