@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod desired;
+pub mod docs;
 pub mod exit;
 pub mod hook;
 pub mod kubeconfig;
