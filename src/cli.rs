@@ -7,14 +7,31 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+#[cfg(test)]
+use clap::CommandFactory;
 use clap::{Args, Parser, Subcommand};
 
 use crate::settings::DEFAULT_HOOK_ENV;
 
+/// The Kubernetes API version the binary was built for (k8s-openapi's
+/// `v1_*` feature in Cargo.toml, read by build.rs).
+pub const K8S_API_VERSION: &str = env!("OOD_K8S_API_VERSION");
+
+/// What `--version` prints after the name: version, git commit (build.rs)
+/// and Kubernetes API version.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OOD_GIT_COMMIT"),
+    ", Kubernetes API ",
+    env!("OOD_K8S_API_VERSION"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ood-k8s-bootstrap",
-    version,
+    version = VERSION,
     about = "Bootstraps an Open OnDemand user's Kubernetes namespace, RBAC and kubeconfig",
     long_about = "Bootstraps an Open OnDemand user's Kubernetes tenancy: namespace, network policy, \
                   RoleBindings, optional job-pod-reaper binding, image pull secret and site \
@@ -326,6 +343,34 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// Commands kept out of `--help`, dispatched before clap parses anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hidden {
+    /// The privilege-dropped kubeconfig writer (`kubeconfig::as_user`).
+    WriteKubeconfig,
+    /// The kubectl exec credential plugin (`credential --issuer ...`).
+    Credential,
+    /// Man pages and completions for packaging (`generate-docs --out-dir DIR`).
+    GenerateDocs,
+    /// The credential broker's exec plugin (`broker-credential --socket ...`).
+    BrokerCredential,
+}
+
+/// Which hidden command argv asks for. `credential` and `generate-docs`
+/// count only when an option follows, so the old call form `PROG USER
+/// /path` stays a hook run for users with those names.
+pub fn hidden_command(args: &[OsString]) -> Option<Hidden> {
+    let arg = |n: usize| args.get(n).and_then(|a| a.to_str());
+    let option_follows = arg(2).is_some_and(|a| a.starts_with("--"));
+    match arg(1)? {
+        crate::kubeconfig::as_user::CHILD_ARG => Some(Hidden::WriteKubeconfig),
+        "credential" if option_follows => Some(Hidden::Credential),
+        crate::docs::SUBCOMMAND if option_follows => Some(Hidden::GenerateDocs),
+        crate::broker::plugin::SUBCOMMAND if option_follows => Some(Hidden::BrokerCredential),
+        _ => None,
+    }
+}
+
 /// Parses argv, accepting the old scripts' `USERNAME HOOK_ENV` form.
 pub fn parse() -> Cli {
     parse_from(std::env::args_os())
@@ -400,6 +445,72 @@ mod tests {
             c.hook.common.hook_env,
             PathBuf::from("/etc/ood/config/hook.env")
         );
+    }
+
+    fn hidden(args: &[&str]) -> Option<Hidden> {
+        let argv: Vec<OsString> = std::iter::once("ood-k8s-bootstrap")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        hidden_command(&argv)
+    }
+
+    #[test]
+    fn hidden_commands_need_an_option() {
+        assert_eq!(
+            hidden(&["generate-docs", "--out-dir", "/tmp/d"]),
+            Some(Hidden::GenerateDocs)
+        );
+        assert_eq!(
+            hidden(&["credential", "--issuer", "https://x"]),
+            Some(Hidden::Credential)
+        );
+        assert_eq!(
+            hidden(&["__write-kubeconfig"]),
+            Some(Hidden::WriteKubeconfig)
+        );
+        assert_eq!(hidden(&["--user", "alice"]), None);
+        assert_eq!(hidden(&[]), None);
+    }
+
+    #[test]
+    fn legacy_form_wins_for_users_named_like_hidden_commands() {
+        for name in ["generate-docs", "credential"] {
+            assert_eq!(hidden(&[name, "/etc/ood/config/hook.env"]), None);
+            let c = cli(&[name, "/etc/ood/config/hook.env"]);
+            assert_eq!(c.hook.user.as_deref(), Some(name));
+            assert!(c.command.is_none());
+        }
+    }
+
+    #[test]
+    fn generate_docs_is_not_in_help() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("generate-docs"), "{help}");
+        assert!(help.contains("render"), "{help}");
+    }
+
+    #[test]
+    fn version_names_commit_and_kubernetes() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(VERSION.contains("(commit "), "{VERSION}");
+        assert!(VERSION.ends_with(&format!("Kubernetes API {K8S_API_VERSION})")));
+    }
+
+    /// build.rs derives the version from k8s-openapi; its own macros,
+    /// which expand only for the enabled feature, must agree. (Another
+    /// feature or k8s-openapi release: `seen` is then possibly unassigned
+    /// and this fails to compile until a line is added here.)
+    #[test]
+    #[allow(clippy::needless_late_init)] // one of the macros assigns
+    fn kubernetes_version_matches_k8s_openapi_feature() {
+        let seen: &str;
+        k8s_openapi::k8s_if_1_33! { seen = "1.33"; }
+        k8s_openapi::k8s_if_1_34! { seen = "1.34"; }
+        k8s_openapi::k8s_if_1_35! { seen = "1.35"; }
+        k8s_openapi::k8s_if_1_36! { seen = "1.36"; }
+        k8s_openapi::k8s_if_1_37! { seen = "1.37"; }
+        assert_eq!(seen, K8S_API_VERSION);
     }
 
     #[test]

@@ -2,37 +2,81 @@
 
 use std::process::ExitCode;
 
-/// A sysexits status with a meaning a site admin can look up.
+/// A sysexits status with a meaning a site admin can look up
+/// ([`Exit::meaning`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
     Ok = 0,
-    /// Some users failed in a bulk `reconcile` (the others succeeded).
     Partial = 1,
-    /// Bad command line.
     Usage = 64,
-    /// The cluster refused the objects as invalid (e.g. an immutable field).
     DataErr = 65,
-    /// An input file (e.g. reconcile's user list) cannot be read.
     NoInput = 66,
-    /// The user does not exist in the passwd database.
     NoUser = 67,
-    /// The API server (or IdP) cannot be reached.
     Unavailable = 69,
-    /// A bug or an unexpected answer.
     Software = 70,
-    /// A file could not be written.
     CantCreate = 73,
-    /// Temporary: try again (deadline, throttling, namespace being deleted).
     TempFail = 75,
-    /// Not allowed: RBAC denial, unsafe file ownership, not root.
     NoPerm = 77,
-    /// Bad hook.env.
     Config = 78,
+}
+
+impl Exit {
+    /// Every status, in order, for the man page's EXIT STATUS section.
+    pub const ALL: [Exit; 12] = [
+        Exit::Ok,
+        Exit::Partial,
+        Exit::Usage,
+        Exit::DataErr,
+        Exit::NoInput,
+        Exit::NoUser,
+        Exit::Unavailable,
+        Exit::Software,
+        Exit::CantCreate,
+        Exit::TempFail,
+        Exit::NoPerm,
+        Exit::Config,
+    ];
+
+    /// What the status tells a site admin (the man page's words).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "Success.",
+            Exit::Partial => "Some users failed in a bulk reconcile (the others succeeded).",
+            Exit::Usage => "Bad command line.",
+            Exit::DataErr => {
+                "The cluster refused the objects as invalid (e.g. an immutable field)."
+            }
+            Exit::NoInput => "An input file (e.g. reconcile's user list) cannot be read.",
+            Exit::NoUser => {
+                "The user does not exist in the passwd database, or the name is impossible."
+            }
+            Exit::Unavailable => "The API server or the identity provider cannot be reached.",
+            Exit::Software => "A bug or an unexpected answer.",
+            Exit::CantCreate => "A file could not be written.",
+            Exit::TempFail => {
+                "Temporary: try again (deadline, throttling, namespace being deleted)."
+            }
+            Exit::NoPerm => "Not allowed: RBAC denial, unsafe file ownership, not root.",
+            Exit::Config => "Bad hook.env (the message names file, line and key).",
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_ordered_unique_and_described() {
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| *e as u8).collect();
+        assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+        assert!(Exit::ALL.iter().all(|e| e.meaning().ends_with('.')));
     }
 }

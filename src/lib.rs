@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod desired;
+pub mod docs;
 pub mod doctor;
 pub mod exchange;
 pub mod exit;

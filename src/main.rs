@@ -6,30 +6,29 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ood_k8s_bootstrap::cli::{self, Command};
+use clap::Parser;
+use ood_k8s_bootstrap::cli::{self, Command, Hidden};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
 use ood_k8s_bootstrap::{
-    broker, config, credential, doctor, hook, install, kubeconfig, reconcile, render, root_token,
+    broker, config, credential, docs, doctor, hook, install, kubeconfig, reconcile, render,
+    root_token,
 };
 
 fn main() -> ExitCode {
-    // Hidden subcommands, before any runtime or thread exists. (`credential
-    // --issuer ...` as kubectl runs it; `credential /path` would be the old
-    // call form for a user named "credential".)
-    let arg = |n| {
-        std::env::args_os()
-            .nth(n)
-            .and_then(|a| a.into_string().ok())
-    };
-    match (arg(1).as_deref(), arg(2)) {
-        (Some(kubeconfig::as_user::CHILD_ARG), _) => return kubeconfig::child_main(),
-        (Some("credential"), Some(next)) if next.starts_with("--") => {
+    // Hidden commands, before any runtime or thread exists.
+    let args: Vec<_> = std::env::args_os().collect();
+    match cli::hidden_command(&args) {
+        Some(Hidden::WriteKubeconfig) => return kubeconfig::child_main(),
+        Some(Hidden::Credential) => {
             return credential::main(credential::CredentialArgs::from_env());
         }
-        (Some(broker::plugin::SUBCOMMAND), Some(next)) if next.starts_with("--") => {
+        Some(Hidden::BrokerCredential) => {
             return broker::plugin::main(broker::plugin::PluginArgs::from_env());
         }
-        _ => {}
+        Some(Hidden::GenerateDocs) => {
+            return docs::main(&docs::GenerateArgs::parse_from(args.iter().skip(1))).into();
+        }
+        None => {}
     }
     let cli = cli::parse();
     // One TLS crypto provider for kube and reqwest alike.
