@@ -95,6 +95,8 @@ impl Proxy {
         let kubeconfig = dir.join("via-proxy.kubeconfig");
         std::fs::write(&kubeconfig, original.replace(c.var("K8S_SERVER"), &url))
             .expect("write kubeconfig");
+        std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod kubeconfig");
         Proxy {
             child,
             url,
