@@ -158,7 +158,11 @@ fn site_templates_are_applied_rendered_and_reconciled() {
     let limits = c.get_json(&["limitrange", "-n", &ns, "limits"]).unwrap();
     assert_eq!(limits["spec"]["limits"][0]["default"]["memory"], "1Gi");
 
-    // A second run leaves them unchanged.
+    // A second run leaves them unchanged. (In a later second: within the
+    // same one the namespace's annotation, and so the namespace, would not
+    // change, and the summary's "unchanged" needs the namespace's new
+    // resourceVersion as its watermark.)
+    std::thread::sleep(Duration::from_millis(1100));
     let rv = |v: &Value| v["metadata"]["resourceVersion"].clone();
     let stderr = assert_ok(&hook("alice", &env, &[]));
     assert!(
