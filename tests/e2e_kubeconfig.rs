@@ -410,9 +410,9 @@ fn exec_plugin_refreshes_an_expired_token_as_a_public_client() {
     let tokens = public_login("alice", None).expect("public client login");
     let out = run_hook(user, &env, Some(&tokens));
     assert!(out.status.success(), "{}", text(&out));
-    // aud is the public client only: the hook warns about CLIENT_ID
+    // aud is the public client only: the hook warns the API server may refuse it
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("does not include CLIENT_ID"),
+        String::from_utf8_lossy(&out.stderr).contains("--oidc-client-id"),
         "{}",
         text(&out)
     );
