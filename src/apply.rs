@@ -23,6 +23,7 @@ pub use crate::desired::FIELD_MANAGER;
 use crate::desired::{DEFAULT_SERVICE_ACCOUNT, DesiredState, Object};
 use crate::exit::Exit;
 use crate::kinds::Kind;
+use crate::oneline::error_chain;
 use crate::prune::{self, Found};
 
 /// What a run did (or, in a dry run, would do) to one object.
@@ -1323,22 +1324,6 @@ fn comparable(v: &Value) -> Value {
         }
     }
     v
-}
-
-/// An error and its causes on one line (hyper hides the useful part, e.g.
-/// "Connection refused", in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -271,7 +271,7 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
             format!(
                 "OIDC discovery on {} failed: {}",
                 args.issuer,
-                error_chain(&e)
+                crate::names::truncate(&crate::oneline::error_chain(&e), 400)
             )
         })?;
     let client =
@@ -287,7 +287,7 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
                 "the IdP {} refused to refresh the token as public client {:?} ({}); a refresh token of a confidential client cannot be refreshed without its secret; {RELOGIN}",
                 args.issuer,
                 args.client_id,
-                error_chain(&e)
+                crate::names::truncate(&crate::oneline::error_chain(&e), 400)
             )
         })?;
     let token = match resp.id_token() {
@@ -310,18 +310,6 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
                 .unwrap_or_else(|| refresh_token.to_owned()),
         ),
     })
-}
-
-/// An error and its sources on one line, at most 400 characters.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s.chars().take(400).collect()
 }
 
 /// Unix seconds as RFC 3339 UTC (`2024-01-31T12:00:00Z`).

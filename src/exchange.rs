@@ -288,8 +288,7 @@ async fn token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<String, 
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
-    let chain = crate::credential::error_chain(e);
-    truncate(&chain.split_whitespace().collect::<Vec<_>>().join(" "), 300)
+    truncate(&crate::oneline::error_chain(e), 300)
 }
 
 #[cfg(test)]

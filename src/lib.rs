@@ -19,6 +19,7 @@ pub mod install;
 pub mod kinds;
 pub mod kubeconfig;
 pub mod names;
+pub mod oneline;
 pub mod outage;
 pub mod prune;
 pub mod reconcile;

@@ -137,7 +137,7 @@ impl Idp {
             .form(&form)
             .send()
             .await
-            .map_err(|e| RefreshError::Unavailable(error_chain(&e)))?;
+            .map_err(|e| RefreshError::Unavailable(error_line(&e)))?;
         let status = resp.status().as_u16();
         let body = read_bounded(resp).await?;
         read_answer(status, &body)
@@ -157,10 +157,12 @@ impl Idp {
             token_endpoint: String,
         }
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        let resp =
-            self.http.get(&url).send().await.map_err(|e| {
-                RefreshError::Unavailable(format!("discovery: {}", error_chain(&e)))
-            })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| RefreshError::Unavailable(format!("discovery: {}", error_line(&e))))?;
         let status = resp.status();
         let body = read_bounded(resp).await?;
         if status.is_server_error() {
@@ -194,7 +196,7 @@ async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, RefreshErr
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| RefreshError::Unavailable(error_chain(&e)))?
+        .map_err(|e| RefreshError::Unavailable(error_line(&e)))?
     {
         if body.len() + chunk.len() > MAX_ANSWER {
             return Err(RefreshError::Unavailable(format!(
@@ -226,19 +228,9 @@ fn form_encode(s: &str) -> String {
     out
 }
 
-/// An error and its causes, one line, no more than 300 characters.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect()
+/// An error and its causes, one line, at most 300 characters.
+fn error_line(e: &dyn std::error::Error) -> String {
+    crate::names::truncate(&crate::oneline::error_chain(e), 300)
 }
 
 #[cfg(test)]

@@ -410,7 +410,11 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, Str
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let resp = http.get(&url).send().await.map_err(|e| chain(&e))?;
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| crate::names::truncate(&crate::oneline::error_chain(&e), 300))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("{url} answered {status}"));
@@ -438,17 +442,6 @@ async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, Str
                     .collect()
             }),
     })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s.chars().take(300).collect()
 }
 
 async fn user(
