@@ -249,20 +249,19 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
     use openidconnect::core::{CoreClient, CoreProviderMetadata};
     use openidconnect::{ClientId, IssuerUrl, OAuth2TokenResponse, RefreshToken, TokenResponse};
 
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20));
-    if let Some(ca) = &args.issuer_ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{} is not a PEM CA bundle: {e}", ca.display()))?;
-        for c in certs {
-            builder = builder.add_root_certificate(c);
+    let pem = match &args.issuer_ca_file {
+        Some(ca) => {
+            Some(std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?)
         }
-    }
-    let http = builder
-        .build()
-        .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        None => None,
+    };
+    let ca_name = args
+        .issuer_ca_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let ca = pem.as_deref().map(|p| (ca_name.as_str(), p));
+    let http = crate::idp::client(ca, Duration::from_secs(20), Duration::from_secs(20))?;
     let issuer = IssuerUrl::new(args.issuer.clone())
         .map_err(|e| format!("bad issuer URL {}: {e}", args.issuer))?;
     let meta = CoreProviderMetadata::discover_async(issuer, &http)

@@ -15,6 +15,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::exit::Exit;
+use crate::idp;
 use crate::kubeconfig::Login;
 use crate::names::truncate;
 use crate::secret::Secret;
@@ -195,7 +196,8 @@ async fn exchange_async(
         issuer: s.issuer.clone(),
         detail,
     };
-    let http = client(s, left).map_err(unreachable)?;
+    let ca = s.ca_pem.as_deref().map(|p| ("IDP_CA_FILE", p));
+    let http = idp::client(ca, left, left.min(Duration::from_secs(5))).map_err(unreachable)?;
     let endpoint = token_endpoint(&http, &s.issuer)
         .await
         .map_err(unreachable)?;
@@ -242,48 +244,17 @@ async fn exchange_async(
     }
 }
 
-fn client(s: &ExchangeSettings, left: Duration) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(left)
-        .connect_timeout(left.min(Duration::from_secs(5)));
-    if let Some(pem) = &s.ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("IDP_CA_FILE is not a PEM CA bundle: {e}"))?;
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot set up HTTPS: {e}"))
-}
-
 /// The token endpoint, from OIDC discovery on the issuer.
 async fn token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<String, String> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let resp = http.get(&url).send().await.map_err(|e| one_line(&e))?;
-    let status = resp.status();
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("OIDC discovery at {url} (HTTP {status}): {}", one_line(&e)))?;
-    match (
-        v.get("issuer").and_then(Value::as_str),
-        v.get("token_endpoint").and_then(Value::as_str),
-    ) {
-        (Some(i), Some(t)) if i.trim_end_matches('/') == issuer.trim_end_matches('/') => {
-            Ok(t.to_owned())
-        }
-        (Some(i), Some(_)) => Err(format!(
-            "OIDC discovery at {url} names the issuer {i}, not {issuer}; fix IDP_ISSUER_URL"
+    let d = idp::discover(http, issuer).await?;
+    let url = idp::discovery_url(issuer);
+    match d.token_endpoint {
+        _ if d.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') => Err(format!(
+            "OIDC discovery at {url} names the issuer {}, not {issuer}; fix IDP_ISSUER_URL",
+            d.issuer
         )),
-        _ => Err(format!(
-            "OIDC discovery at {url} (HTTP {status}) has no token_endpoint"
-        )),
+        Some(t) => Ok(t),
+        None => Err(format!("OIDC discovery at {url} has no token_endpoint")),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod exchange;
 pub mod exit;
 pub mod hook;
+pub mod idp;
 pub mod install;
 pub mod kinds;
 pub mod kubeconfig;

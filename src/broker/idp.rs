@@ -14,7 +14,6 @@ use serde::Deserialize;
 use super::tokenset::{RefreshError, RefreshWith, TokenAnswer, read_answer};
 use crate::secret::Secret;
 use crate::settings::Oidc;
-use crate::trusted;
 
 /// How long a discovered token endpoint is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -41,21 +40,9 @@ impl Idp {
                     .into(),
             );
         };
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout);
-        if let Some(ca) = &oidc.ca_file {
-            let pem = trusted::read(ca).map_err(|e| format!("IDP_CA_FILE: {e}"))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("IDP_CA_FILE: {} is not a PEM bundle: {e}", ca.display()))?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        // IDP_CA_FILE was read, as root trusts files, with hook.env.
+        let ca = oidc.ca_pem.as_deref().map(|p| ("IDP_CA_FILE", p));
+        let http = crate::idp::client(ca, timeout, timeout)?;
         Ok(Self {
             http,
             issuer: issuer.trim_end_matches('/').to_owned(),

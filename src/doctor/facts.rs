@@ -122,13 +122,7 @@ pub struct ClusterFacts {
 }
 
 /// An OIDC discovery document's interesting part.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Discovery {
-    pub issuer: String,
-    pub token_endpoint: Option<String>,
-    /// `grant_types_supported`, when the IdP lists them.
-    pub grant_types: Option<Vec<String>>,
-}
+pub use crate::idp::Discovery;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerFacts {

@@ -348,7 +348,11 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
     let effective = settings.oidc.issuer_url.clone()?;
     let configured = h.raw_issuer.clone().unwrap_or_else(|| effective.clone());
     let exchange_audience = settings.exchange.as_ref().map(|e| e.audience.clone());
-    let http = match http_client(settings.oidc.ca_pem.as_deref()) {
+    let http = match crate::idp::client(
+        settings.oidc.ca_pem.as_deref().map(|p| ("IDP_CA_FILE", p)),
+        CALL,
+        CALL,
+    ) {
         Ok(c) => c,
         Err(e) => {
             return Some(IssuerFacts {
@@ -360,7 +364,7 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
             });
         }
     };
-    let discovery = discover(&http, &effective).await;
+    let discovery = crate::idp::discover(&http, &effective).await;
     let mut issuer_of_endpoint = None;
     if discovery.is_err() {
         let mut url = configured.trim_end_matches('/').to_owned();
@@ -372,7 +376,7 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
                 break;
             }
             url = parent.to_owned();
-            if let Ok(d) = discover(&http, &url).await
+            if let Ok(d) = crate::idp::discover(&http, &url).await
                 && d.token_endpoint.as_deref() == Some(configured.as_str())
             {
                 issuer_of_endpoint = Some(d);
@@ -386,61 +390,6 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
         discovery,
         issuer_of_endpoint,
         exchange_audience,
-    })
-}
-
-fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(CALL);
-    if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("IDP_CA_FILE is not a PEM CA bundle: {e}"))?;
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot set up HTTPS: {e}"))
-}
-
-async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery, String> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| crate::names::truncate(&crate::oneline::error_chain(&e), 300))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("{url} answered {status}"));
-    }
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|_| format!("{url} is not a JSON discovery document"))?;
-    let issuer = v
-        .get("issuer")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{url} has no issuer"))?;
-    Ok(Discovery {
-        issuer: issuer.to_owned(),
-        token_endpoint: v
-            .get("token_endpoint")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        grant_types: v
-            .get("grant_types_supported")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|g| g.as_str().map(str::to_owned))
-                    .collect()
-            }),
     })
 }
 
