@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{Tokens, bin, cluster, linux_user, prefix, scratch, text};
+use common::{Tokens, bin, cluster, files_under, linux_user, prefix, scratch, text};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -301,19 +301,6 @@ fn token_of(out: &Output) -> String {
     assert_eq!(v["kind"], "ExecCredential");
     assert!(v["status"]["expirationTimestamp"].is_string(), "{v}");
     v["status"]["token"].as_str().unwrap().to_owned()
-}
-
-/// Every file under `dir`, without following symlinks.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
-            Ok(t) if t.is_file() => out.push(e.path()),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn assert_absent_from_home(home: &Path, secrets: &[(&str, &str)]) {
@@ -636,20 +623,7 @@ fn refresh_elsewhere(refresh_token: &str) {
         c.var("OIDC_CLIENT_ID"),
         c.var("OIDC_CLIENT_SECRET")
     );
-    let out = common::pipe(
-        Command::new("curl").args([
-            "-sS",
-            "--max-time",
-            "20",
-            "--fail-with-body",
-            "--cacert",
-            c.var("OIDC_CA_FILE"),
-            "--data-binary",
-            "@-",
-            &format!("{}/token", c.var("OIDC_ISSUER")),
-        ]),
-        form.as_bytes(),
-    );
+    let out = c.dex_token_request(&form, true);
     assert!(out.status.success(), "refresh elsewhere: {}", text(&out));
 }
 

@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Tokens, cluster, linux_user, prefix, scratch, text};
+use common::{Tokens, cluster, files_under, linux_user, prefix, scratch, text};
 use serde_json::Value;
 
 /// kubectl and the cluster CA where every user can read them (the state
@@ -96,23 +96,6 @@ fn entry<'a>(cfg: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|e| e["name"].as_str() == Some(name))
-}
-
-/// Every file under `dir` (no symlinks followed).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() => out.extend(files_under(&p)),
-            Ok(t) if t.is_file() => out.push(p),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn assert_secret_absent(home: &Path) {
@@ -356,19 +339,7 @@ fn public_login(user: &str, audience: Option<&str>) -> Result<Tokens, String> {
         "grant_type=password&username={user}&password={password}&scope={scope}&client_id={}",
         c.var("OIDC_PUBLIC_CLIENT_ID")
     );
-    let out = common::pipe(
-        Command::new("curl").args([
-            "-sS",
-            "--max-time",
-            "20",
-            "--cacert",
-            c.var("OIDC_CA_FILE"),
-            "--data-binary",
-            "@-",
-            &format!("{}/token", c.var("OIDC_ISSUER")),
-        ]),
-        form.as_bytes(),
-    );
+    let out = c.dex_token_request(&form, false);
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     match (v["access_token"].as_str(), v["refresh_token"].as_str()) {
         (Some(a), Some(r)) => Ok(Tokens {

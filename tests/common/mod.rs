@@ -147,6 +147,26 @@ impl Cluster {
         )
     }
 
+    /// POSTs `form` to Dex's token endpoint with curl; the form (with
+    /// secrets and tokens) goes through stdin, never argv. With
+    /// `fail_on_http_error`, an HTTP error makes curl fail (its body still
+    /// printed).
+    pub fn dex_token_request(&self, form: &str, fail_on_http_error: bool) -> Output {
+        let mut args = vec!["-sS", "--max-time", "20"];
+        if fail_on_http_error {
+            args.push("--fail-with-body");
+        }
+        let endpoint = format!("{}/token", self.var("OIDC_ISSUER"));
+        args.extend([
+            "--cacert",
+            self.var("OIDC_CA_FILE"),
+            "--data-binary",
+            "@-",
+            &endpoint,
+        ]);
+        pipe(Command::new("curl").args(&args), form.as_bytes())
+    }
+
     pub fn login_client(&self, user: &str, client_id: &str, secret: Option<&str>) -> Tokens {
         let password = self
             .var("OIDC_TEST_USERS")
@@ -159,21 +179,7 @@ impl Cluster {
         if let Some(secret) = secret {
             form.push_str(&format!("&client_secret={secret}"));
         }
-        // The form (with secrets) goes through stdin, never argv.
-        let out = pipe(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "20",
-                "--fail-with-body",
-                "--cacert",
-                self.var("OIDC_CA_FILE"),
-                "--data-binary",
-                "@-",
-                &format!("{}/token", self.var("OIDC_ISSUER")),
-            ]),
-            form.as_bytes(),
-        );
+        let out = self.dex_token_request(&form, true);
         assert!(
             out.status.success(),
             "password grant for {user}: {}",
