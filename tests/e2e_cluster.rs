@@ -60,6 +60,22 @@ fn ondemand_account_has_only_what_the_hook_needs() {
         "no"
     );
     assert_eq!(can(&["patch", "namespaces"]), "yes");
+    // `bind` on exactly the hook's roles (fast first logins), no others.
+    assert_eq!(can(&["bind", "clusterroles/ood-user", "-n", "x"]), "yes");
+    assert_eq!(
+        can(&["bind", "clusterroles/ood-initializer", "-n", "x"]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["bind", "clusterroles/cluster-admin", "-n", "x"]),
+        "no"
+    );
+    assert_eq!(can(&["bind", "clusterroles/admin", "-n", "x"]), "no");
+    assert_eq!(can(&["escalate", "clusterroles/ood-user"]), "no");
+    // ... and `get` on them only, so doctor can tell that they exist.
+    assert_eq!(can(&["get", "clusterroles/ood-user"]), "yes");
+    assert_eq!(can(&["get", "clusterroles/cluster-admin"]), "no");
+    assert_eq!(can(&["list", "clusterroles"]), "no");
 }
 
 // ---- the cluster side (issue 3) ---------------------------------------

@@ -386,7 +386,16 @@ fn cluster_roles(c: &ClusterFacts, settings: Option<&Settings>) -> Vec<Check> {
             let missing = matches!(b.get, Ok(404)) || matches!(&b.bind, Ok((404, _)));
             match (&b.bind, missing) {
                 (_, true) => Check::fail(name, "does not exist, so RoleBindings to it grant nothing", fix),
-                (Ok((s, _)), _) if (200..300).contains(s) => Check::ok(name, "exists and root may bind it (server-side dry run)"),
+                (Ok((s, _)), _) if (200..300).contains(s) && b.get == Ok(200) => {
+                    Check::ok(name, "exists and root may bind it (server-side dry run)")
+                }
+                // With `bind` on the role the API server no longer looks the
+                // role up, so only the GET proves it exists.
+                (Ok((s, _)), _) if (200..300).contains(s) => Check::warn(
+                    name,
+                    "root may bind it (server-side dry run) but may not read it, so whether it exists is not known",
+                    "re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig (it grants `get` on this role)",
+                ),
                 (Ok((403, m)), _) => Check::fail(
                     name,
                     format!("root may not bind it: {m}"),

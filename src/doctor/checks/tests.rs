@@ -58,7 +58,7 @@ fn healthy() -> Facts {
                 .into_iter()
                 .map(|role| BindFact {
                     role,
-                    get: Ok(403),
+                    get: Ok(200),
                     bind: Ok((201, String::new())),
                 })
                 .collect(),
@@ -209,13 +209,40 @@ fn missing_or_unbindable_cluster_role_fails() {
 }
 
 #[test]
+fn cluster_role_found_only_by_get_when_root_may_bind_it() {
+    // With `bind` on the role the dry-run create succeeds even when the role
+    // is missing: the GET decides.
+    let mut f = healthy();
+    if let Ok(c) = &mut f.cluster {
+        c.binds[0].get = Ok(404);
+    }
+    let c = only_failure(&f);
+    assert_eq!(c.check, "ClusterRole ood-user");
+    assert!(c.detail.contains("does not exist"), "{c:?}");
+
+    // Root may bind but not read it (an install older than the `get` rule).
+    let mut f = healthy();
+    if let Ok(c) = &mut f.cluster {
+        c.binds[0].get = Ok(403);
+    }
+    assert!(failures(&f).is_empty());
+    let checks = all(&f);
+    let c = checks
+        .iter()
+        .find(|c| c.check == "ClusterRole ood-user")
+        .unwrap();
+    assert_eq!(c.status, Status::Warn, "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("install"), "{c:?}");
+}
+
+#[test]
 fn reaper_service_account_missing_fails() {
     let mut f = healthy();
     f.hook_env.settings = Ok(settings("USE_JOB_POD_REAPER=true\n"));
     if let Ok(c) = &mut f.cluster {
         c.binds.push(BindFact {
             role: "job-pod-reaper".into(),
-            get: Ok(403),
+            get: Ok(200),
             bind: Ok((201, String::new())),
         });
         c.reaper = vec![
