@@ -367,6 +367,29 @@ fn permissions(c: &ClusterFacts) -> Vec<Check> {
     out
 }
 
+/// A role root may bind (the dry run passed): does it exist, and is the
+/// binding fast? With `bind` on the role the API server no longer looks the
+/// role up, so then only the GET proves that it exists.
+fn bound(name: String, b: &BindFact) -> Check {
+    let exists = "exists and root may bind it (server-side dry run)";
+    match (&b.may_bind, &b.get) {
+        (Ok(true), Ok(200)) => Check::ok(name, exists),
+        (Ok(true), _) => Check::warn(
+            name,
+            "root may bind it (server-side dry run) but may not read it, so whether it exists is not known",
+            "re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig (it grants `get` on this role)",
+        ),
+        (Ok(false), _) => Check::ok(
+            name,
+            format!(
+                "{exists}; without `bind` on it a new user's first login takes ~60 ms longer \
+                 (`ood-k8s-bootstrap install` grants it)"
+            ),
+        ),
+        (Err(e), _) => Check::fail(name, format!("cannot check `bind` on it: {e}"), ""),
+    }
+}
+
 fn cluster_roles(c: &ClusterFacts, settings: Option<&Settings>) -> Vec<Check> {
     if c.version.is_err() {
         return Vec::new();
@@ -386,16 +409,7 @@ fn cluster_roles(c: &ClusterFacts, settings: Option<&Settings>) -> Vec<Check> {
             let missing = matches!(b.get, Ok(404)) || matches!(&b.bind, Ok((404, _)));
             match (&b.bind, missing) {
                 (_, true) => Check::fail(name, "does not exist, so RoleBindings to it grant nothing", fix),
-                (Ok((s, _)), _) if (200..300).contains(s) && b.get == Ok(200) => {
-                    Check::ok(name, "exists and root may bind it (server-side dry run)")
-                }
-                // With `bind` on the role the API server no longer looks the
-                // role up, so only the GET proves it exists.
-                (Ok((s, _)), _) if (200..300).contains(s) => Check::warn(
-                    name,
-                    "root may bind it (server-side dry run) but may not read it, so whether it exists is not known",
-                    "re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig (it grants `get` on this role)",
-                ),
+                (Ok((s, _)), _) if (200..300).contains(s) => bound(name, b),
                 (Ok((403, m)), _) => Check::fail(
                     name,
                     format!("root may not bind it: {m}"),

@@ -88,14 +88,19 @@ impl Access {
 }
 
 /// Can root bind ClusterRole `role` in a RoleBinding (a dry-run create,
-/// exactly what a hook run does), and can it read the role.
+/// exactly what a hook run does), does it exist, and does root hold `bind`
+/// on it (the fast path for first logins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindFact {
     pub role: String,
-    /// Status of GET clusterroles/ROLE (403 for the ondemand account).
+    /// Status of GET clusterroles/ROLE (403 without `get` on it).
     pub get: Result<u16, String>,
     /// Status and message of the dry-run RoleBinding create.
     pub bind: Result<(u16, String), String>,
+    /// Does root hold the `bind` verb on the role (SelfSubjectAccessReview)?
+    /// Without it the API server proves each new binding against root's
+    /// own rights, which also proves the role exists, but slowly.
+    pub may_bind: Result<bool, String>,
 }
 
 /// A GET of one object: its status (200, 404, ...) or why no answer.

@@ -337,10 +337,24 @@ async fn bind(c: &Cluster, role: String, ns: &str) -> BindFact {
         "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings?dryRun=All&fieldManager={}",
         crate::apply::FIELD_MANAGER
     );
-    let bind = call(c, Method::POST, &path, Some(&body))
-        .await
-        .map(|r| (r.status, r.message()));
-    BindFact { role, get, bind }
+    let may_bind = Access {
+        verb: "bind",
+        group: "rbac.authorization.k8s.io",
+        resource: "clusterroles",
+        namespace: String::new(),
+        name: Some(role.clone()),
+        allowed: Ok(false),
+    };
+    let (bind, may_bind) = futures::join!(
+        call(c, Method::POST, &path, Some(&body)),
+        review(c, may_bind)
+    );
+    BindFact {
+        role,
+        get,
+        bind: bind.map(|r| (r.status, r.message())),
+        may_bind: may_bind.allowed,
+    }
 }
 
 async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {

@@ -60,6 +60,7 @@ fn healthy() -> Facts {
                     role,
                     get: Ok(200),
                     bind: Ok((201, String::new())),
+                    may_bind: Ok(true),
                 })
                 .collect(),
             reaper: Vec::new(),
@@ -233,6 +234,21 @@ fn cluster_role_found_only_by_get_when_root_may_bind_it() {
         .unwrap();
     assert_eq!(c.status, Status::Warn, "{c:?}");
     assert!(c.fix.as_deref().unwrap().contains("install"), "{c:?}");
+
+    // Without `bind` (OnDemand's own ondemand.yaml) the dry run proved the
+    // role exists: fine, with a hint about first-login speed.
+    let mut f = healthy();
+    if let Ok(c) = &mut f.cluster {
+        c.binds[0].get = Ok(403);
+        c.binds[0].may_bind = Ok(false);
+    }
+    let checks = all(&f);
+    let c = checks
+        .iter()
+        .find(|c| c.check == "ClusterRole ood-user")
+        .unwrap();
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    assert!(c.detail.contains("first login"), "{c:?}");
 }
 
 #[test]
@@ -244,6 +260,7 @@ fn reaper_service_account_missing_fails() {
             role: "job-pod-reaper".into(),
             get: Ok(200),
             bind: Ok((201, String::new())),
+            may_bind: Ok(true),
         });
         c.reaper = vec![
             ObjectFact {
