@@ -1292,13 +1292,11 @@ fn query_encode(s: &str) -> String {
         .collect()
 }
 
-/// An API server message fit for one syslog line: whitespace collapsed,
-/// at most 400 characters.
+/// An API server message (or a proxy's, or anything at all) fit for one
+/// syslog line: no control characters, whitespace collapsed, at most 400
+/// characters.
 fn one_line(message: &str) -> String {
-    crate::names::truncate(
-        &message.split_whitespace().collect::<Vec<_>>().join(" "),
-        400,
-    )
+    crate::oneline::clean(message, 400)
 }
 
 /// The object's resourceVersion as a number (etcd's revision).
