@@ -598,7 +598,7 @@ users:
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(128))]
+            #![proptest_config(ProptestConfig::with_cases(64))]
 
             /// Any config (written as JSON, which is YAML, or by our own
             /// emitter): every entry and key we do not own survives, ours is

@@ -807,6 +807,8 @@ mod tests {
         use std::path::Component;
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
             /// The holder line we write is read back; any other text gives
             /// a positive pid or nothing.
             #[test]
