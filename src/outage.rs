@@ -28,6 +28,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// The largest state file read.
 const MAX_STATE_BYTES: u64 = 4096;
 
+/// The longest failure detail remembered, in characters (`…` added when
+/// cut).
+const MAX_DETAIL: usize = 300;
+
 /// What is remembered about one API server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -74,7 +78,7 @@ impl Record {
             since_ms,
             failures,
             until_ms: now_ms.saturating_add(window_ms),
-            detail: crate::oneline::clean(detail, 300),
+            detail: crate::oneline::clean(detail, MAX_DETAIL),
             exit: exit as u8,
         }
     }
@@ -89,7 +93,7 @@ impl Record {
             && r.since_ms <= now_ms
             && r.until_ms <= now_ms.saturating_add(max_ms)
             && matches!(r.exit, 69 | 75)
-            && r.detail.len() <= 400
+            && r.detail.chars().count() <= MAX_DETAIL + 1
             && !r.detail.chars().any(char::is_control);
         plausible.then_some(r)
     }
@@ -339,6 +343,13 @@ mod tests {
         };
         let text = serde_json::to_string(&escape).unwrap();
         assert_eq!(Record::parse(&text, S, 1500, MAX), None);
+    }
+
+    #[test]
+    fn a_long_multibyte_detail_is_read_back() {
+        let r = Record::failed(None, S, 1000, &"é".repeat(400), Exit::Unavailable, MAX);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(Record::parse(&text, S, 1500, MAX), Some(r));
     }
 
     #[test]

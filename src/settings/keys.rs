@@ -792,13 +792,18 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// A URL goes into users' kubeconfigs and log lines as it is: no spaces or
-/// control characters (a quoted value may hold a newline).
+/// A URL goes into users' kubeconfigs and log lines as it is: a host after
+/// the scheme, no spaces or control characters (a quoted value may hold a
+/// newline).
 fn url_characters(v: &str) -> Result<(), String> {
-    match v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        true => Err("a URL may not contain spaces or control characters".into()),
-        false => Ok(()),
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a URL may not contain spaces or control characters".into());
     }
+    let after_scheme = v.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.is_empty() || after_scheme.starts_with('/') {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
 }
 
 /// Validates `IDP_ISSUER_URL`. The example OnDemand shipped holds a Keycloak

@@ -404,7 +404,8 @@ fn invalid(
         line,
         key,
         value: truncate(value, 80),
-        why,
+        // A key's parser may quote (part of) the value.
+        why: crate::oneline::clean(&why, 400),
     }
 }
 
@@ -962,7 +963,9 @@ mod tests {
     }
 
     /// Control characters in a URL or path were accepted and quoted raw in
-    /// warnings and errors (one syslog line each).
+    /// warnings and errors (one syslog line each); a CIDR part with one was
+    /// quoted raw in the error, and `https:///` became the server `https:`
+    /// (found by fuzz/fuzz_targets/hook_env.rs).
     #[test]
     fn urls_and_paths_with_control_characters_are_refused() {
         for (key, value) in [
@@ -972,6 +975,9 @@ mod tests {
             ),
             ("K8S_SERVER", "https://k8s\u{1b}[2J:6443"),
             ("K8S_CA_FILE", "/etc/pki/ca\n.pem"),
+            ("PRUNE", "tr\u{1}ue"),
+            ("K8S_SERVER", "https:///"),
+            ("IDP_ISSUER_URL", "https://"),
         ] {
             let msg = err(&format!(
                 "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n{key}=\"{value}\"\n"
@@ -981,6 +987,11 @@ mod tests {
                 "{msg:?}"
             );
         }
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=\"10.0.0.0/8,2001:\u{1}\0db8::/64\"\n");
+        assert!(
+            msg.contains("not a CIDR") && !msg.chars().any(char::is_control),
+            "{msg:?}"
+        );
     }
 
     #[test]
