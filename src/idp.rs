@@ -132,4 +132,30 @@ mod tests {
             "https://idp/x/.well-known/openid-configuration"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any JSON document: its issuer read back as it is, or an
+            /// error naming the URL; never a panic.
+            #[test]
+            fn any_document_is_read_or_refused(
+                issuer in proptest::option::of("(?s).{0,40}"),
+                endpoint in proptest::option::of(any::<i64>()),
+                grants in proptest::collection::vec("[a-z_:-]{0,20}", 0..4),
+            ) {
+                let v = serde_json::json!({"issuer": issuer, "token_endpoint": endpoint, "grant_types_supported": grants});
+                match parse_discovery("u", &v) {
+                    Ok(d) => {
+                        prop_assert_eq!(Some(d.issuer), issuer);
+                        prop_assert_eq!(d.token_endpoint, None);
+                        prop_assert_eq!(d.grant_types, Some(grants));
+                    }
+                    Err(e) => prop_assert!(issuer.is_none() && e.starts_with("u ")),
+                }
+            }
+        }
+    }
 }

@@ -444,7 +444,7 @@ pub const KEYS: &[Key] = &[
             if !v.starts_with("https://") {
                 return Err("expected the API server's https:// URL".into());
             }
-            url_characters(v)?;
+            url_shape(v)?;
             d.server = Some(v.trim_end_matches('/').to_owned());
             Ok(())
         },
@@ -795,7 +795,7 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 /// A URL goes into users' kubeconfigs and log lines as it is: a host after
 /// the scheme, no spaces or control characters (a quoted value may hold a
 /// newline).
-fn url_characters(v: &str) -> Result<(), String> {
+fn url_shape(v: &str) -> Result<(), String> {
     if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("a URL may not contain spaces or control characters".into());
     }
@@ -813,7 +813,7 @@ fn issuer_url(v: &str) -> Result<(String, Option<String>), String> {
     if !v.starts_with("https://") && !v.starts_with("http://") {
         return Err("expected the issuer's https:// URL".into());
     }
-    url_characters(v)?;
+    url_shape(v)?;
     for suffix in [
         "/protocol/openid-connect/token",
         "/.well-known/openid-configuration",
