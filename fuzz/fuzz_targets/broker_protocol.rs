@@ -42,7 +42,18 @@ fuzz_target!(|data: &[u8]| {
         serde_json::from_slice::<TokenSet>(&json).ok() == Some(set.clone()),
         "round trip changed the set"
     );
+    // Debug shows no token: whatever it shows of one, it shows without the
+    // tokens too (the rest of the set may spell the same text).
     let debug = format!("{set:?}");
+    let without = format!(
+        "{:?}",
+        TokenSet {
+            access_token: String::new(),
+            id_token: set.id_token.as_ref().map(|_| String::new()),
+            refresh_token: set.refresh_token.as_ref().map(|_| String::new()),
+            ..set.clone()
+        }
+    );
     for token in [
         Some(&set.access_token),
         set.refresh_token.as_ref(),
@@ -50,24 +61,10 @@ fuzz_target!(|data: &[u8]| {
     ]
     .into_iter()
     .flatten()
-    .filter(|t| t.len() >= 12)
+    .filter(|t| t.len() >= 8)
     {
-        let elsewhere = [&set.user, &set.refresh.issuer, &set.refresh.client_id]
-            .iter()
-            .any(|s| s.contains(token.as_str()))
-            || set
-                .ended
-                .as_ref()
-                .is_some_and(|e| e.contains(token.as_str()))
-            || [
-                &set.refresh.token_endpoint,
-                &set.refresh.audience,
-                &set.refresh.scope,
-            ]
-            .iter()
-            .any(|s| s.as_ref().is_some_and(|s| s.contains(token.as_str())));
         assert!(
-            elsewhere || !debug.contains(token.as_str()),
+            !debug.contains(token.as_str()) || without.contains(token.as_str()),
             "Debug shows a token"
         );
     }

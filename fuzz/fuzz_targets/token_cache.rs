@@ -37,17 +37,26 @@ fuzz_target!(|data: &[u8]| {
         "round trip changed the cache"
     );
 
+    // Debug shows no token: whatever it shows of one, it shows without it
+    // too (the rest of the cache may spell the same text).
     let debug = format!("{cache:?}");
+    let without = format!(
+        "{:?}",
+        Cache {
+            token: String::new(),
+            refresh_token: None,
+            ..cache.clone()
+        }
+    );
     for secret in [Some(&cache.token), cache.refresh_token.as_ref()]
         .into_iter()
         .flatten()
+        .filter(|s| s.len() >= 8)
     {
-        let elsewhere = cache.issuer.contains(secret.as_str())
-            || cache.client_id.contains(secret.as_str())
-            || "Cache { issuer: client_id: expiry: .. }".contains(secret.as_str());
-        if secret.len() >= 8 && !elsewhere {
-            assert!(!debug.contains(secret.as_str()), "Debug shows a token");
-        }
+        assert!(
+            !debug.contains(secret.as_str()) || without.contains(secret.as_str()),
+            "Debug shows a token"
+        );
     }
     for now in [0, 1_700_000_000, u64::MAX] {
         let _ = cache.is_fresh(now);
