@@ -538,7 +538,7 @@ impl Cluster {
 }
 
 /// What a request is about: where it goes and how errors name it.
-struct Target {
+pub struct Target {
     path: String,
     /// `Kind/name`, or `kinds in NAMESPACE` for a list.
     what: String,
@@ -546,7 +546,7 @@ struct Target {
 }
 
 impl Target {
-    fn of(obj: &Object) -> Self {
+    pub fn of(obj: &Object) -> Self {
         let meta = obj.meta();
         let name = meta.name.as_deref().unwrap_or_default();
         let namespace = meta.namespace.as_deref().unwrap_or(name).to_owned();
@@ -557,7 +557,7 @@ impl Target {
         }
     }
 
-    fn named(kind: Kind, namespace: &str, name: &str) -> Self {
+    pub fn named(kind: Kind, namespace: &str, name: &str) -> Self {
         Self {
             path: kind.object_path(namespace, name),
             what: format!("{kind}/{name}"),
@@ -565,7 +565,7 @@ impl Target {
         }
     }
 
-    fn collection(kind: Kind, namespace: &str) -> Self {
+    pub fn collection(kind: Kind, namespace: &str) -> Self {
         Self {
             path: kind.collection_path(namespace),
             what: format!("{} in {namespace}", kind.plural()),
@@ -627,20 +627,20 @@ impl NoReply {
 }
 
 /// A request that failed.
-enum Failure {
+pub enum Failure {
     /// The answer is final: retrying cannot change it.
     Final(ApplyError),
     /// Worth another try while the deadline allows.
     Transient(Transient),
 }
 
-struct Transient {
+pub struct Transient {
     /// Whether the server answered at all (this try or, once in
     /// [`Ctx::write`]'s loop, any earlier one); decides 69 or 75.
-    answered: bool,
+    pub answered: bool,
     /// `Kind/name: what happened`, for the error line.
-    reason: String,
-    retry_after: Option<Duration>,
+    pub reason: String,
+    pub retry_after: Option<Duration>,
 }
 
 /// What to do after a transient failure.
@@ -1182,7 +1182,15 @@ impl Ctx<'_> {
                 body: reply.body,
             });
         }
-        Err(self.classify(target, prune, &reply))
+        Err(classify(
+            self.user,
+            &self.cluster.server,
+            target,
+            prune,
+            reply.status.as_u16(),
+            &reply.body,
+            reply.retry_after,
+        ))
     }
 
     fn unreachable(&self, detail: String) -> ApplyError {
@@ -1192,92 +1200,97 @@ impl Ctx<'_> {
             detail,
         }
     }
+}
 
-    /// Turns an error Status into an error a site admin can act on, or a
-    /// transient one worth retrying (throttling, 5xx during an upgrade).
-    fn classify(&self, target: &Target, prune: bool, reply: &Answer) -> Failure {
-        let (status, body) = (reply.status, &reply.body);
-        let message = one_line(
-            body.get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("(no message)"),
-        );
-        let causes = body
-            .pointer("/details/causes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let has_cause = |t: &str| {
-            causes
-                .iter()
-                .any(|c| c.get("reason").and_then(Value::as_str) == Some(t))
-        };
-        let user = self.user.to_owned();
-        let object = target.what.clone();
-        Failure::Final(match status.as_u16() {
-            code @ (429 | 500 | 502 | 503 | 504) => {
-                let throttled = if code == 429 { " (throttled)" } else { "" };
-                return Failure::Transient(Transient {
-                    answered: true,
-                    reason: format!(
-                        "{object}: the API server answered {code}{throttled}: {message}"
-                    ),
-                    retry_after: reply.retry_after,
-                });
-            }
-            401 => ApplyError::Unauthorized {
+/// Turns an API server's error answer for `user`'s request about `target`
+/// into an error a site admin can act on, or a transient one worth
+/// retrying (throttling, 5xx during an upgrade). The body is whatever came
+/// back (a Status, or anything a proxy sends): read as untrusted JSON.
+pub fn classify(
+    user: &str,
+    server: &str,
+    target: &Target,
+    prune: bool,
+    status: u16,
+    body: &Value,
+    retry_after: Option<Duration>,
+) -> Failure {
+    let message = one_line(
+        body.get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)"),
+    );
+    let causes = body
+        .pointer("/details/causes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let has_cause = |t: &str| {
+        causes
+            .iter()
+            .any(|c| c.get("reason").and_then(Value::as_str) == Some(t))
+    };
+    let user = user.to_owned();
+    let object = target.what.clone();
+    Failure::Final(match status {
+        code @ (429 | 500 | 502 | 503 | 504) => {
+            let throttled = if code == 429 { " (throttled)" } else { "" };
+            return Failure::Transient(Transient {
+                answered: true,
+                reason: format!("{object}: the API server answered {code}{throttled}: {message}"),
+                retry_after,
+            });
+        }
+        401 => ApplyError::Unauthorized {
+            user,
+            server: server.to_owned(),
+        },
+        403 if has_cause("NamespaceTerminating") || message.contains("being terminated") => {
+            ApplyError::Terminating {
                 user,
-                server: self.cluster.server.clone(),
-            },
-            403 if has_cause("NamespaceTerminating") || message.contains("being terminated") => {
-                ApplyError::Terminating {
-                    user,
-                    namespace: target.namespace.clone(),
-                }
+                namespace: target.namespace.clone(),
             }
-            403 => {
-                let hint = if prune {
-                    "pruning (PRUNE=true, reconcile --prune) needs list and delete on the kinds the hook writes: \
-                     apply hooks/ondemand-prune.yaml (ood-k8s-bootstrap install --prune)"
-                } else if message
-                    .contains("attempting to grant RBAC permissions not currently held")
-                {
-                    "the ondemand account can only bind or define roles whose permissions it holds itself; \
-                     check the role in hook.env or the site template, or extend the `ondemand` ClusterRole (hooks/ondemand.yaml)"
-                } else {
-                    "grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
-                };
-                ApplyError::Forbidden {
-                    user,
-                    object,
-                    message,
-                    hint,
-                }
-            }
-            422 => {
-                let hint = if message.contains("roleRef") {
-                    " — roleRef cannot be changed: an older binding of that name points at another ClusterRole; \
-                     delete it (kubectl delete rolebinding -n NAMESPACE NAME) and run again"
-                } else if message.contains("field is immutable") {
-                    " — the existing object has an immutable field (e.g. Secret type) set differently; delete it and run again"
-                } else {
-                    ""
-                };
-                ApplyError::Invalid {
-                    user,
-                    object,
-                    message,
-                    hint,
-                }
-            }
-            code => ApplyError::Server {
+        }
+        403 => {
+            let hint = if prune {
+                "pruning (PRUNE=true, reconcile --prune) needs list and delete on the kinds the hook writes: \
+                 apply hooks/ondemand-prune.yaml (ood-k8s-bootstrap install --prune)"
+            } else if message.contains("attempting to grant RBAC permissions not currently held") {
+                "the ondemand account can only bind or define roles whose permissions it holds itself; \
+                 check the role in hook.env or the site template, or extend the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+            } else {
+                "grant it in the `ondemand` ClusterRole (hooks/ondemand.yaml)"
+            };
+            ApplyError::Forbidden {
                 user,
                 object,
-                status: code,
                 message,
-            },
-        })
-    }
+                hint,
+            }
+        }
+        422 => {
+            let hint = if message.contains("roleRef") {
+                " — roleRef cannot be changed: an older binding of that name points at another ClusterRole; \
+                 delete it (kubectl delete rolebinding -n NAMESPACE NAME) and run again"
+            } else if message.contains("field is immutable") {
+                " — the existing object has an immutable field (e.g. Secret type) set differently; delete it and run again"
+            } else {
+                ""
+            };
+            ApplyError::Invalid {
+                user,
+                object,
+                message,
+                hint,
+            }
+        }
+        code => ApplyError::Server {
+            user,
+            object,
+            status: code,
+            message,
+        },
+    })
 }
 
 /// `s` percent-encoded for a query parameter (unreserved characters kept).
@@ -1292,13 +1305,11 @@ fn query_encode(s: &str) -> String {
         .collect()
 }
 
-/// An API server message fit for one syslog line: whitespace collapsed,
-/// at most 400 characters.
+/// An API server message (or a proxy's, or anything at all) fit for one
+/// syslog line: no control characters, whitespace collapsed, at most 400
+/// characters.
 fn one_line(message: &str) -> String {
-    crate::names::truncate(
-        &message.split_whitespace().collect::<Vec<_>>().join(" "),
-        400,
-    )
+    crate::oneline::clean(message, 400)
 }
 
 /// The object's resourceVersion as a number (etcd's revision).
@@ -1381,5 +1392,84 @@ mod tests {
             Some(42)
         );
         assert_eq!(resource_version(&json!({"metadata": {}})), None);
+    }
+
+    #[test]
+    fn error_answers_name_user_and_object_on_one_line() {
+        let target = Target::named(Kind::RoleBinding, "user-alice", "alice-ood-user");
+        let body = json!({"kind": "Status", "message": "roleRef: Invalid\nvalue\u{1b}[31m", "details": {"causes": []}});
+        let Failure::Final(e) = classify("alice", "https://k8s", &target, false, 422, &body, None)
+        else {
+            panic!("422 is final");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("user alice") && msg.contains("RoleBinding/alice-ood-user"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("roleRef: Invalid value [31m")
+                && msg.contains("roleRef cannot be changed"),
+            "{msg}"
+        );
+        assert_eq!(e.exit(), Exit::DataErr);
+        let Failure::Transient(t) = classify(
+            "alice",
+            "https://k8s",
+            &target,
+            false,
+            429,
+            &json!("<html>"),
+            Some(Duration::from_secs(2)),
+        ) else {
+            panic!("429 is transient");
+        };
+        assert!(
+            t.reason.contains("429 (throttled): (no message)")
+                && t.retry_after == Some(Duration::from_secs(2))
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever an API server (or a proxy in front of it) answers,
+            /// a final error is one bounded line naming the user, with the
+            /// exit status SPEC §7 gives; 429 and 5xx are retried.
+            #[test]
+            fn error_answers_become_one_line(
+                status in 400u16..600,
+                message in "(?s).{0,800}",
+                cause in "NamespaceTerminating|[A-Za-z]{0,12}",
+                as_status in any::<bool>(),
+                prune in any::<bool>(),
+            ) {
+                let body = if as_status {
+                    json!({"kind": "Status", "message": message, "details": {"causes": [{"reason": cause}]}})
+                } else {
+                    json!(message)
+                };
+                let target = Target::named(Kind::Secret, "user-alice", "pull");
+                match classify("alice", "https://k8s", &target, prune, status, &body, None) {
+                    Failure::Final(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(!msg.chars().any(char::is_control), "{:?}", msg);
+                        prop_assert!(msg.contains("alice") && msg.chars().count() < 1200);
+                        let exit = match status {
+                            401 | 403 if !matches!(e, ApplyError::Terminating { .. }) => Exit::NoPerm,
+                            422 => Exit::DataErr,
+                            _ => Exit::TempFail,
+                        };
+                        prop_assert_eq!(e.exit(), exit);
+                    }
+                    Failure::Transient(t) => {
+                        prop_assert!(matches!(status, 429 | 500 | 502 | 503 | 504));
+                        prop_assert!(!t.reason.chars().any(char::is_control) && t.answered);
+                    }
+                }
+            }
+        }
     }
 }

@@ -376,12 +376,9 @@ pub fn parse() -> Cli {
     parse_from(std::env::args_os())
 }
 
+/// [`parse`] of the given argv; prints help or a usage error and exits.
 pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Cli {
-    let args: Vec<OsString> = args.into_iter().collect();
-    if let Some(legacy) = legacy_form(&args) {
-        return legacy;
-    }
-    match Cli::try_parse_from(args) {
+    match try_parse_from(args) {
         Ok(cli) => cli,
         // Help and --version go to stdout with status 0; real usage errors
         // exit 64 (EX_USAGE) rather than clap's 2.
@@ -390,6 +387,16 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Cli {
             let _ = e.print();
             std::process::exit(crate::exit::Exit::Usage as i32)
         }
+    }
+}
+
+/// Parses argv (the old form too) without printing or exiting: the pure
+/// part of [`parse_from`].
+pub fn try_parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    match legacy_form(&args) {
+        Some(legacy) => Ok(legacy),
+        None => Cli::try_parse_from(args),
     }
 }
 
@@ -570,5 +577,45 @@ mod tests {
     fn render_subcommand() {
         let c = cli(&["render", "--user", "bob", "--hook-env", "/tmp/h.env"]);
         assert!(matches!(c.command, Some(Command::Render { ref user, .. }) if user == "bob"));
+    }
+
+    #[test]
+    fn errors_are_returned_not_exited() {
+        let r = try_parse_from(["ood-k8s-bootstrap", "--no-such-flag"].map(OsString::from));
+        assert_eq!(
+            r.unwrap_err().kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// The old scripts' form keeps both words exactly.
+            #[test]
+            fn legacy_form_keeps_both_words(
+                user in "[a-zA-Z0-9_@][a-zA-Z0-9._@-]{0,30}",
+                path in "[a-z0-9._/][a-z0-9._-]{0,10}/[a-z0-9./_-]{0,30}",
+            ) {
+                let c = try_parse_from(["ood-k8s-bootstrap", &user, &path].map(OsString::from)).unwrap();
+                prop_assert_eq!(c.hook.user.as_deref(), Some(user.as_str()));
+                prop_assert_eq!(c.hook.common.hook_env, PathBuf::from(&path));
+            }
+
+            /// Any argv is parsed or refused, never a panic or an exit.
+            #[test]
+            fn arbitrary_argv_never_panics(args in proptest::collection::vec(
+                "(?s).{0,16}|--[a-z-]{1,12}|render|reconcile|root-token|--max-age|--service-account|[0-9]{1,3}[smh]",
+                0..6,
+            )) {
+                let argv: Vec<OsString> = std::iter::once("ood-k8s-bootstrap".to_owned()).chain(args).map(OsString::from).collect();
+                let _ = hidden_command(&argv);
+                if let Err(e) = try_parse_from(argv) {
+                    let _ = e.render().to_string();
+                }
+            }
+        }
     }
 }

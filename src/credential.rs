@@ -54,6 +54,19 @@ pub struct Cache {
     pub refresh_token: Option<String>,
 }
 
+impl Cache {
+    /// Parses a cache file. It is the user's own file, so anything may be
+    /// in it; `None` when it is not a cache.
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// Whether the token is good for at least `MARGIN` more seconds.
+    pub fn is_fresh(&self, now: u64) -> bool {
+        self.expiry > now.saturating_add(MARGIN)
+    }
+}
+
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
@@ -137,7 +150,7 @@ fn run(args: &CredentialArgs, now: u64) -> Result<Cache, String> {
         open_private_dir(&dir_path, uid).map_err(|f| format!("{}: {}", f.path.display(), f.why))?;
     let cache = read_cache(&dir, &name, &args.cache)?;
     check_matches(&cache, args)?;
-    if cache.expiry > now + MARGIN {
+    if cache.is_fresh(now) {
         return Ok(cache);
     }
     // Refresh, one at a time.
@@ -153,7 +166,7 @@ fn run(args: &CredentialArgs, now: u64) -> Result<Cache, String> {
     let cache = read_cache(&dir, &name, &args.cache)?;
     check_matches(&cache, args)?;
     let now = crate::unix_now();
-    if cache.expiry > now + MARGIN {
+    if cache.is_fresh(now) {
         return Ok(cache);
     }
     let Some(refresh_token) = cache.refresh_token.clone() else {
@@ -240,8 +253,8 @@ fn read_cache(dir: &OwnedFd, name: &str, full: &Path) -> Result<Cache, String> {
         .take(1 << 20)
         .read_to_end(&mut text)
         .map_err(|e| format!("cannot read the token cache {}: {e}", full.display()))?;
-    serde_json::from_slice(&text)
-        .map_err(|_| format!("the token cache {} is damaged; {RELOGIN}", full.display()))
+    Cache::from_json(&text)
+        .ok_or_else(|| format!("the token cache {} is damaged; {RELOGIN}", full.display()))
 }
 
 /// The refresh_token grant at the discovered token endpoint.
@@ -293,11 +306,7 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
         Some(id) => id.to_string(),
         None => resp.access_token().secret().clone(),
     };
-    let expiry = crate::tokens::claims(&token, "the refreshed token")
-        .ok()
-        .and_then(|c| c.exp)
-        .or_else(|| resp.expires_in().map(|d| now + d.as_secs()))
-        .unwrap_or(now + 300);
+    let expiry = crate::tokens::expiry(&token, resp.expires_in().map(|d| d.as_secs()), now);
     Ok(Cache {
         issuer: args.issuer.clone(),
         client_id: args.client_id.clone(),
@@ -311,8 +320,15 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
     })
 }
 
-/// Unix seconds as RFC 3339 UTC (`2024-01-31T12:00:00Z`).
+/// The last second RFC 3339 with a four-digit year can write:
+/// 9999-12-31T23:59:59Z.
+pub const RFC3339_MAX: u64 = 253_402_300_799;
+
+/// Unix seconds as RFC 3339 UTC (`2024-01-31T12:00:00Z`); a later time than
+/// [`RFC3339_MAX`] (a token's `exp` is the IdP's word) is written as that,
+/// since kubectl refuses five-digit years.
 pub fn rfc3339(secs: u64) -> String {
+    let secs = secs.min(RFC3339_MAX);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -343,6 +359,12 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn rfc3339_stops_at_four_digit_years() {
+        assert_eq!(rfc3339(RFC3339_MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]
@@ -419,5 +441,69 @@ mod tests {
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         assert!(run(&args, 1000).unwrap_err().contains("mode 700"));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Days since 1970 of a civil date (an independent restatement).
+        fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+            let y = if m <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+            era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+        }
+
+        fn seconds_of(ts: &str) -> u64 {
+            let n = |r: std::ops::Range<usize>| ts[r].parse::<i64>().unwrap();
+            assert_eq!(
+                (ts.len(), &ts[4..5], &ts[10..11], &ts[19..]),
+                (20, "-", "T", "Z"),
+                "{ts}"
+            );
+            let days = days_from_civil(n(0..4), n(5..7), n(8..10));
+            (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
+        }
+
+        proptest! {
+            /// Every expiry is written as RFC 3339 kubectl can read
+            /// (four-digit years) that turns back into the same second, or
+            /// the last one.
+            #[test]
+            fn rfc3339_turns_back_into_the_second(secs in any::<u64>(), small in 0..=RFC3339_MAX) {
+                prop_assert_eq!(seconds_of(&rfc3339(small)), small);
+                prop_assert_eq!(seconds_of(&rfc3339(secs)), secs.min(RFC3339_MAX));
+            }
+
+            /// A cache file is read back as written, `Debug` shows no token,
+            /// freshness never overflows.
+            #[test]
+            fn cache_round_trip(
+                token in "tok[A-Za-z0-9_-]{5,37}",
+                refresh in proptest::option::of("[A-Za-z0-9._-]{8,40}"),
+                expiry in any::<u64>(),
+                now in any::<u64>(),
+            ) {
+                let c = Cache {
+                    issuer: "https://idp".into(),
+                    client_id: "c".into(),
+                    token: token.clone(),
+                    expiry,
+                    refresh_token: refresh,
+                };
+                let json = serde_json::to_vec_pretty(&c).unwrap();
+                prop_assert!(Cache::from_json(&json) == Some(c.clone()));
+                let debug = format!("{c:?}");
+                prop_assert!(!debug.contains(&token));
+                prop_assert_eq!(c.is_fresh(now), expiry > now.saturating_add(MARGIN));
+            }
+
+            #[test]
+            fn arbitrary_cache_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = Cache::from_json(&bytes);
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ use crate::exit::Exit;
 use crate::idp;
 use crate::kubeconfig::Login;
 use crate::names::truncate;
+use crate::oneline::clean;
 use crate::secret::Secret;
 use crate::settings::ExchangeSettings;
 
@@ -109,8 +110,8 @@ pub fn parse(status: u16, body: &[u8]) -> Answer {
     if let Some(error) = text("error") {
         let description = text("error_description").unwrap_or_default();
         return Answer::Refused {
-            error: truncate(&error, 80),
-            description: truncate(&description, 200),
+            error: clean(&error, 80),
+            description: clean(&description, 200),
         };
     }
     if !(200..300).contains(&status) {
@@ -211,7 +212,7 @@ async fn exchange_async(
             .await
             .map_err(|e| unreachable(one_line(&e)))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| unreachable(one_line(&e)))?;
+        let body = idp::read_limited(resp).await.map_err(unreachable)?;
         match parse(status, &body) {
             Answer::Tokens(login) => return Ok(login),
             Answer::Refused { error, description }
@@ -251,7 +252,7 @@ async fn token_endpoint(http: &reqwest::Client, issuer: &str) -> Result<String, 
     match d.token_endpoint {
         _ if d.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') => Err(format!(
             "OIDC discovery at {url} names the issuer {}, not {issuer}; fix IDP_ISSUER_URL",
-            d.issuer
+            clean(&d.issuer, 200)
         )),
         Some(t) => Ok(t),
         None => Err(format!("OIDC discovery at {url} has no token_endpoint")),
@@ -313,6 +314,50 @@ mod tests {
         ));
         assert!(matches!(parse(502, b"<html>"), Answer::Bad(_)));
         assert!(matches!(parse(200, b"{}"), Answer::Bad(_)));
+    }
+
+    #[test]
+    fn an_idps_text_reaches_the_log_as_one_line() {
+        match parse(
+            400,
+            b"{\"error\":\"bad\\u001b[2J\",\"error_description\":\"line one\\nline two\\r\"}",
+        ) {
+            Answer::Refused { error, description } => {
+                assert_eq!(
+                    (error.as_str(), description.as_str()),
+                    ("bad [2J", "line one line two")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the token endpoint answers: tokens, a refusal of
+            /// bounded one-line text, or a bad answer; never a panic.
+            #[test]
+            fn any_answer_is_classified(
+                status in 100u16..600,
+                body in prop_oneof![
+                    "(?s).{0,200}",
+                    ("(?s).{0,60}", "(?s).{0,300}").prop_map(|(e, d)| serde_json::json!({"error": e, "error_description": d}).to_string()),
+                ],
+            ) {
+                match parse(status, body.as_bytes()) {
+                    Answer::Refused { error, description } => {
+                        for t in [&error, &description] {
+                            prop_assert!(!t.chars().any(char::is_control) && t.chars().count() <= 201);
+                        }
+                    }
+                    Answer::Tokens(l) => prop_assert!((200..300).contains(&status) && l.access_token.is_some()),
+                    Answer::Bad(d) => prop_assert!(!d.chars().any(char::is_control)),
+                }
+            }
+        }
     }
 
     #[test]

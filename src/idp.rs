@@ -32,6 +32,27 @@ pub fn client(
         .map_err(|e| format!("cannot set up HTTPS: {e}"))
 }
 
+/// Largest answer read from the IdP (a discovery document or a token
+/// answer is a few kilobytes).
+pub const MAX_ANSWER: usize = 256 * 1024;
+
+/// An answer's body, at most [`MAX_ANSWER`] bytes: the IdP is on the
+/// network, and what it sends is read into memory.
+pub async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| crate::names::truncate(&error_chain(&e), 300))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("the answer is larger than {MAX_ANSWER} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// What OIDC discovery says about an issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
@@ -61,15 +82,17 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovery,
     if !status.is_success() {
         return Err(format!("{url} answered {status}"));
     }
-    let v: Value = resp
-        .json()
+    let body = read_limited(resp)
         .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let v: Value = serde_json::from_slice(&body)
         .map_err(|_| format!("{url} is not a JSON discovery document"))?;
     parse_discovery(&url, &v)
 }
 
-/// The fields of a discovery document we use.
-fn parse_discovery(url: &str, v: &Value) -> Result<Discovery, String> {
+/// The fields of a discovery document we use (the document is the IdP's
+/// word: the caller cleans what it quotes).
+pub fn parse_discovery(url: &str, v: &Value) -> Result<Discovery, String> {
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     Ok(Discovery {
         issuer: text("issuer").ok_or_else(|| format!("{url} has no issuer"))?,
@@ -108,5 +131,31 @@ mod tests {
             discovery_url("https://idp/x/"),
             "https://idp/x/.well-known/openid-configuration"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any JSON document: its issuer read back as it is, or an
+            /// error naming the URL; never a panic.
+            #[test]
+            fn any_document_is_read_or_refused(
+                issuer in proptest::option::of("(?s).{0,40}"),
+                endpoint in proptest::option::of(any::<i64>()),
+                grants in proptest::collection::vec("[a-z_:-]{0,20}", 0..4),
+            ) {
+                let v = serde_json::json!({"issuer": issuer, "token_endpoint": endpoint, "grant_types_supported": grants});
+                match parse_discovery("u", &v) {
+                    Ok(d) => {
+                        prop_assert_eq!(Some(d.issuer), issuer);
+                        prop_assert_eq!(d.token_endpoint, None);
+                        prop_assert_eq!(d.grant_types, Some(grants));
+                    }
+                    Err(e) => prop_assert!(issuer.is_none() && e.starts_with("u ")),
+                }
+            }
+        }
     }
 }

@@ -299,4 +299,68 @@ mod tests {
                 .contains("IMAGE_PULL_SECRET")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// apimachinery's IsDNS1123Label, restated.
+        fn is_label(s: &str) -> bool {
+            let b = s.as_bytes();
+            let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+            (1..=63).contains(&b.len())
+                && b.iter().all(|c| alnum(c) || *c == b'-')
+                && b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+        }
+
+        proptest! {
+            /// A username maps to the dashboard's namespace when that is a
+            /// DNS-1123 label, and is refused otherwise; never a panic, never
+            /// a renamed namespace.
+            #[test]
+            fn username_to_namespace_is_a_label_or_an_error(
+                prefix in "[a-z0-9-]{0,12}|\\PC{0,5}",
+                raw in "[a-zA-Z0-9._@-]{1,70}|\\PC{0,140}",
+            ) {
+                let Ok(user) = Username::parse(&raw) else {
+                    prop_assert!(raw.is_empty() || raw.len() > 128 || raw.starts_with(['-', '.'])
+                        || raw.chars().any(|c| !is_login_char(c)));
+                    return Ok(());
+                };
+                let expected = format!("{prefix}{raw}").replace(['.', '@'], "-");
+                match Namespace::for_user(&prefix, &user) {
+                    Ok(ns) => {
+                        prop_assert_eq!(ns.as_str(), expected.as_str());
+                        prop_assert!(is_label(ns.as_str()));
+                    }
+                    Err(e) => {
+                        prop_assert!(!is_label(&expected), "{} refused: {}", expected, e);
+                        prop_assert!(!e.to_string().contains('\n'));
+                    }
+                }
+            }
+
+            #[test]
+            fn label_check_is_apimachinerys(s in "[a-z0-9-]{0,70}|\\PC{0,10}") {
+                prop_assert_eq!(dns1123_label_problem(&s).is_none(), is_label(&s));
+            }
+
+            #[test]
+            fn subdomains_are_dot_separated_labels(s in "[a-z0-9.-]{0,80}") {
+                let ok = dns1123_subdomain_problem(&s).is_none();
+                prop_assert_eq!(ok, !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label));
+            }
+
+            #[test]
+            fn messages_are_short_single_lines(s in "(?s).{0,600}", max in 0usize..100) {
+                let t = truncate(&s, max);
+                prop_assert!(t.chars().count() <= max + 1);
+                prop_assert!(s.starts_with(t.trim_end_matches('…')));
+                let l = crate::oneline::clean(&s, max);
+                prop_assert!(!l.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')));
+                prop_assert!(l.chars().count() <= max + 1);
+            }
+        }
+    }
 }

@@ -1,6 +1,9 @@
-//! One stderr/syslog line from an error: every failure the hook reports
-//! must fit nginx_stage's one syslog line, and reqwest and hyper hide the
-//! useful part ("Connection refused", "UnknownIssuer") in the source chain.
+//! One stderr/syslog line from an error or from text others wrote: every
+//! failure the hook reports must fit nginx_stage's one syslog line, reqwest
+//! and hyper hide the useful part ("Connection refused", "UnknownIssuer") in
+//! the source chain, and what an API server, IdP, broker client or user's
+//! process says may hold newlines and terminal escapes that must never
+//! reach a log or a terminal.
 
 /// An error and its causes on one line: each cause not already in the text
 /// is appended after ": ", control characters become spaces, runs of
@@ -16,10 +19,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    out.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .split_whitespace()
+    words(&out)
+}
+
+/// Untrusted text made fit for one line: control characters (newlines,
+/// escape sequences, NUL) become spaces, runs of whitespace one space, and
+/// it is cut to `max_chars` characters (plus `…` when cut).
+pub fn clean(text: &str, max_chars: usize) -> String {
+    crate::names::truncate(&words(text), max_chars)
+}
+
+/// The words of `text`, split at whitespace and control characters, joined
+/// by single spaces.
+fn words(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -56,5 +70,32 @@ mod tests {
         );
         let repeated = E("tcp connect: refused", Some(Box::new(E("refused", None))));
         assert_eq!(error_chain(&repeated), "tcp connect: refused");
+    }
+
+    #[test]
+    fn clean_removes_escapes_and_cuts() {
+        assert_eq!(clean("a\x1b[31mb\r\n\tc\0d  ", 100), "a [31mb c d");
+        assert_eq!(clean("abcdef", 3), "abc…");
+        assert_eq!(clean("\n\u{85}\u{2028}", 10), "");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the text, the result is one line of bounded length
+            /// without control characters, holding the text's words in order.
+            #[test]
+            fn clean_is_one_bounded_line(text in "(?s).{0,300}", max in 0usize..120) {
+                let out = clean(&text, max);
+                prop_assert!(!out.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')), "{:?}", out);
+                prop_assert!(out.chars().count() <= max + 1);
+                prop_assert_eq!(out.trim(), out.as_str());
+                prop_assert!(!out.contains("  "));
+                let all = clean(&text, usize::MAX);
+                prop_assert!(all.starts_with(out.trim_end_matches('…')));
+            }
+        }
     }
 }

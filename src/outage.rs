@@ -28,6 +28,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// The largest state file read.
 const MAX_STATE_BYTES: u64 = 4096;
 
+/// The longest failure detail remembered, in characters (`…` added when
+/// cut).
+const MAX_DETAIL: usize = 300;
+
 /// What is remembered about one API server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -74,7 +78,7 @@ impl Record {
             since_ms,
             failures,
             until_ms: now_ms.saturating_add(window_ms),
-            detail: crate::names::truncate(&one_line(detail), 300),
+            detail: crate::oneline::clean(detail, MAX_DETAIL),
             exit: exit as u8,
         }
     }
@@ -89,8 +93,8 @@ impl Record {
             && r.since_ms <= now_ms
             && r.until_ms <= now_ms.saturating_add(max_ms)
             && matches!(r.exit, 69 | 75)
-            && r.detail.len() <= 400
-            && !r.detail.contains(['\n', '\r']);
+            && r.detail.chars().count() <= MAX_DETAIL + 1
+            && !r.detail.chars().any(char::is_control);
         plausible.then_some(r)
     }
 
@@ -120,10 +124,6 @@ impl Record {
             if self.failures == 1 { "" } else { "s" },
         )
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The memory of one API server's outages, in a directory.
@@ -331,9 +331,65 @@ mod tests {
         };
         let text = serde_json::to_string(&far).unwrap();
         assert_eq!(Record::parse(&text, S, 1500, MAX), None);
-        let odd_exit = Record { exit: 0, ..r };
+        let odd_exit = Record {
+            exit: 0,
+            ..r.clone()
+        };
         let text = serde_json::to_string(&odd_exit).unwrap();
         assert_eq!(Record::parse(&text, S, 1500, MAX), None);
+        let escape = Record {
+            detail: "is unreachable \u{1b}[2J".into(),
+            ..r
+        };
+        let text = serde_json::to_string(&escape).unwrap();
+        assert_eq!(Record::parse(&text, S, 1500, MAX), None);
+    }
+
+    #[test]
+    fn a_long_multibyte_detail_is_read_back() {
+        let r = Record::failed(None, S, 1000, &"é".repeat(400), Exit::Unavailable, MAX);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(Record::parse(&text, S, 1500, MAX), Some(r));
+    }
+
+    #[test]
+    fn a_detail_with_control_characters_is_stored_as_one_line() {
+        let r = Record::failed(
+            None,
+            S,
+            1000,
+            "is\r\nunreachable\u{1b}[2J",
+            Exit::Unavailable,
+            MAX,
+        );
+        assert_eq!(r.detail, "is unreachable [2J");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the state file holds, a record is read only if it is
+            /// plausible, and its message is one line.
+            #[test]
+            fn state_files_are_plausible_or_ignored(
+                server in prop_oneof![Just(S.to_owned()), "[ -~]{0,12}"],
+                since in 0u64..3000, until in 0u64..40_000, failures in 0u32..4,
+                detail in "(?s).{0,80}", exit in proptest::sample::select(vec![69u8, 75, 0]),
+                now in 0u64..3000,
+            ) {
+                let text = serde_json::json!({"server": server, "since_ms": since, "failures": failures,
+                    "until_ms": until, "detail": detail, "exit": exit}).to_string();
+                if let Some(r) = Record::parse(&text, S, now, MAX) {
+                    prop_assert!(r.server == S && r.since_ms <= now && matches!(r.exit, 69 | 75));
+                    let m = r.message("alice", now);
+                    prop_assert!(!m.chars().any(char::is_control), "{:?}", m);
+                    let next = Record::failed(Some(r), S, now, &detail, Exit::Unavailable, MAX);
+                    prop_assert!(next.failures >= 2 && !next.detail.chars().any(char::is_control));
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! others, and the summary lists each failure with its reason.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -171,7 +171,7 @@ fn change_word(c: Change) -> &'static str {
 
 /// Usernames from a file (or stdin for `-`), in order, without duplicates.
 fn read_list(path: &Path) -> Result<Vec<String>, (Exit, String)> {
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+    let mut reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         let file = std::fs::File::open(path).map_err(|e| {
@@ -182,16 +182,26 @@ fn read_list(path: &Path) -> Result<Vec<String>, (Exit, String)> {
         })?;
         Box::new(std::io::BufReader::new(file))
     };
+    let mut text = String::new();
+    reader
+        .read_to_string(&mut text)
+        .map_err(|e| (Exit::NoInput, format!("reading {}: {e}", path.display())))?;
+    Ok(parse_user_list(&text))
+}
+
+/// The names in a user list: one per line, `#` starts a comment, blank
+/// lines and repeats are skipped, order is kept. Names are not validated
+/// here: each is checked (and reported) with its user.
+pub fn parse_user_list(text: &str) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for line in reader.lines() {
-        let line = line.map_err(|e| (Exit::NoInput, format!("reading {}: {e}", path.display())))?;
+    for line in text.lines() {
         let name = line.split('#').next().unwrap_or_default().trim();
-        if !name.is_empty() && seen.insert(name.to_owned()) {
+        if !name.is_empty() && seen.insert(name) {
             out.push(name.to_owned());
         }
     }
-    Ok(out)
+    out
 }
 
 /// Users of every OnDemand namespace: the user annotation this program
@@ -216,13 +226,21 @@ async fn labelled_users(
             ),
             e => (e.exit(), e.to_string()),
         })?;
-    let mut users: Vec<String> = list
+    Ok(users_of_namespaces(&list, &settings.namespace_prefix))
+}
+
+/// The users of a namespace list (the API server's `items`, read as
+/// untrusted JSON): the user annotation this program writes, or, for
+/// namespaces the old hook made, the name minus `prefix`. Namespaces
+/// without `prefix` belong to another OnDemand instance and are skipped.
+pub fn users_of_namespaces(items: &[serde_json::Value], prefix: &str) -> Vec<String> {
+    let mut users: Vec<String> = items
         .iter()
         .filter_map(|ns| {
             let name = ns.pointer("/metadata/name")?.as_str()?;
             // Only namespaces of this hook.env's prefix: other OnDemand
             // instances may share the cluster.
-            let unprefixed = name.strip_prefix(settings.namespace_prefix.as_str())?;
+            let unprefixed = name.strip_prefix(prefix)?;
             let annotated = ns.pointer(&format!(
                 "/metadata/annotations/{}",
                 USER_ANNOTATION.replace('/', "~1")
@@ -237,7 +255,7 @@ async fn labelled_users(
         .collect();
     users.sort();
     users.dedup();
-    Ok(users)
+    users
 }
 
 /// A one-line progress bar on a terminal; silent otherwise.
@@ -277,6 +295,48 @@ impl Progress {
     fn finish(&self) {
         if self.on_terminal && self.total > 0 {
             eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_list_skips_comments_blanks_and_repeats() {
+        assert_eq!(
+            parse_user_list("# users\nalice\n  bob  # x\n\nalice\r\nfirst.last\n"),
+            ["alice", "bob", "first.last"]
+        );
+    }
+
+    #[test]
+    fn users_of_namespaces_prefers_the_annotation() {
+        let items = [
+            json!({"metadata": {"name": "user-first-last", "annotations": {"openondemand.org/user": "first.last"}}}),
+            json!({"metadata": {"name": "user-bob"}}),
+            json!({"metadata": {"name": "other-carol"}}),
+            json!({"metadata": {"name": 7}}),
+            json!("not an object"),
+        ];
+        assert_eq!(users_of_namespaces(&items, "user-"), ["bob", "first.last"]);
+    }
+
+    proptest! {
+        /// Entries are trimmed, non-empty, comment-free, unique, in order.
+        #[test]
+        fn user_list_entries_are_clean(text in "(?s).{0,300}|([ a-z#.\r]{0,12}\n){0,12}") {
+            let names = parse_user_list(&text);
+            let mut rest = text.as_str();
+            for (i, n) in names.iter().enumerate() {
+                prop_assert!(!n.is_empty() && n.trim() == n && !n.contains(['#', '\n']));
+                prop_assert!(!names[..i].contains(n));
+                let at = rest.find(n.as_str()).expect("in file order");
+                rest = &rest[at + n.len()..];
+            }
         }
     }
 }

@@ -86,6 +86,20 @@ pub fn payload(
     serde_json::from_slice(&payload).map_err(|_| not_jwt())
 }
 
+/// Expiry assumed for a token that says nothing about it, in seconds.
+pub const DEFAULT_LIFETIME: u64 = 300;
+
+/// When a token the IdP just issued expires, in Unix seconds: its own
+/// `exp`, else `now` plus the answer's `expires_in`, else
+/// [`DEFAULT_LIFETIME`] from now. Both numbers are the IdP's word, so
+/// anything: the sum saturates rather than overflow.
+pub fn expiry(token: &str, expires_in: Option<u64>, now: u64) -> u64 {
+    claims(token, "the token")
+        .ok()
+        .and_then(|c| c.exp)
+        .unwrap_or_else(|| now.saturating_add(expires_in.unwrap_or(DEFAULT_LIFETIME)))
+}
+
 /// A token that passed the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
@@ -171,5 +185,68 @@ mod tests {
             check("a.b.c", "t", 1, None),
             Err(TokenError::NotJwt { what: "t" })
         );
+    }
+
+    #[test]
+    fn expiry_prefers_exp_and_never_overflows() {
+        let t = fake_jwt(&json!({"exp": 2000}));
+        assert_eq!(expiry(&t, Some(5), 1000), 2000);
+        assert_eq!(expiry("opaque", Some(40), 1000), 1040);
+        assert_eq!(expiry("opaque", None, 1000), 1300);
+        assert_eq!(expiry("opaque", Some(u64::MAX), 1000), u64::MAX);
+        let huge = fake_jwt(&json!({"exp": 1e300}));
+        assert_eq!(expiry(&huge, None, 1000), u64::MAX);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary text, JWT-shaped or not, at any clock: a result,
+            /// never a panic, and no message quotes the token.
+            #[test]
+            fn token_checks_never_panic(
+                token in "(?s).{0,200}|[A-Za-z0-9_=-]{0,40}\\.[A-Za-z0-9_=-]{0,60}\\.[A-Za-z0-9_-]{0,10}",
+                now in any::<u64>(),
+                client in proptest::option::of("[a-z-]{1,12}"),
+                expires_in in proptest::option::of(any::<u64>()),
+            ) {
+                match check(&token, "t", now, client.as_deref()) {
+                    Ok(c) => {
+                        prop_assert!(c.claims.exp.is_none_or(|e| e > now));
+                        if let Some(w) = c.warning {
+                            prop_assert!(token.len() < 8 || !w.contains(&token));
+                        }
+                    }
+                    Err(e) => prop_assert!(token.len() < 8 || !e.to_string().contains(&token)),
+                }
+                let e = expiry(&token, expires_in, now);
+                if claims(&token, "t").ok().and_then(|c| c.exp).is_none() {
+                    prop_assert_eq!(e, now.saturating_add(expires_in.unwrap_or(DEFAULT_LIFETIME)));
+                }
+            }
+
+            /// The claims of a JWT are read back as written.
+            #[test]
+            fn claims_are_read_back(
+                exp in proptest::option::of(any::<u64>()),
+                aud in proptest::collection::vec("[ -~]{0,12}", 0..4),
+                single in any::<bool>(),
+            ) {
+                let mut payload = serde_json::Map::new();
+                if let Some(exp) = exp {
+                    payload.insert("exp".into(), exp.into());
+                }
+                let aud_json = match (&aud[..], single) {
+                    ([one], true) => json!(one),
+                    _ => json!(aud),
+                };
+                payload.insert("aud".into(), aud_json);
+                let c = claims(&fake_jwt(&payload.into()), "t").unwrap();
+                prop_assert_eq!(c.exp, exp);
+                prop_assert_eq!(c.aud, aud);
+            }
+        }
     }
 }

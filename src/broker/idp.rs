@@ -17,8 +17,6 @@ use crate::settings::Oidc;
 
 /// How long a discovered token endpoint is reused.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// Largest answer read from the IdP.
-const MAX_ANSWER: usize = 256 * 1024;
 
 /// The IdP as the broker sees it: one issuer, one client (hook.env's).
 pub struct Idp {
@@ -165,7 +163,7 @@ impl Idp {
         if d.issuer.trim_end_matches('/') != self.issuer {
             return Err(RefreshError::Misconfigured(format!(
                 "{url} names issuer {}, not IDP_ISSUER_URL",
-                d.issuer
+                crate::oneline::clean(&d.issuer, 200)
             )));
         }
         if let Ok(mut cache) = self.endpoints.lock() {
@@ -178,21 +176,10 @@ impl Idp {
     }
 }
 
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+async fn read_bounded(resp: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
+    crate::idp::read_limited(resp)
         .await
-        .map_err(|e| RefreshError::Unavailable(error_line(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(RefreshError::Unavailable(format!(
-                "the answer is larger than {MAX_ANSWER} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map_err(RefreshError::Unavailable)
 }
 
 fn same_scheme(a: &str, b: &str) -> bool {

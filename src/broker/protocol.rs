@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::oneline::clean;
+
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
 /// Longest request line, newline included.
@@ -96,19 +98,20 @@ impl RequestError {
     }
 }
 
-/// Parses one request line (without its newline).
+/// Parses one request line (without its newline). Anyone on the host may
+/// send anything: errors are one line and quote none of it raw (the
+/// parser's message can hold a field name from the request).
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    let malformed = |e: serde_json::Error| RequestError::Malformed(clean(&e.to_string(), 200));
     // The version first, so a newer plugin gets the version error rather
     // than "unknown field".
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(malformed)?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => return Err(RequestError::Version(u32::try_from(v).unwrap_or(u32::MAX))),
         None => return Err(RequestError::Malformed("no version \"v\"".into())),
     }
-    let req: Request =
-        serde_json::from_value(value).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    let req: Request = serde_json::from_value(value).map_err(malformed)?;
     if let Some(c) = &req.cluster
         && (c.len() > MAX_CLUSTER || c.chars().any(char::is_control))
     {
@@ -151,7 +154,7 @@ impl Response {
 /// or the message for the user.
 pub fn read_response(line: &[u8]) -> Result<serde_json::Value, String> {
     let resp: Response = serde_json::from_slice(line)
-        .map_err(|e| format!("the credential broker sent an answer this plugin cannot read ({e}); is it the same ood-k8s-bootstrap version?"))?;
+        .map_err(|e| format!("the credential broker sent an answer this plugin cannot read ({}); is it the same ood-k8s-bootstrap version?", clean(&e.to_string(), 200)))?;
     if resp.v != VERSION {
         return Err(format!(
             "the credential broker speaks protocol version {}, this plugin {VERSION}: ask your administrator",
@@ -159,7 +162,7 @@ pub fn read_response(line: &[u8]) -> Result<serde_json::Value, String> {
         ));
     }
     match (resp.credential, resp.error) {
-        (_, Some(e)) => Err(e.message),
+        (_, Some(e)) => Err(clean(&e.message, 1000)),
         (Some(c), None) if c["kind"] == "ExecCredential" && c["status"]["token"].is_string() => {
             Ok(c)
         }
@@ -211,5 +214,42 @@ mod tests {
                 .contains("version 9")
         );
         assert!(read_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_hostile_request_is_not_echoed_raw() {
+        let e = parse_request(b"{\"v\":1,\"\\u001b[2J\\nx\":1}").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("unknown field") && !msg.chars().any(char::is_control),
+            "{msg:?}"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any line: a request with a clean cluster name, or an error
+            /// of one line; the plugin's reading of any answer likewise.
+            #[test]
+            fn any_line_is_a_request_or_a_one_line_error(
+                line in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..100),
+                    ("(?s).{0,20}", "(?s).{0,40}", 0u64..3).prop_map(|(k, c, v)| serde_json::json!({"v": v, k: c}).to_string().into_bytes()),
+                    "(?s).{0,300}".prop_map(|c| serde_json::json!({"v": 1, "cluster": c}).to_string().into_bytes()),
+                ],
+            ) {
+                match parse_request(&line) {
+                    Ok(r) => prop_assert!(r.cluster.is_none_or(|c| c.len() <= MAX_CLUSTER && !c.chars().any(char::is_control))),
+                    Err(e) => prop_assert!(!e.to_string().chars().any(char::is_control), "{:?}", e.to_string()),
+                }
+                if let Err(m) = read_response(&line) {
+                    prop_assert!(!m.chars().any(char::is_control), "{:?}", m);
+                }
+            }
+        }
     }
 }

@@ -24,8 +24,6 @@ pub const FORMAT: u32 = 1;
 pub const MARGIN: u64 = 60;
 /// Tokens this close to expiry are never handed out.
 const MIN_LEFT: u64 = 5;
-/// Expiry assumed for a token that says nothing about it.
-const DEFAULT_LIFETIME: u64 = 300;
 
 /// Which token kubectl presents to the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +140,7 @@ impl TokenSet {
             } else {
                 Bearer::IdToken
             },
-            expiry: exp.unwrap_or(now + DEFAULT_LIFETIME),
+            expiry: exp.unwrap_or(now.saturating_add(tokens::DEFAULT_LIFETIME)),
             obtained: now,
             refresh,
             source: tokens.source,
@@ -162,13 +160,13 @@ impl TokenSet {
     pub fn fresh(&self, now: u64) -> bool {
         let lifetime = self.expiry.saturating_sub(self.obtained);
         let margin = MARGIN.min(lifetime / 3).max(MIN_LEFT);
-        self.expiry > now + margin
+        self.expiry > now.saturating_add(margin)
     }
 
     /// Still valid long enough to hand out (when a refresh is not possible
     /// right now).
     pub fn usable(&self, now: u64) -> bool {
-        self.expiry > now + MIN_LEFT
+        self.expiry > now.saturating_add(MIN_LEFT)
     }
 
     /// The ExecCredential JSON kubectl reads.
@@ -187,11 +185,7 @@ impl TokenSet {
                 RefreshError::Unavailable("the IdP's refresh answer has no ID token".into())
             })?,
         };
-        let expiry = tokens::claims(bearer, "the refreshed token")
-            .ok()
-            .and_then(|c| c.exp)
-            .or_else(|| answer.expires_in.map(|s| now + s))
-            .unwrap_or(now + DEFAULT_LIFETIME);
+        let expiry = tokens::expiry(bearer, answer.expires_in, now);
         Ok(Self {
             access_token: answer.access_token.clone(),
             id_token,
@@ -272,7 +266,7 @@ pub fn read_answer(status: u16, body: &[u8]) -> Result<TokenAnswer, RefreshError
             Some(d) if !d.is_empty() => format!("{}: {d}", e.error),
             _ => e.error.clone(),
         };
-        (e.error, clean(&text))
+        (e.error, crate::oneline::clean(&text, 200))
     });
     match (status, oauth) {
         (400..=499, Some((code, text)))
@@ -288,14 +282,6 @@ pub fn read_answer(status: u16, body: &[u8]) -> Result<TokenAnswer, RefreshError
         (_, Some((_, text))) => Err(RefreshError::Unavailable(format!("HTTP {status}: {text}"))),
         (_, None) => Err(RefreshError::Unavailable(format!("HTTP {status}"))),
     }
-}
-
-/// An IdP's text, made safe for one log line and a user's terminal.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect()
 }
 
 #[cfg(test)]
@@ -382,6 +368,23 @@ mod tests {
         assert_eq!((r.expiry, r.refresh_token.as_deref()), (2040, Some("r1")));
         let ended = s.ended("invalid_grant");
         assert!(ended.refresh_token.is_none() && ended.ended.is_some());
+    }
+
+    #[test]
+    fn an_idps_huge_numbers_saturate() {
+        let s = set(1040, 1000);
+        let answer = read_answer(
+            200,
+            br#"{"access_token":"opaque","expires_in":18446744073709551615}"#,
+        )
+        .unwrap();
+        let r = s.refreshed(&answer, 2000).unwrap();
+        assert_eq!(r.expiry, u64::MAX);
+        assert!(r.fresh(3000) && !r.fresh(u64::MAX) && !r.usable(u64::MAX));
+        assert_eq!(
+            r.exec_credential()["status"]["expirationTimestamp"],
+            "9999-12-31T23:59:59Z"
+        );
     }
 
     #[test]

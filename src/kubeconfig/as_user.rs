@@ -78,8 +78,10 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
     });
     let mut out = Vec::new();
     let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_end(&mut out);
+    if let Some(s) = child.stdout.take() {
+        // Bounded: the child runs as the user. A longer answer is cut, so
+        // it does not parse and is reported as no answer.
+        let _ = s.take(write::MAX_REPLY).read_to_end(&mut out);
     }
     if let Some(s) = child.stderr.take() {
         let _ = s.take(2000).read_to_string(&mut err);
@@ -109,13 +111,13 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
         )));
     }
     let status = status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
-    match serde_json::from_slice::<Reply>(&out) {
-        Ok(r) => Ok(r),
-        Err(_) => {
+    match Reply::from_child(&out) {
+        Some(r) => Ok(r),
+        None => {
             let mut e = format!("the writer exited with {status} without an answer");
             if let Some(l) = err.trim().lines().next() {
                 e.push_str(": ");
-                e.push_str(l);
+                e.push_str(&crate::oneline::clean(l, 200));
             }
             if let Err(w) = write_result {
                 e.push_str(&format!(" (sending the job failed: {w})"));
@@ -137,9 +139,9 @@ pub fn child_main() -> ExitCode {
         eprintln!("ood-k8s-bootstrap {CHILD_ARG}: cannot read the job from stdin");
         return ExitCode::from(70);
     }
-    let job: Job = match serde_json::from_slice(&input) {
-        Ok(j) => j,
-        Err(_) => {
+    let job = match Job::from_json(&input) {
+        Some(j) => j,
+        None => {
             eprintln!(
                 "ood-k8s-bootstrap {CHILD_ARG}: stdin is not a job (this command is internal)"
             );

@@ -166,7 +166,7 @@ pub fn plan(
                     client_id: client_id.clone(),
                     token: bearer.expose().to_owned(),
                     // A JWT without exp: trust it for five minutes.
-                    expiry: exp.unwrap_or(now + 300),
+                    expiry: exp.unwrap_or(now.saturating_add(tokens::DEFAULT_LIFETIME)),
                     refresh_token: login.refresh_token.as_ref().map(|r| r.expose().to_owned()),
                 },
             ));

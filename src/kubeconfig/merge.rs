@@ -70,12 +70,14 @@ pub fn parse(existing: &str) -> Result<Map<String, Value>, MergeError> {
     }) {
         return Ok(Map::new());
     }
-    let doc: Value = serde_saphyr::from_str(existing).map_err(|e| {
-        // The first line of the parser's message is enough for an admin;
-        // never echo file content (it holds tokens).
-        let msg = e.to_string();
-        MergeError::Parse(first_line_without_snippet(&msg))
-    })?;
+    // As kubectl reads a kubeconfig: a repeated key's last value wins
+    // (client-go's YAML decoding is not strict). The default budget bounds
+    // what aliases can expand to.
+    let mut options = serde_saphyr::Options::default();
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::LastWins;
+    options.with_snippet = false;
+    let doc: Value =
+        serde_saphyr::from_str_with_options(existing, options).map_err(|e| parse_error(&e))?;
     match doc {
         Value::Null => Ok(Map::new()),
         Value::Object(m) => Ok(m),
@@ -83,13 +85,25 @@ pub fn parse(existing: &str) -> Result<Map<String, Value>, MergeError> {
     }
 }
 
-fn first_line_without_snippet(msg: &str) -> String {
-    let line = msg.lines().next().unwrap_or("parse error");
-    let mut out: String = line.chars().take(160).collect();
-    if out.len() < line.len() {
-        out.push('…');
-    }
-    out
+/// Where and what kind of error, never the text around it: the parser's
+/// detail after the kind can quote keys or values of the file (it holds
+/// tokens).
+fn parse_error(e: &serde_saphyr::Error) -> MergeError {
+    let msg = e.to_string();
+    let first = msg.lines().next().unwrap_or("parse error");
+    // "error: line L column C: KIND: detail" -> "KIND"
+    let kind = first
+        .rsplit_once(&format!(
+            "column {}: ",
+            e.location().map_or(0, |l| l.column())
+        ))
+        .map_or(first, |(_, rest)| rest);
+    let kind = kind.split(':').next().unwrap_or(kind);
+    let kind = crate::oneline::clean(kind, 60);
+    MergeError::Parse(match e.location() {
+        Some(l) => format!("line {}, column {}: {kind}", l.line(), l.column()),
+        None => kind,
+    })
 }
 
 /// The new file content: `existing` with `desired` merged in.
@@ -424,6 +438,32 @@ x-unknown-field: {keep: me}
         assert!(!e.to_string().contains("SECRETTOKEN"), "{e}");
     }
 
+    /// Found by fuzzing (fuzz/fuzz_targets/kubeconfig_merge.rs): a repeated
+    /// key was refused (kubectl takes the last) with a message quoting the
+    /// key from the file.
+    #[test]
+    fn repeated_keys_last_wins_like_kubectl() {
+        let text = "users:\n- name: me\n  user:\n    token: SECRET-ONE\n    token: two\n";
+        let after = parse(&merge(text, &desired()).unwrap()).unwrap();
+        assert_eq!(after["users"][0]["user"], json!({"token": "two"}));
+    }
+
+    #[test]
+    fn parse_errors_give_the_place_not_the_content() {
+        let e = merge(
+            "users:\n- name: x\n  user: {token: SECRETTOKEN\n",
+            &desired(),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("line ") && !msg.contains("SECRETTOKEN"),
+            "{msg}"
+        );
+        let e = merge("a: &x 1\nb: *SECRETANCHOR\n", &desired()).unwrap_err();
+        assert!(!e.to_string().contains("SECRETANCHOR"), "{e}");
+    }
+
     #[test]
     fn empty_and_null_files_are_empty_configs() {
         for text in ["", "\n", "# only a comment\n", "---\n", "null\n", "~\n"] {
@@ -461,5 +501,156 @@ users:
         let after = parse(&a).unwrap();
         assert_eq!(after["users"][0], parse(k).unwrap()["users"][0]);
         assert_eq!(after["current-context"], "open-ondemand");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Scalars a YAML emitter must quote to keep them strings, and
+        /// plain ones.
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                proptest::sample::select(vec![
+                    "007",
+                    "true",
+                    "yes",
+                    "no",
+                    "on",
+                    "null",
+                    "~",
+                    "",
+                    " lead",
+                    "trail ",
+                    "a: b",
+                    "- x",
+                    "#c",
+                    "1e3",
+                    "0x1F",
+                    ".inf",
+                    "2024-01-01",
+                    "&a",
+                    "*a",
+                    "!t",
+                    "multi\nline",
+                    "tab\tin",
+                    "quote\"s",
+                    "'",
+                    "ü",
+                    "\u{85}",
+                    "\u{feff}x",
+                    "{a}",
+                    "[b]",
+                    "%p",
+                    "@x",
+                ])
+                .prop_map(|s| Value::String(s.into())),
+                "[ -~]{0,20}".prop_map(Value::String),
+                any::<i64>().prop_map(Value::from),
+                any::<bool>().prop_map(Value::Bool),
+                Just(Value::Null),
+            ]
+        }
+
+        fn tree() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-z-]{1,8}|007|true|\"k", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn entries(body_key: &'static str) -> impl Strategy<Value = Vec<Value>> {
+            proptest::collection::vec(("alice|bob|open-ondemand|mine|[a-z]{1,6}", tree()), 0..4)
+                .prop_map(move |items| {
+                    items
+                        .into_iter()
+                        .map(|(name, body)| json!({"name": name, body_key: body}))
+                        .collect()
+                })
+        }
+
+        fn config() -> impl Strategy<Value = Value> {
+            (
+                entries("user"),
+                entries("cluster"),
+                entries("context"),
+                tree(),
+                "|mine|x",
+            )
+                .prop_map(|(users, clusters, contexts, extra, cc)| {
+                    json!({"apiVersion": "v1", "kind": "Config", "users": users,
+                           "clusters": clusters, "contexts": contexts,
+                           "x-extra": extra, "current-context": cc})
+                })
+        }
+
+        fn foreign(root: &Map<String, Value>, list: &str, ours: &str) -> Vec<Value> {
+            root[list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["name"] != ours)
+                .cloned()
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any config (written as JSON, which is YAML, or by our own
+            /// emitter): every entry and key we do not own survives, ours is
+            /// set, a second merge changes nothing, and the output parses
+            /// back to exactly the merged tree.
+            #[test]
+            fn merge_keeps_foreign_entries_and_is_idempotent(
+                existing in config(),
+                as_json in any::<bool>(),
+            ) {
+                let Value::Object(before) = existing else { unreachable!() };
+                let text = if as_json {
+                    serde_json::to_string_pretty(&before).unwrap()
+                } else {
+                    emit(&before).unwrap()
+                };
+                prop_assert_eq!(&parse(&text).unwrap(), &before, "{}", text);
+                let d = desired();
+                // The entry we update (the last of its name) must have a
+                // mapping (or nothing) as its body, else the file is refused.
+                let unusable = [("clusters", "cluster"), ("contexts", "context")].iter().any(|(list, body)| {
+                    before[*list].as_array().unwrap().iter().rev()
+                        .find(|i| i["name"] == "open-ondemand")
+                        .is_some_and(|i| !i[*body].is_object() && !i[*body].is_null())
+                });
+                let out = match merge(&text, &d) {
+                    Err(MergeError::Shape(_)) if unusable => return Ok(()),
+                    other => other.unwrap(),
+                };
+                prop_assert!(!unusable);
+                let after = parse(&out).unwrap();
+                for (list, ours) in [("users", "alice"), ("clusters", "open-ondemand"), ("contexts", "open-ondemand")] {
+                    prop_assert_eq!(foreign(&before, list, ours), foreign(&after, list, ours), "{}", list);
+                }
+                prop_assert_eq!(&after["x-extra"], &before["x-extra"]);
+                let user = after["users"].as_array().unwrap().iter().rev()
+                    .find(|u| u["name"] == "alice").unwrap();
+                prop_assert_eq!(&user["user"], &d.user.as_ref().unwrap().user);
+                if before["current-context"] != "" {
+                    prop_assert_eq!(&after["current-context"], &before["current-context"]);
+                }
+                prop_assert_eq!(merge(&out, &d).unwrap(), out);
+            }
+
+            /// Arbitrary text never panics, and errors never quote it.
+            #[test]
+            fn arbitrary_text_never_panics(text in "(?s).{0,300}") {
+                if let Err(e) = merge(&text, &desired()) {
+                    let msg = e.to_string();
+                    prop_assert!(!msg.contains('\n'), "{:?}", msg);
+                }
+            }
+        }
     }
 }

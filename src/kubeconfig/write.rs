@@ -48,7 +48,7 @@ const TMP_MARK: &str = ".ood-k8s-bootstrap.";
 
 /// What the privilege-dropped child is asked to do (sent as JSON on its
 /// stdin; holds tokens, so it never goes to argv, env or logs).
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq)]
 pub struct Job {
     pub user: String,
     pub uid: u32,
@@ -61,6 +61,21 @@ pub struct Job {
     pub cache: Option<(String, Cache)>,
 }
 
+impl Job {
+    /// Parses the job the child reads on its stdin (anyone may start the
+    /// child and send anything: it runs as the sender's own uid).
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Largest answer the parent reads from the writer child.
+pub const MAX_REPLY: u64 = 64 << 10;
+/// At most this many warnings of the child are passed on, each at most
+/// [`MAX_TEXT`] characters.
+const MAX_WARNINGS: usize = 8;
+const MAX_TEXT: usize = 400;
+
 /// The child's answer (JSON on stdout).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Reply {
@@ -70,6 +85,37 @@ pub enum Reply {
         warnings: Vec<String>,
     },
     Failed(Failure),
+}
+
+impl Reply {
+    /// Parses the child's answer. The child runs as the user, who may be
+    /// able to tamper with it (ptrace), and root logs parts of it: every
+    /// text is made one short line, and at most [`MAX_WARNINGS`] warnings
+    /// are kept.
+    pub fn from_child(bytes: &[u8]) -> Option<Self> {
+        let line = |s: &str| crate::oneline::clean(s, MAX_TEXT);
+        let path = |p: &Path| PathBuf::from(line(&p.to_string_lossy()));
+        Some(match serde_json::from_slice(bytes).ok()? {
+            Reply::Done {
+                path: p,
+                changed,
+                warnings,
+            } => Reply::Done {
+                path: path(&p),
+                changed,
+                warnings: warnings
+                    .iter()
+                    .take(MAX_WARNINGS)
+                    .map(|w| line(w))
+                    .collect(),
+            },
+            Reply::Failed(f) => Reply::Failed(Failure {
+                kind: f.kind,
+                path: path(&f.path),
+                why: line(&f.why),
+            }),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -369,12 +415,7 @@ impl<'a> KubectlLock<'a> {
                 Ok(fd) => {
                     let mut f = File::from(fd);
                     // Best effort: lets a later run see this holder died.
-                    let _ = writeln!(
-                        f,
-                        "ood-k8s-bootstrap pid={} host={}",
-                        std::process::id(),
-                        hostname()
-                    );
+                    let _ = writeln!(f, "{}", lock_line(std::process::id(), &hostname()));
                     return Ok(Self {
                         dir,
                         name: name.to_owned(),
@@ -441,6 +482,22 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+const LOCK_MARK: &str = "ood-k8s-bootstrap pid=";
+
+/// What this program writes into kubectl's lock file while it holds it.
+pub fn lock_line(pid: u32, host: &str) -> String {
+    format!("{LOCK_MARK}{pid} host={host}")
+}
+
+/// The holder a lock file's text names, if this program wrote it: its pid
+/// (always > 0) and host. The file is in the user's directory: anything
+/// may be in it.
+pub fn lock_holder(text: &str) -> Option<(i32, &str)> {
+    let (pid, host) = text.trim().strip_prefix(LOCK_MARK)?.split_once(" host=")?;
+    let pid = pid.parse::<i32>().ok().filter(|p| *p > 0)?;
+    Some((pid, host))
+}
+
 /// True when the lock file was written by this program on this host, and
 /// that process no longer exists.
 fn holder_is_dead(dir: &OwnedFd, name: &str) -> bool {
@@ -456,16 +513,10 @@ fn holder_is_dead(dir: &OwnedFd, name: &str) -> bool {
     if File::from(fd).take(256).read_to_string(&mut text).is_err() {
         return false;
     }
-    let Some(rest) = text.trim().strip_prefix("ood-k8s-bootstrap pid=") else {
+    let Some((pid, host)) = lock_holder(&text) else {
         return false;
     };
-    let Some((pid, host)) = rest.split_once(" host=") else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    if host != hostname() || pid <= 0 || pid as u32 == std::process::id() {
+    if host != hostname() || pid as u32 == std::process::id() {
         return false;
     }
     nix::sys::signal::kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)
@@ -549,6 +600,12 @@ pub fn open_cache_dir(
     Ok((ours, ours_path))
 }
 
+/// A token cache file name the job may give: one plain `*.json` name in
+/// the cache directory.
+pub fn is_cache_file_name(name: &str) -> bool {
+    !name.contains('/') && !name.starts_with('.') && name.ends_with(".json")
+}
+
 /// Writes the exec plugin's token cache under its refresh lock.
 fn write_cache(
     kube: &OwnedFd,
@@ -559,7 +616,7 @@ fn write_cache(
     deadline: Instant,
 ) -> Result<(), Failure> {
     let (dir, dir_path) = open_cache_dir(kube, kube_path, uid)?;
-    if name.contains('/') || name.starts_with('.') || !name.ends_with(".json") {
+    if !is_cache_file_name(name) {
         return Err(Failure::new(FailKind::Io, &dir_path, "bad cache file name"));
     }
     let lock_name = format!("{}.lock", name.trim_end_matches(".json"));
@@ -742,5 +799,64 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("me.json")).unwrap()).unwrap();
         assert_eq!(c.token, "tok");
         std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::path::Component;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// The holder line we write is read back; any other text gives
+            /// a positive pid or nothing.
+            #[test]
+            fn lock_holder_reads_what_we_write(
+                pid in 1..=i32::MAX,
+                host in "[a-z0-9.-]{0,20}",
+                junk in "(?s).{0,80}",
+            ) {
+                let line = lock_line(pid as u32, &host);
+                prop_assert_eq!(lock_holder(&line), Some((pid, host.as_str())));
+                let with_newline = format!("{line}\n");
+                prop_assert_eq!(lock_holder(&with_newline), Some((pid, host.as_str())));
+                if let Some((p, _)) = lock_holder(&junk) {
+                    prop_assert!(p > 0);
+                }
+            }
+
+            /// Whatever the child sends, root gets short one-line texts and
+            /// a bounded number of warnings.
+            #[test]
+            fn replies_are_sanitised(
+                warnings in proptest::collection::vec("(?s).{0,500}", 0..12),
+                why in "(?s).{0,600}",
+                path in "(?s).{0,600}",
+            ) {
+                let fits = |t: &str| !t.chars().any(char::is_control) && t.chars().count() <= MAX_TEXT + 1;
+                let done = serde_json::to_vec(&Reply::Done { path: PathBuf::from(&path), changed: true, warnings }).unwrap();
+                let Some(Reply::Done { path: p, warnings: w, .. }) = Reply::from_child(&done) else {
+                    return Err(TestCaseError::fail("a Done reply"));
+                };
+                prop_assert!(w.len() <= MAX_WARNINGS);
+                prop_assert!(w.iter().all(|t| fits(t)) && fits(&p.to_string_lossy()));
+                let failed = serde_json::to_vec(&Reply::Failed(Failure::new(FailKind::Io, Path::new(&path), why))).unwrap();
+                let Some(Reply::Failed(f)) = Reply::from_child(&failed) else {
+                    return Err(TestCaseError::fail("a Failed reply"));
+                };
+                prop_assert!(fits(&f.why) && fits(&f.path.to_string_lossy()));
+            }
+
+            /// An accepted cache file name is one plain name: it cannot
+            /// leave the cache directory.
+            #[test]
+            fn cache_names_stay_in_the_directory(name in "[a-z./-]{0,12}(\\.json)?") {
+                if is_cache_file_name(&name) {
+                    let parts: Vec<_> = Path::new(&name).components().collect();
+                    prop_assert!(matches!(parts[..], [Component::Normal(_)]), "{:?}", name);
+                }
+            }
+        }
     }
 }

@@ -132,8 +132,9 @@ pub const KEYS: &[Key] = &[
         name: "K8S_USERNAME_PREFIX",
         section: Section::OldHooks,
         doc: "Prefix of the user entry's name in ~/.kube/config (no hyphen is added); \
-              must equal `username_prefix` in the cluster's clusters.d file.",
-        value: "text without whitespace, '/' or ':'",
+              must equal `username_prefix` in the cluster's clusters.d file. In exec mode it \
+              may not start with '.' (the token cache file is named after the entry).",
+        value: "text without whitespace, '/' or ':', at most 100 bytes",
         default: "",
         example: "",
         parse: |v, d| prefix(v).map(|p| d.username_prefix = p),
@@ -307,10 +308,10 @@ pub const KEYS: &[Key] = &[
         name: "JOB_POD_REAPER_NAMESPACE",
         section: Section::New,
         doc: "Namespace of job-pod-reaper's ServiceAccount.",
-        value: "Kubernetes object name",
+        value: "namespace name",
         default: "job-pod-reaper",
         example: "job-pod-reaper",
-        parse: |v, d| object_name("JOB_POD_REAPER_NAMESPACE", v).map(|n| d.reaper_namespace = n),
+        parse: |v, d| namespace_name("JOB_POD_REAPER_NAMESPACE", v).map(|n| d.reaper_namespace = n),
     },
     Key {
         name: "POD_SECURITY_ENFORCE",
@@ -443,6 +444,7 @@ pub const KEYS: &[Key] = &[
             if !v.starts_with("https://") {
                 return Err("expected the API server's https:// URL".into());
             }
+            url_shape(v)?;
             d.server = Some(v.trim_end_matches('/').to_owned());
             Ok(())
         },
@@ -659,11 +661,18 @@ fn non_empty(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
+/// Longest prefix: with a 128-character username and `.json`, a cache file
+/// name stays under the 255 bytes a file name may have.
+const MAX_PREFIX: usize = 100;
+
 fn prefix(v: &str) -> Result<String, String> {
     if v.chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':')
     {
         return Err("a prefix may not contain whitespace, '/' or ':'".into());
+    }
+    if v.len() > MAX_PREFIX {
+        return Err(format!("a prefix may be at most {MAX_PREFIX} bytes long"));
     }
     Ok(v.to_owned())
 }
@@ -683,6 +692,9 @@ fn boolean(v: &str) -> Result<bool, String> {
 fn abs_path(v: &str) -> Result<Option<PathBuf>, String> {
     match v {
         "" => Ok(None),
+        v if v.chars().any(char::is_control) => {
+            Err("a path may not contain control characters (a newline?)".into())
+        }
         v if v.starts_with('/') => Ok(Some(PathBuf::from(v))),
         _ => Err("expected an absolute path".into()),
     }
@@ -696,6 +708,18 @@ fn object_name(key: &'static str, v: &str) -> Result<Option<ObjectName>, String>
         crate::names::NameError::BadObjectName { why, .. } => why.to_owned(),
         other => other.to_string(),
     })
+}
+
+/// A namespace's name: an object name that is also a DNS-1123 label.
+fn namespace_name(key: &'static str, v: &str) -> Result<Option<ObjectName>, String> {
+    let name = object_name(key, v)?;
+    match name
+        .as_ref()
+        .and_then(|n| dns1123_label_problem(n.as_str()))
+    {
+        Some(why) => Err(format!("not a namespace name: {why}")),
+        None => Ok(name),
+    }
 }
 
 fn kube_name(v: &str) -> Result<String, String> {
@@ -715,10 +739,12 @@ fn psa_level(v: &str) -> Result<Option<PsaLevel>, String> {
     }))
 }
 
+/// `latest` or `v1.N`; N has at most three digits (the value is a label
+/// value, which the API server refuses past 63 characters).
 fn psa_version(v: &str) -> Result<Option<String>, String> {
     let ok = v == "latest"
         || v.strip_prefix("v1.")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            .is_some_and(|n| (1..=3).contains(&n.len()) && n.chars().all(|c| c.is_ascii_digit()));
     match v {
         "" => Ok(None),
         _ if ok => Ok(Some(v.to_owned())),
@@ -726,14 +752,24 @@ fn psa_version(v: &str) -> Result<Option<String>, String> {
     }
 }
 
-/// One or more CIDRs, duplicates dropped.
+/// One or more CIDRs, duplicates dropped; a value with separators only
+/// (`","`) is refused rather than taken as none.
 fn cidrs(v: &str) -> Result<Vec<IpNet>, String> {
     let mut out = Vec::new();
-    for part in v.split([',', ' ', '\t']).filter(|p| !p.is_empty()) {
+    for part in v
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
         let net = parse_cidr(part).map_err(|why| format!("{part}: {why}"))?;
         if !out.contains(&net) {
             out.push(net);
         }
+    }
+    if out.is_empty() && !v.is_empty() {
+        return Err(
+            "no CIDR in it; give the address (CIDR) of the OnDemand web node(s), e.g. 192.0.2.10/32"
+                .into(),
+        );
     }
     Ok(out)
 }
@@ -756,6 +792,20 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// A URL goes into users' kubeconfigs and log lines as it is: a host after
+/// the scheme, no spaces or control characters (a quoted value may hold a
+/// newline).
+fn url_shape(v: &str) -> Result<(), String> {
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a URL may not contain spaces or control characters".into());
+    }
+    let after_scheme = v.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.is_empty() || after_scheme.starts_with('/') {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
 /// Validates `IDP_ISSUER_URL`. The example OnDemand shipped holds a Keycloak
 /// *token endpoint*, on which OIDC discovery (and so kubectl's refresh)
 /// fails; that suffix is removed, with a note.
@@ -763,6 +813,7 @@ fn issuer_url(v: &str) -> Result<(String, Option<String>), String> {
     if !v.starts_with("https://") && !v.starts_with("http://") {
         return Err("expected the issuer's https:// URL".into());
     }
+    url_shape(v)?;
     for suffix in [
         "/protocol/openid-connect/token",
         "/.well-known/openid-configuration",

@@ -41,6 +41,15 @@ pub enum SettingsError {
     },
     #[error("{path}:{line}: cannot parse this line (expected KEY=VALUE, shell-style)")]
     Syntax { path: PathBuf, line: usize },
+    #[error(
+        "{path}:{line}: this line is read as part of a quoted value above it, so {key} would not be set; \
+         check the quotes above (a backslash just before a closing ' is the usual cause)"
+    )]
+    Swallowed {
+        path: PathBuf,
+        line: usize,
+        key: String,
+    },
     #[error("{path}:{line}: {key}={value:?}: {why}")]
     Invalid {
         path: PathBuf,
@@ -290,8 +299,19 @@ impl Settings {
     }
 
     /// Validates hook.env text; `path` is used for messages (file paths
-    /// inside are absolute).
+    /// inside are absolute). The files it names are read as root trusts
+    /// files.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SettingsError> {
+        Self::parse_with(path, text, &Trusted)
+    }
+
+    /// [`Settings::parse`] with the files hook.env names read through
+    /// `files`: given a stand-in (fuzzing, tests), checking is pure.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        files: &dyn NamedFiles,
+    ) -> Result<Self, SettingsError> {
         let file = EnvFile::parse(path, text)?;
         let mut warnings = unknown_keys(&file)?;
         let mut draft = Draft::default();
@@ -303,7 +323,42 @@ impl Settings {
                 warnings.push(format!("{}:{line}: {}: {note}", path.display(), key.name));
             }
         }
-        Checked { file: &file, draft }.finish(warnings)
+        Checked {
+            file: &file,
+            draft,
+            files,
+        }
+        .finish(warnings)
+    }
+}
+
+/// Where the files hook.env names are read. [`Trusted`] is the file system
+/// under `crate::trusted`'s rules; fuzz targets and tests give a stand-in.
+pub trait NamedFiles {
+    /// A file's content, if root may trust it.
+    fn read(&self, path: &Path) -> Result<Vec<u8>, TrustError>;
+    /// Whether others than its owner may read the file (a warning for
+    /// files holding secrets).
+    fn readable_by_others(&self, path: &Path) -> bool;
+    /// The template files of `SITE_TEMPLATES_DIR` as (path, text), in order.
+    fn templates(&self, dir: &Path) -> Result<Vec<(String, String)>, String>;
+}
+
+/// The real file system, read as root trusts files.
+pub struct Trusted;
+
+impl NamedFiles for Trusted {
+    fn read(&self, path: &Path) -> Result<Vec<u8>, TrustError> {
+        trusted::read(path)
+    }
+
+    fn readable_by_others(&self, path: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+
+    fn templates(&self, dir: &Path) -> Result<Vec<(String, String)>, String> {
+        template_dir::read(dir)
     }
 }
 
@@ -349,7 +404,8 @@ fn invalid(
         line,
         key,
         value: truncate(value, 80),
-        why,
+        // A key's parser may quote (part of) the value.
+        why: crate::oneline::clean(&why, 400),
     }
 }
 
@@ -357,6 +413,7 @@ fn invalid(
 struct Checked<'a> {
     file: &'a EnvFile,
     draft: Draft,
+    files: &'a dyn NamedFiles,
 }
 
 impl Checked<'_> {
@@ -378,6 +435,17 @@ impl Checked<'_> {
             return Err(self.missing(
                 "NETWORK_POLICY_ALLOW_CIDR",
                 "set it to the address (CIDR) of the OnDemand web node(s), e.g. 192.0.2.10/32, so the portal can reach users' pods",
+            ));
+        }
+        if self.draft.credentials == CredentialMode::Exec
+            && self.draft.username_prefix.starts_with('.')
+        {
+            return Err(self.invalid(
+                "K8S_USERNAME_PREFIX",
+                &self.draft.username_prefix,
+                "with K8S_CREDENTIALS=exec the token cache file is named after the user entry, \
+                 so the prefix may not start with '.'"
+                    .into(),
             ));
         }
         let image_pull = self.image_pull(&mut warnings)?;
@@ -512,12 +580,15 @@ impl Checked<'_> {
         let Some(dir) = &self.draft.site_templates_dir else {
             return Ok(TemplateSet::default());
         };
-        let files = template_dir::read(dir).map_err(|why| SettingsError::TemplateDir {
-            path: self.file.path.clone(),
-            line: self.file.get("SITE_TEMPLATES_DIR").map_or(0, |(_, l)| l),
-            dir: dir.clone(),
-            why,
-        })?;
+        let files = self
+            .files
+            .templates(dir)
+            .map_err(|why| SettingsError::TemplateDir {
+                path: self.file.path.clone(),
+                line: self.file.get("SITE_TEMPLATES_DIR").map_or(0, |(_, l)| l),
+                dir: dir.clone(),
+                why,
+            })?;
         let site: BTreeMap<String, String> = self
             .file
             .entries
@@ -539,7 +610,7 @@ impl Checked<'_> {
                 "IMAGE_PULL_SECRET is set, so this must name the registry's docker config.json",
             ));
         };
-        let (json, warning) = read_docker_config(&file).map_err(|why| {
+        let (json, warning) = read_docker_config(self.files, &file).map_err(|why| {
             self.invalid("REGISTRY_DOCKER_CONFIG_JSON", &file.to_string_lossy(), why)
         })?;
         warnings.extend(warning);
@@ -560,7 +631,8 @@ impl Checked<'_> {
         let Some(path) = path else {
             return Ok(None);
         };
-        trusted::read(path)
+        self.files
+            .read(path)
             .map(Some)
             .map_err(|source| SettingsError::UntrustedNamed {
                 path: self.file.path.clone(),
@@ -573,35 +645,43 @@ impl Checked<'_> {
 
 /// Reads a docker config.json, checking it is JSON with an `auths` object.
 /// Returns the content and a warning if others can read the file.
-fn read_docker_config(path: &Path) -> Result<(Secret, Option<String>), String> {
+fn read_docker_config(
+    files: &dyn NamedFiles,
+    path: &Path,
+) -> Result<(Secret, Option<String>), String> {
     if !path.is_absolute() {
         return Err("expected an absolute path".into());
     }
-    let text = trusted::read_to_string(path).map_err(|e| match e {
+    let bytes = files.read(path).map_err(|e| match e {
         TrustError::Io { source, .. } => format!("cannot read the file: {source}"),
         other => format!("{other}; the hook runs as root and trusts only files root controls"),
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("the file is not valid JSON (line {})", e.line()))?;
-    match json.get("auths") {
-        Some(serde_json::Value::Object(auths)) if !auths.is_empty() => {}
-        Some(serde_json::Value::Object(_)) => return Err("its \"auths\" object is empty".into()),
-        _ => return Err("the file has no \"auths\" object; expected a docker config.json".into()),
+    let text = String::from_utf8(bytes).map_err(|_| "cannot read the file: not UTF-8 text")?;
+    if let Some(why) = docker_config_problem(&text) {
+        return Err(why);
     }
-    let mut warning = None;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            warning = Some(format!(
-                "REGISTRY_DOCKER_CONFIG_JSON: {} holds registry credentials but is readable by others; chmod 600 it",
-                path.display()
-            ));
-        }
-    }
+    let warning = files.readable_by_others(path).then(|| {
+        format!(
+            "REGISTRY_DOCKER_CONFIG_JSON: {} holds registry credentials but is readable by others; chmod 600 it",
+            path.display()
+        )
+    });
     Ok((Secret::new(text), warning))
+}
+
+/// What is wrong with a docker config.json's text, if anything: it must be
+/// JSON with a non-empty `auths` object. Never quotes the content (it holds
+/// registry credentials).
+pub fn docker_config_problem(text: &str) -> Option<String> {
+    let json: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("the file is not valid JSON (line {})", e.line())),
+    };
+    match json.get("auths") {
+        Some(serde_json::Value::Object(auths)) if !auths.is_empty() => None,
+        Some(serde_json::Value::Object(_)) => Some("its \"auths\" object is empty".into()),
+        _ => Some("the file has no \"auths\" object; expected a docker config.json".into()),
+    }
 }
 
 #[cfg(test)]
@@ -843,5 +923,181 @@ mod tests {
     fn syntax_error_names_line() {
         let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nthis is not a pair\n");
         assert!(msg.contains("hook.env:2"), "{msg}");
+    }
+
+    /// Found writing the invariants of fuzz/fuzz_targets/hook_env.rs:
+    /// values that were accepted but make objects the API server refuses,
+    /// or a run that fails after the cluster side is done.
+    #[test]
+    fn fuzz_found_values_are_refused_up_front() {
+        let base = "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n";
+        for cidrs in ["','", "' , '"] {
+            let msg = err(&format!("NETWORK_POLICY_ALLOW_CIDR={cidrs}\n"));
+            assert!(
+                msg.contains(":1: NETWORK_POLICY_ALLOW_CIDR") && msg.contains("no CIDR"),
+                "{msg}"
+            );
+        }
+        let s = parse("NETWORK_POLICY_ALLOW_CIDR=\"10.0.0.0/8\n192.0.2.1\"\n").unwrap();
+        assert_eq!(s.allow_cidrs.len(), 2);
+        let long = format!("{base}POD_SECURITY_VERSION=v1.{}\n", "0".repeat(61));
+        assert!(err(&long).contains(":2: POD_SECURITY_VERSION"));
+        assert!(parse(&format!("{base}POD_SECURITY_VERSION=v1.100\n")).is_ok());
+        let msg = err(&format!(
+            "{base}USE_JOB_POD_REAPER=true\nJOB_POD_REAPER_NAMESPACE=a.b\n"
+        ));
+        assert!(
+            msg.contains(":3: JOB_POD_REAPER_NAMESPACE") && msg.contains("not a namespace name"),
+            "{msg}"
+        );
+        let msg = err(&format!(
+            "{base}K8S_CREDENTIALS=exec\nK8S_USERNAME_PREFIX=.k8s-\n"
+        ));
+        assert!(
+            msg.contains(":3: K8S_USERNAME_PREFIX") && msg.contains("may not start with '.'"),
+            "{msg}"
+        );
+        assert!(parse(&format!("{base}K8S_USERNAME_PREFIX=.k8s-\n")).is_ok());
+        let msg = err(&format!("{base}K8S_USERNAME_PREFIX={}\n", "p".repeat(101)));
+        assert!(msg.contains("at most 100 bytes"), "{msg}");
+    }
+
+    /// Control characters in a URL or path were accepted and quoted raw in
+    /// warnings and errors (one syslog line each); a CIDR part with one was
+    /// quoted raw in the error, and `https:///` became the server `https:`
+    /// (found by fuzz/fuzz_targets/hook_env.rs).
+    #[test]
+    fn urls_and_paths_with_control_characters_are_refused() {
+        for (key, value) in [
+            (
+                "IDP_ISSUER_URL",
+                "https://idp/a\nb/protocol/openid-connect/token",
+            ),
+            ("K8S_SERVER", "https://k8s\u{1b}[2J:6443"),
+            ("K8S_CA_FILE", "/etc/pki/ca\n.pem"),
+            ("PRUNE", "tr\u{1}ue"),
+            ("K8S_SERVER", "https:///"),
+            ("IDP_ISSUER_URL", "https://"),
+        ] {
+            let msg = err(&format!(
+                "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n{key}=\"{value}\"\n"
+            ));
+            assert!(
+                msg.contains(&format!(":2: {key}")) && !msg.chars().any(char::is_control),
+                "{msg:?}"
+            );
+        }
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=\"10.0.0.0/8,2001:\u{1}\0db8::/64\"\n");
+        assert!(
+            msg.contains("not a CIDR") && !msg.chars().any(char::is_control),
+            "{msg:?}"
+        );
+    }
+
+    #[test]
+    fn a_swallowed_line_is_an_error_naming_it() {
+        let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nA='x\\'\nPRUNE='true\\'\n");
+        assert!(
+            msg.contains("hook.env:3") && msg.contains("PRUNE would not be set"),
+            "{msg}"
+        );
+    }
+
+    /// Files hook.env names, without a file system: `/etc/*.json` is a
+    /// docker config, `/etc/*.pem` a CA bundle, `/etc/templates` holds one
+    /// template, nothing else exists.
+    struct StandIn;
+
+    impl NamedFiles for StandIn {
+        fn read(&self, path: &Path) -> Result<Vec<u8>, TrustError> {
+            let ext = path.extension().and_then(|e| e.to_str());
+            match (path.starts_with("/etc"), ext) {
+                (true, Some("json")) => Ok(br#"{"auths":{"r.example":{}}}"#.to_vec()),
+                (true, Some("pem")) => Ok(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+                _ => Err(TrustError::Io {
+                    path: path.to_owned(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }),
+            }
+        }
+        fn readable_by_others(&self, path: &Path) -> bool {
+            path.to_string_lossy().contains("public")
+        }
+        fn templates(&self, dir: &Path) -> Result<Vec<(String, String)>, String> {
+            match dir == Path::new("/etc/templates") {
+                true => Ok(vec![(
+                    "/etc/templates/quota.yaml".into(),
+                    "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec: {hard: {cpu: \"${SITE_CPU}\"}}\n".into(),
+                )]),
+                false => Err(format!("{}: cannot read it", dir.display())),
+            }
+        }
+    }
+
+    #[test]
+    fn a_stand_in_for_the_named_files() {
+        let s = Settings::parse_with(
+            Path::new(P),
+            "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nIMAGE_PULL_SECRET=reg\n\
+             REGISTRY_DOCKER_CONFIG_JSON=/etc/public.json\nSITE_TEMPLATES_DIR=/etc/templates\nSITE_CPU=2\n",
+            &StandIn,
+        )
+        .unwrap();
+        assert!(s.image_pull.is_some() && s.templates.len() == 1);
+        assert!(s.warnings.iter().any(|w| w.contains("readable by others")));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary text never panics; an error names the file and is
+            /// one line.
+            #[test]
+            fn arbitrary_text_is_settings_or_one_line_error(text in "\\PC*|(?s).{0,200}") {
+                if let Err(e) = Settings::parse_with(Path::new(P), &text, &StandIn) {
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(P), "{}", msg);
+                    prop_assert!(!msg.chars().any(char::is_control), "{:?}", msg);
+                }
+            }
+
+            /// Known keys with plausible and odd values: settings whose
+            /// names the API server accepts, or an error naming the key.
+            #[test]
+            fn known_keys_with_odd_values(
+                values in proptest::collection::vec(
+                    (proptest::sample::select(KEYS.iter().map(|k| k.name).collect::<Vec<_>>()), "[ -~]{0,70}"),
+                    0..10,
+                ),
+            ) {
+                let mut text = String::from("NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n");
+                for (key, value) in &values {
+                    text.push_str(&format!("{key}='{}'\n", value.replace('\'', "")));
+                }
+                match Settings::parse_with(Path::new(P), &text, &StandIn) {
+                    Ok(s) => {
+                        prop_assert!(!s.allow_cidrs.is_empty());
+                        if let Some(v) = &s.pod_security.version {
+                            prop_assert!(v.len() <= 63, "label value {:?}", v);
+                        }
+                        if let Some(r) = &s.job_pod_reaper {
+                            prop_assert!(crate::names::dns1123_label_problem(r.namespace.as_str()).is_none());
+                        }
+                        for w in &s.warnings {
+                            prop_assert!(!w.chars().any(char::is_control), "{:?}", w);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let names_key = values.iter().any(|(k, _)| msg.contains(k));
+                        let syntax = matches!(e, SettingsError::Syntax { line, .. } if line >= 2);
+                        prop_assert!(names_key || syntax, "{}", msg);
+                        prop_assert!(!msg.chars().any(char::is_control), "{:?}", msg);
+                    }
+                }
+            }
+        }
     }
 }

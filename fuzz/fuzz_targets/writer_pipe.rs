@@ -1,0 +1,54 @@
+//! The messages of the privilege-dropped kubeconfig writer: the job it
+//! reads on stdin (anyone can start it and send anything), the reply root
+//! reads back (the child runs as the user, who may tamper with it), and the
+//! holder line in kubectl's `config.lock` (a file in the user's directory).
+//! Checks: a job survives a round trip and its cache file name cannot leave
+//! the cache directory; whatever root reads back is bounded, one-line text;
+//! the lock holder parse is the inverse of what we write, pid always > 0.
+#![no_main]
+
+use std::path::{Component, Path};
+
+use libfuzzer_sys::fuzz_target;
+use ood_k8s_bootstrap::kubeconfig::write::{
+    Job, Reply, is_cache_file_name, lock_holder, lock_line,
+};
+use ood_k8s_bootstrap_fuzz::*;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(job) = Job::from_json(data) {
+        let json = serde_json::to_vec(&job).expect("a job serialises");
+        assert!(Job::from_json(&json) == Some(job), "job round trip");
+    }
+
+    if let Some(reply) = Reply::from_child(data) {
+        let texts: Vec<String> = match &reply {
+            Reply::Done { path, warnings, .. } => {
+                assert!(warnings.len() <= 8, "{} warnings passed on", warnings.len());
+                let mut t = warnings.clone();
+                t.push(path.to_string_lossy().into_owned());
+                t
+            }
+            Reply::Failed(f) => vec![f.why.clone(), f.path.to_string_lossy().into_owned()],
+        };
+        for t in texts {
+            assert!(is_one_line(&t), "{t:?}");
+            assert!(t.chars().count() <= 401, "{} chars", t.chars().count());
+        }
+    }
+
+    let Some(text) = text(data) else { return };
+    if is_cache_file_name(text) {
+        let mut parts = Path::new(text).components();
+        assert!(
+            matches!(parts.next(), Some(Component::Normal(_))),
+            "{text:?}"
+        );
+        assert!(parts.next().is_none(), "{text:?} is not one name");
+    }
+    if let Some((pid, host)) = lock_holder(text) {
+        assert!(pid > 0);
+        let line = lock_line(pid as u32, host);
+        assert_eq!(lock_holder(&line), Some((pid, host)), "{line:?}");
+    }
+});
