@@ -40,12 +40,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
-            check: check.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()).filter(|f: &String| !f.is_empty()),
-        }
+        Self::with_fix(Status::Warn, check.into(), detail.into(), fix.into())
     }
 
     pub fn fail(
@@ -53,11 +48,16 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
+    }
+
+    /// A warning or failure; an empty `fix` means none is known.
+    fn with_fix(status: Status, check: String, detail: String, fix: String) -> Self {
         Self {
-            check: check.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()).filter(|f: &String| !f.is_empty()),
+            check,
+            status,
+            detail,
+            fix: Some(fix).filter(|f| !f.is_empty()),
         }
     }
 }
