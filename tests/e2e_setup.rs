@@ -260,18 +260,7 @@ fn install_creates_missing_prerequisites_then_changes_nothing_and_the_hook_works
         "1h",
     ]);
     let kc = dir.join("ondemand.kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
-             contexts:\n- name: c\n  context: {{cluster: c, user: ondemand}}\ncurrent-context: c\n\
-             users:\n- name: ondemand\n  user: {{token: \"{}\"}}\n",
-            c.var("K8S_SERVER"),
-            c.var("K8S_CA_FILE"),
-            token.trim()
-        ),
-    )
-    .unwrap();
+    c.token_kubeconfig(&kc, "ondemand", token.trim());
     linux_user("dave");
     let env = hook_env(&dir, "");
     let out = bin(kc.to_str().unwrap(), &["--user", "dave", "--hook-env"])
@@ -439,21 +428,8 @@ fn doctor_fails_on_an_expired_root_token() {
 
 /// A root-only kubeconfig for this cluster with another token.
 fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let c = cluster();
     let kc = dir.join("root.kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
-             contexts:\n- name: c\n  context: {{cluster: c, user: root}}\ncurrent-context: c\n\
-             users:\n- name: root\n  user: {{token: \"{token}\"}}\n",
-            c.var("K8S_SERVER"),
-            c.var("K8S_CA_FILE"),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&kc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cluster().token_kubeconfig(&kc, "root", token);
     kc
 }
 

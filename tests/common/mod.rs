@@ -81,24 +81,32 @@ impl Cluster {
         let tokens = self.login(user);
         let dir = scratch(&format!("as-{user}"));
         let kc = dir.join("kubeconfig");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
-                 contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n\
-                 users:\n- name: u\n  user: {{token: \"{}\"}}\n",
-                self.var("K8S_SERVER"),
-                self.var("K8S_CA_FILE"),
-                tokens.access
-            ),
-        )
-        .expect("write the user's kubeconfig");
+        self.token_kubeconfig(&kc, "u", &tokens.access);
         let out = self.kubectl_as(kc.to_str().expect("utf-8 path"), args);
         let _ = std::fs::remove_dir_all(&dir);
         out
     }
 
     /// kubectl with the given kubeconfig; returns the output, checked or not.
+    /// Writes a root-only kubeconfig at `path` for this cluster whose one
+    /// user entry, `entry`, holds `token`.
+    pub fn token_kubeconfig(&self, path: &Path, entry: &str, token: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+                 contexts:\n- name: c\n  context: {{cluster: c, user: {entry}}}\ncurrent-context: c\n\
+                 users:\n- name: {entry}\n  user: {{token: \"{token}\"}}\n",
+                self.var("K8S_SERVER"),
+                self.var("K8S_CA_FILE"),
+            ),
+        )
+        .expect("write a token kubeconfig");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod 600 the token kubeconfig");
+    }
+
     pub fn kubectl_as(&self, kubeconfig: &str, args: &[&str]) -> Output {
         Command::new(self.var("KUBECTL"))
             .arg("--kubeconfig")
