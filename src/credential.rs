@@ -38,7 +38,8 @@ use crate::kubeconfig::write::{self, Failure};
 
 /// The cache directory, relative to `~/.kube`.
 pub const CACHE_DIR: &str = "cache/ood-k8s-bootstrap";
-/// A token with less than this left is refreshed.
+/// A token with less than this left is refreshed (or a third of its
+/// lifetime, when that is shorter: `tokens::is_fresh`).
 const MARGIN: u64 = 30;
 
 /// The per-user token cache (JSON).
@@ -51,6 +52,10 @@ pub struct Cache {
     pub token: String,
     /// Its expiry, Unix seconds.
     pub expiry: u64,
+    /// When it was obtained, Unix seconds (0 in caches written before this
+    /// was recorded: the margin is then the full [`MARGIN`]).
+    #[serde(default)]
+    pub obtained: u64,
     pub refresh_token: Option<String>,
 }
 
@@ -61,9 +66,10 @@ impl Cache {
         serde_json::from_slice(bytes).ok()
     }
 
-    /// Whether the token is good for at least `MARGIN` more seconds.
+    /// Whether the token is good for a while yet: more than `MARGIN`
+    /// seconds left, or a third of its lifetime when that is shorter.
     pub fn is_fresh(&self, now: u64) -> bool {
-        self.expiry > now.saturating_add(MARGIN)
+        crate::tokens::is_fresh(self.expiry, self.obtained, now, MARGIN)
     }
 }
 
@@ -312,6 +318,7 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
         client_id: args.client_id.clone(),
         token,
         expiry,
+        obtained: now,
         refresh_token: Some(
             resp.refresh_token()
                 .map(|r| r.secret().clone())
@@ -374,6 +381,7 @@ mod tests {
             client_id: "c".into(),
             token: "SECRET".into(),
             expiry: 1,
+            obtained: 0,
             refresh_token: Some("SECRET2".into()),
         };
         assert!(!format!("{c:?}").contains("SECRET"));
@@ -398,6 +406,7 @@ mod tests {
             client_id: "c".into(),
             token: "tok".into(),
             expiry,
+            obtained: 0,
             refresh_token: None,
         };
         std::fs::write(d.join("me.json"), serde_json::to_vec(&cache).unwrap()).unwrap();
@@ -491,6 +500,7 @@ mod tests {
                     client_id: "c".into(),
                     token: token.clone(),
                     expiry,
+                    obtained: 0,
                     refresh_token: refresh,
                 };
                 let json = serde_json::to_vec_pretty(&c).unwrap();

@@ -100,6 +100,23 @@ pub fn expiry(token: &str, expires_in: Option<u64>, now: u64) -> u64 {
         .unwrap_or_else(|| now.saturating_add(expires_in.unwrap_or(DEFAULT_LIFETIME)))
 }
 
+/// Tokens this close to expiry are refreshed whatever their lifetime.
+pub const MIN_LEFT: u64 = 5;
+
+/// Whether a token issued at `obtained` (Unix seconds; 0 when unknown) and
+/// expiring at `expiry` is still good at `now` without a refresh: more
+/// than `margin` seconds left, where the margin is `cap`, or a third of the
+/// token's lifetime when that is shorter (a 20 s token with a 30 s margin
+/// would never be fresh), and never under [`MIN_LEFT`].
+pub fn is_fresh(expiry: u64, obtained: u64, now: u64, cap: u64) -> bool {
+    let lifetime = match obtained {
+        0 => u64::MAX,
+        t => expiry.saturating_sub(t),
+    };
+    let margin = cap.min(lifetime / 3).max(MIN_LEFT);
+    expiry > now.saturating_add(margin)
+}
+
 /// A token that passed the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
@@ -198,11 +215,37 @@ mod tests {
         assert_eq!(expiry(&huge, None, 1000), u64::MAX);
     }
 
+    #[test]
+    fn freshness_margin_scales_with_the_lifetime() {
+        // An hour-long token: the full cap of 30 s.
+        assert!(is_fresh(10_000 + 3600, 10_000, 10_000 + 3600 - 31, 30));
+        assert!(!is_fresh(10_000 + 3600, 10_000, 10_000 + 3600 - 30, 30));
+        // A 20 s token is fresh for its first 14 s (margin 6 s), not never.
+        assert!(is_fresh(10_020, 10_000, 10_013, 30));
+        assert!(!is_fresh(10_020, 10_000, 10_014, 30));
+        // A 6 s token: never under MIN_LEFT.
+        assert!(!is_fresh(10_006, 10_000, 10_001, 30));
+        // Issue time unknown (an older cache file): the full cap.
+        assert!(!is_fresh(10_020, 0, 10_000, 30));
+        assert!(is_fresh(10_031, 0, 10_000, 30));
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
 
         proptest! {
+            /// The margin is between MIN_LEFT and the cap: a token with more
+            /// than the cap left is fresh, one with MIN_LEFT or less is not.
+            #[test]
+            fn freshness_is_bounded_by_cap_and_min_left(
+                expiry in any::<u64>(), obtained in any::<u64>(), now in any::<u64>(), cap in 0u64..600,
+            ) {
+                let fresh = is_fresh(expiry, obtained, now, cap);
+                if expiry > now.saturating_add(cap.max(MIN_LEFT)) { prop_assert!(fresh); }
+                if expiry <= now.saturating_add(MIN_LEFT) { prop_assert!(!fresh); }
+            }
+
             /// Arbitrary text, JWT-shaped or not, at any clock: a result,
             /// never a panic, and no message quotes the token.
             #[test]

@@ -168,7 +168,7 @@ fn token_ttl() -> u64 {
     let ttl = cluster().var("OIDC_TOKEN_TTL");
     ttl.strip_suffix('s')
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("OIDC_TOKEN_TTL={ttl}: expected seconds like 40s"))
+        .unwrap_or_else(|| panic!("OIDC_TOKEN_TTL={ttl}: expected seconds like 20s"))
 }
 
 /// auth-provider promises refresh: kubectl's oidc provider refreshes with

@@ -167,6 +167,7 @@ pub fn plan(
                     token: bearer.expose().to_owned(),
                     // A JWT without exp: trust it for five minutes.
                     expiry: exp.unwrap_or(now.saturating_add(tokens::DEFAULT_LIFETIME)),
+                    obtained: now,
                     refresh_token: login.refresh_token.as_ref().map(|r| r.expose().to_owned()),
                 },
             ));

@@ -787,6 +787,7 @@ mod tests {
                 client_id: "c".into(),
                 token: "tok".into(),
                 expiry: 5,
+                obtained: 0,
                 refresh_token: Some("r".into()),
             },
         ));

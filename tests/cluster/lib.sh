@@ -25,13 +25,14 @@ KEYCLOAK_PORT="${OOD_TEST_KEYCLOAK_PORT:-18443}"
 
 # Lifetime of the IdP's ID and access tokens: short, so the tests watch real
 # expiry and refresh happen (a test's own token use lasts a few seconds).
-OIDC_TOKEN_TTL="${OOD_TEST_OIDC_TOKEN_TTL:-40s}"
+OIDC_TOKEN_TTL="${OOD_TEST_OIDC_TOKEN_TTL:-20s}"
 
 # Keycloak, the IdP most OnDemand sites run, from Maven Central
 # (org.keycloak:keycloak-quarkus-dist); it runs on Java >= 17. Its access
-# tokens live KEYCLOAK_TOKEN_TTL seconds (about a minute: tests see expiry).
+# tokens live KEYCLOAK_TOKEN_TTL seconds (half a minute: tests see expiry and
+# refresh; the refresh margins scale with a token's lifetime).
 KEYCLOAK_VERSION="${OOD_TEST_KEYCLOAK_VERSION:-26.7.3}"
-KEYCLOAK_TOKEN_TTL="${OOD_TEST_KEYCLOAK_TOKEN_TTL:-60}"
+KEYCLOAK_TOKEN_TTL="${OOD_TEST_KEYCLOAK_TOKEN_TTL:-30}"
 # Build-time options baked into the cached copy by `kc.sh build`, so each
 # start skips Quarkus' minute-long re-augmentation (`start --optimized`).
 # The H2 file database is seeded once in the cache and copied fresh for
