@@ -869,7 +869,10 @@ fn userdel(user: &str) {
 #[test]
 fn a_reused_uid_does_not_get_the_old_owners_token() {
     let (a, b_name) = ("brk-reuse-a", "brk-reuse-b");
+    // A fresh A each run: the home B inherited goes with B.
     userdel(b_name);
+    let _ = Command::new("userdel").args(["-r", a]).output();
+    let _ = std::fs::remove_dir_all(format!("/home/{a}"));
     let (uid, home) = fresh_home(a);
     let b = Broker::start("brkreuse", "");
     let tokens = cluster().login("alice");
@@ -889,8 +892,13 @@ fn a_reused_uid_does_not_get_the_old_owners_token() {
         .unwrap();
     assert!(out.status.success(), "useradd {b_name}: {}", text(&out));
     let out = plugin_as(b_name, &b);
-    userdel(b_name); // A is made again by the next run's fresh_home
-    assert!(!out.status.success(), "B got a token: {}", text(&out));
+    userdel(b_name);
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(
+        !out.status.success(),
+        "B got a token (the old owner's)\nbroker log:\n{}",
+        b.log_text()
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("your OnDemand session has ended")
