@@ -105,9 +105,13 @@ pub enum Command {
     ///
     /// Answers each user's kubectl with that user's own token over
     /// BROKER_SOCKET (or the socket systemd passes), refreshing it with
-    /// hook.env's client when it is about to expire. Normally started by
-    /// ood-k8s-bootstrap-broker.socket; logs one line per event on stderr
-    /// (-v: every request).
+    /// hook.env's client when it is about to expire. A stored set is served
+    /// only while passwd maps the caller's uid to the login that stored it,
+    /// and is deleted otherwise, when the IdP refuses its refresh, when its
+    /// refresh token expires, and BROKER_MAX_SESSION_HOURS after that login.
+    /// Normally started by ood-k8s-bootstrap-broker.socket; logs one line
+    /// per event on stderr, refusals at most once per uid and minute with a
+    /// count (-v: every request).
     Broker {
         #[command(flatten)]
         common: Common,

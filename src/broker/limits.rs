@@ -1,6 +1,7 @@
-//! Pure: the broker's per-uid limits — a rate (a token bucket per uid) and
-//! connections held open at once — with tables that stay bounded (entries
-//! go when they no longer limit anything).
+//! Pure: the broker's per-uid limits — a rate (a token bucket per uid),
+//! connections held open at once, and log lines about refusals (one per
+//! uid and minute, carrying the count of those not logged) — with tables
+//! that stay bounded (entries go when they no longer limit anything).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -118,6 +119,63 @@ impl PerUid {
     }
 }
 
+/// Log lines about one uid's refusals: at most one per `every`; the next
+/// line carries how many were not logged in between.
+#[derive(Debug)]
+pub struct LogLimit {
+    every: Duration,
+    /// Per uid: when its last line was written, refusals not logged since.
+    last: HashMap<u32, (Instant, u64)>,
+}
+
+impl LogLimit {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// A refusal of `uid` at `now`: `Some(n)` when it is logged, `n` being
+    /// the refusals not logged since the last line; `None` when it is only
+    /// counted.
+    pub fn admit(&mut self, uid: u32, now: Instant) -> Option<u64> {
+        if self.last.len() >= PRUNE_AT {
+            let every = self.every;
+            self.last
+                .retain(|_, (at, n)| *n > 0 || now.saturating_duration_since(*at) < every);
+        }
+        match self.last.get_mut(&uid) {
+            Some((at, n)) if now.saturating_duration_since(*at) < self.every => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let missed = *n;
+                (*at, *n) = (now, 0);
+                Some(missed)
+            }
+            None => {
+                self.last.insert(uid, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// The uids with refusals not logged yet, and their counts (for the
+    /// last words at shutdown); the counts start again from 0.
+    pub fn unlogged(&mut self) -> Vec<(u32, u64)> {
+        let mut out: Vec<(u32, u64)> = self
+            .last
+            .iter_mut()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(uid, (_, n))| (*uid, std::mem::take(n)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +231,29 @@ mod tests {
         assert_eq!(r.len(), PRUNE_AT);
         r.allow(999_999, t + Duration::from_secs(60));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn one_log_line_per_uid_and_minute_with_a_count() {
+        let mut l = LogLimit::new(Duration::from_secs(60));
+        let t = Instant::now();
+        assert_eq!(l.admit(7, t), Some(0));
+        assert!((1..=100).all(|i| l.admit(7, t + Duration::from_millis(i * 100)).is_none()));
+        // another uid has its own minute
+        assert_eq!(l.admit(8, t + Duration::from_secs(1)), Some(0));
+        assert_eq!(l.unlogged(), vec![(7, 100)]);
+        assert!(l.admit(7, t + Duration::from_secs(59)).is_none());
+        assert_eq!(l.admit(7, t + Duration::from_secs(60)), Some(1));
+        assert!(l.admit(7, t + Duration::from_secs(61)).is_none());
+        assert_eq!(l.admit(7, t + Duration::from_secs(200)), Some(1));
+        assert!(l.unlogged().is_empty());
+        // the table stays bounded; counts not yet logged are kept
+        l.admit(7, t + Duration::from_secs(201));
+        for uid in 100..100 + PRUNE_AT as u32 {
+            l.admit(uid, t + Duration::from_secs(201));
+        }
+        l.admit(1, t + Duration::from_secs(400));
+        assert_eq!(l.last.len(), 2);
+        assert_eq!(l.unlogged(), vec![(7, 1)]);
     }
 }

@@ -12,7 +12,16 @@
 //! by the kernel (`SO_PEERCRED` uid), refreshing it first at the IdP with
 //! hook.env's `CLIENT_ID`/`CLIENT_SECRET` when it is about to expire
 //! ([`idp`]); rotated refresh tokens are stored before the answer. Rates and
-//! sizes are bounded ([`limits`]).
+//! sizes are bounded ([`limits`]), and so are log lines about refusals (one
+//! per uid and minute, with a count).
+//!
+//! A set is one login's session, not a uid's ([`session`]): it names the
+//! login and uid it was stored for, and is served only while passwd still
+//! maps that uid to that login; otherwise it is deleted. It is deleted too
+//! when the IdP refuses its refresh, when its refresh token has expired,
+//! after `BROKER_MAX_SESSION_HOURS` since the login, and when it was stored
+//! by an earlier version (format 1, without the login time): in each case
+//! the user is told to log in to OnDemand again.
 //!
 //! # Protocol, version 1
 //!
@@ -40,5 +49,6 @@ pub mod listen;
 pub mod plugin;
 pub mod protocol;
 pub mod service;
+pub mod session;
 pub mod store;
 pub mod tokenset;

@@ -11,8 +11,10 @@ use crate::oneline::clean;
 pub const VERSION: u32 = 1;
 /// Longest request line, newline included.
 pub const MAX_REQUEST: usize = 4096;
-/// Longest response line the plugin reads (a response holds one token).
-pub const MAX_RESPONSE: usize = 256 * 1024;
+/// Longest response line the plugin reads: a response holds one token of
+/// a stored set (at most [`MAX_SET`](super::tokenset::MAX_SET) bytes in
+/// all), plus the envelope.
+pub const MAX_RESPONSE: usize = super::tokenset::MAX_SET + 4096;
 /// Longest `cluster` name accepted (it is only logged).
 const MAX_CLUSTER: usize = 253;
 

@@ -4,7 +4,10 @@
 //! first when it is about to expire, one refresh at a time per uid — or an
 //! error for the user. Everything is bounded: connections at once, request
 //! size, time to read and to write, requests per uid and minute, and the
-//! IdP's time. One log line per event on stderr (journald), never a token.
+//! IdP's time. Each stored set is judged before use ([`super::session`]):
+//! served to the login that stored it, or deleted. One log line per event
+//! on stderr (journald), never a token; refusals at most one line per uid
+//! and minute, with a count.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,10 +20,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::idp::Idp;
-use super::limits::{PerUid, RateLimit};
+use super::limits::{LogLimit, PerUid, RateLimit};
 use super::listen::{self, Origin};
 use super::protocol::{self, ErrorCode, MAX_REQUEST, Response};
-use super::store::{Replaced, Store, StoreError};
+use super::session::{self, End, Lookup, Verdict};
+use super::store::{Found, Replaced, Store, StoreError};
 use super::tokenset::{RefreshError, TokenSet};
 use crate::exit::Exit;
 use crate::run::{PROG, fail, load_settings, unix_now};
@@ -31,6 +35,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time in-flight requests get at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// One log line per uid and this long about its refusals.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Descriptors beyond the connections: the "busy" slots (at most 64), the
+/// IdP's connections, the store's files, the log.
+pub const FD_HEADROOM: usize = 64 + 192;
 
 /// One log line.
 fn log(line: std::fmt::Arguments<'_>) {
@@ -45,6 +54,10 @@ enum Refusal {
     SessionEnded(String),
     IdpUnavailable(String),
     Misconfigured(String),
+    /// The set was deleted: this session is over.
+    Ended(End),
+    /// Passwd could not be read to tell whose the set is.
+    Account(String),
     Store(StoreError),
 }
 
@@ -71,6 +84,13 @@ impl Refusal {
                 ErrorCode::BrokerMisconfigured,
                 format!(
                     "the credential broker cannot renew tokens ({why}): ask your administrator"
+                ),
+            ),
+            Self::Ended(end) => (ErrorCode::SessionEnded, end.message()),
+            Self::Account(_) => (
+                ErrorCode::Internal,
+                format!(
+                    "the credential broker cannot look up your account (uid {uid}): try again; if this persists, ask your administrator"
                 ),
             ),
             Self::Store(_) => (
@@ -100,7 +120,29 @@ struct Broker {
     open: Mutex<PerUid>,
     /// One refresh at a time per uid.
     refreshing: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Log lines about refusals, per uid.
+    log_limit: Mutex<LogLimit>,
+    /// `BROKER_MAX_SESSION_HOURS`.
+    max_session_hours: u32,
     verbose: bool,
+}
+
+impl Broker {
+    /// Logs a refusal of `uid`, unless one was logged this last minute
+    /// (then it is counted, and the next line says how many were not).
+    fn log_refusal(&self, uid: u32, line: std::fmt::Arguments<'_>) {
+        let admitted = self
+            .log_limit
+            .lock()
+            .map_or(Some(0), |mut l| l.admit(uid, Instant::now()));
+        match admitted {
+            Some(0) => log(format_args!("uid {uid}: {line}")),
+            Some(n) => log(format_args!(
+                "uid {uid}: {line} [and {n} more refusals of this uid not logged since its last line]"
+            )),
+            None => {}
+        }
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -134,8 +176,11 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         rate: Mutex::new(RateLimit::new(b.requests_per_minute)),
         open: Mutex::new(PerUid::new(b.max_connections)),
         refreshing: Mutex::new(HashMap::new()),
+        log_limit: Mutex::new(LogLimit::new(LOG_EVERY)),
+        max_session_hours: b.max_session_hours,
         verbose: verbose > 0,
     });
+    files_for(b.max_connections);
     // A few blocking threads for the token store's fsyncs, no more.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -223,7 +268,36 @@ async fn serve(listener: UnixListener, broker: Arc<Broker>, max: usize) -> Exit 
     log(format_args!("stopping: waiting for requests in flight"));
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, slots.serve.acquire_many(all)).await;
+    let unlogged = broker
+        .log_limit
+        .lock()
+        .map(|mut l| l.unlogged())
+        .unwrap_or_default();
+    for (uid, n) in unlogged {
+        log(format_args!(
+            "uid {uid}: {n} more refusals not logged since its last line"
+        ));
+    }
     Exit::Ok
+}
+
+/// Raises the soft limit on open files to what `max` connections need
+/// (systemd's `LimitNOFILE` is the hard one), or warns.
+fn files_for(max: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = (max + FD_HEADROOM) as u64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= need {
+        return;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, need.min(hard), hard);
+    if need > hard {
+        log(format_args!(
+            "warning: BROKER_MAX_CONNECTIONS={max} needs {need} open files, but the limit is {hard}: raise LimitNOFILE in ood-k8s-bootstrap-broker.service"
+        ));
+    }
 }
 
 /// The connection slots: those served, and a few more for the quick
@@ -251,6 +325,7 @@ fn admit(stream: UnixStream, broker: &Arc<Broker>, slots: &Slots) {
             uid,
             format!("{} connections at once", slots.max),
             slots,
+            broker,
         );
     };
     let cap = match broker.open.lock() {
@@ -263,6 +338,7 @@ fn admit(stream: UnixStream, broker: &Arc<Broker>, slots: &Slots) {
             uid,
             format!("this uid has {cap} connections open"),
             slots,
+            broker,
         );
     }
     let broker = broker.clone();
@@ -278,11 +354,12 @@ fn admit(stream: UnixStream, broker: &Arc<Broker>, slots: &Slots) {
 /// Over a connection limit: the request is read (closing a Unix socket
 /// with unread data resets it, and the client would see no answer), then
 /// "busy", each within a second.
-fn busy(mut stream: UnixStream, uid: u32, why: String, slots: &Slots) {
+fn busy(mut stream: UnixStream, uid: u32, why: String, slots: &Slots, broker: &Arc<Broker>) {
     let Ok(permit) = slots.refuse.clone().try_acquire_owned() else {
-        log(format_args!("uid {uid}: closed at once: busy ({why})"));
+        broker.log_refusal(uid, format_args!("closed at once: busy ({why})"));
         return;
     };
+    let broker = broker.clone();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), read_line(&mut stream)).await;
         let resp = Response::error(
@@ -294,7 +371,7 @@ fn busy(mut stream: UnixStream, uid: u32, why: String, slots: &Slots) {
             stream.shutdown().await
         })
         .await;
-        log(format_args!("uid {uid}: refused: busy ({why})"));
+        broker.log_refusal(uid, format_args!("refused: busy ({why})"));
         drop(permit);
     });
 }
@@ -337,7 +414,9 @@ async fn connection(mut stream: UnixStream, uid: u32, broker: &Arc<Broker>) {
         Ok(Err(_)) => " (the client left before the answer)",
         Err(_) => " (the client did not take the answer in time)",
     };
-    if broker.verbose || what.notable {
+    if resp.error.is_some() {
+        broker.log_refusal(uid, format_args!("{} ({ms} ms){outcome}", what.text));
+    } else if broker.verbose || what.notable {
         log(format_args!("uid {uid}: {} ({ms} ms){outcome}", what.text));
     }
     if resp.error.is_some_and(|e| e.code == ErrorCode::TooLarge) {
@@ -420,6 +499,8 @@ async fn request(broker: &Arc<Broker>, uid: u32, line: &[u8]) -> (Response, Logg
         Err(refusal) => {
             let detail = match &refusal {
                 Refusal::Store(e) => format!("store: {e}"),
+                Refusal::Account(why) => format!("cannot tell whose the set is: {why}"),
+                Refusal::Ended(why) => format!("session ended: {why}"),
                 other => format!("{other:?}"),
             };
             (
@@ -446,13 +527,68 @@ async fn token(broker: &Arc<Broker>, uid: u32) -> Result<(TokenSet, Served), Ref
     refresh(broker, set).await
 }
 
-/// Reads are small and not fsynced: done in place.
-async fn read(broker: &Broker, uid: u32) -> Result<TokenSet, Refusal> {
-    match broker.store.read(uid) {
-        Ok(Some(set)) => Ok(set),
-        Ok(None) => Err(Refusal::NoCredentials),
-        Err(e) => Err(Refusal::Store(e)),
+/// The uid's set, if it is still to be served: judged against passwd and
+/// the session's bounds, and deleted if not. (Reads are small and not
+/// fsynced: done in place.)
+async fn read(broker: &Arc<Broker>, uid: u32) -> Result<TokenSet, Refusal> {
+    let found = match broker.store.find(uid) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Err(Refusal::NoCredentials),
+        Err(e) => return Err(Refusal::Store(e)),
+    };
+    let set = match &found {
+        Found::Outdated(v) => return Err(end(broker, uid, &found, End::Outdated(*v)).await),
+        Found::Set(set) => set,
+    };
+    let lookup = passwd(uid, &set.user).await;
+    match session::decide(set, uid, &lookup, unix_now(), broker.max_session_hours) {
+        Verdict::Serve => Ok((**set).clone()),
+        Verdict::Unsure(why) => Err(Refusal::Account(why)),
+        Verdict::Delete(why) => Err(end(broker, uid, &found, why).await),
     }
+}
+
+/// What passwd (NSS) says of `uid` and `login`; off the async threads (an
+/// NSS module may ask a directory server).
+async fn passwd(uid: u32, login: &str) -> Lookup {
+    use nix::unistd::User;
+    let login = login.to_owned();
+    let asked = tokio::task::spawn_blocking(move || {
+        let uid_name = User::from_uid(Uid::from_raw(uid))?.map(|u| u.name);
+        let login_uid = User::from_name(&login)?.map(|u| u.uid.as_raw());
+        Ok::<_, nix::Error>(Lookup::Found {
+            uid_name,
+            login_uid,
+        })
+    })
+    .await;
+    match asked {
+        Ok(Ok(lookup)) => lookup,
+        Ok(Err(e)) => Lookup::Failed(format!("passwd lookup: {e}")),
+        Err(e) => Lookup::Failed(format!("passwd lookup: {e}")),
+    }
+}
+
+/// Deletes the set `found` of `uid` (unless a new login replaced it
+/// meanwhile) and logs why; the refusal that ends the session.
+async fn end(broker: &Arc<Broker>, uid: u32, found: &Found, why: End) -> Refusal {
+    let (b, judged) = (broker.clone(), found.clone());
+    let removed = tokio::task::spawn_blocking(move || b.store.remove_if(uid, &judged)).await;
+    let login = match found {
+        Found::Set(s) => format!("{:?}", s.user),
+        Found::Outdated(_) => "an unknown login".to_owned(),
+    };
+    match removed {
+        Ok(Ok(true)) => log(format_args!(
+            "uid {uid}: deleted the stored token set of {login}: {why}"
+        )),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => log(format_args!(
+            "uid {uid}: error: cannot delete the stored token set of {login} ({why}): {e}"
+        )),
+        Err(e) => log(format_args!("uid {uid}: error: deleting the set: {e}")),
+    }
+    Refusal::Ended(why)
 }
 
 fn user_lock(broker: &Broker, uid: u32) -> Arc<tokio::sync::Mutex<()>> {
@@ -474,10 +610,6 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
             Err(refusal)
         }
     };
-    if let Some(why) = &set.ended {
-        let why = format!("the IdP refused the refresh: {why}");
-        return keep_or(set, Refusal::SessionEnded(why));
-    }
     let Some(used) = set.refresh_token.clone() else {
         return keep_or(
             set,
@@ -496,16 +628,9 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
     let fresh = match answer.and_then(|a| set.refreshed(&a, unix_now())) {
         Ok(fresh) => fresh,
         Err(RefreshError::Refused(why)) => {
-            // Remember, so the IdP is not asked again until the next login.
-            log(format_args!(
-                "uid {}: the IdP refused the refresh ({why}); the session is over until the next login",
-                set.uid
-            ));
-            let _ = store_if(broker, &used, &set.ended(&why)).await;
-            return keep_or(
-                set,
-                Refusal::SessionEnded(format!("the IdP refused the refresh: {why}")),
-            );
+            // The session is over: the IdP is not asked again.
+            let uid = set.uid;
+            return Err(end(broker, uid, &Found::Set(Box::new(set)), End::Refused(why)).await);
         }
         Err(RefreshError::Misconfigured(why)) => {
             log(format_args!(
@@ -518,6 +643,10 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
             return keep_or(set, Refusal::IdpUnavailable(why));
         }
     };
+    if let Err(e) = fresh.encode() {
+        let uid = set.uid;
+        return Err(end(broker, uid, &Found::Set(Box::new(set)), End::TooLarge(e.0)).await);
+    }
     match store_if(broker, &used, &fresh).await? {
         Replaced::Stored => Ok((fresh, Served::Refreshed(took))),
         // A new login was stored meanwhile: its tokens win.
@@ -582,5 +711,34 @@ async fn read_line(stream: &mut UnixStream) -> Result<Vec<u8>, Line> {
         if buf.len() >= MAX_REQUEST {
             return Err(Line::TooLarge);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::keys::{self, MAX_BROKER_CONNECTIONS};
+
+    /// The shipped unit's LimitNOFILE covers the largest
+    /// BROKER_MAX_CONNECTIONS the key accepts, with the headroom.
+    #[test]
+    fn the_units_file_limit_covers_the_keys_maximum() {
+        let unit = include_str!("../../packaging/systemd/ood-k8s-bootstrap-broker.service");
+        let limit: usize = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .expect("LimitNOFILE= in the broker's unit")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(
+            limit >= MAX_BROKER_CONNECTIONS + FD_HEADROOM,
+            "LimitNOFILE={limit} < {MAX_BROKER_CONNECTIONS} + {FD_HEADROOM}"
+        );
+        let key = keys::find("BROKER_MAX_CONNECTIONS").unwrap();
+        assert_eq!(key.value, format!("1-{MAX_BROKER_CONNECTIONS}"));
+        let mut d = keys::Draft::default();
+        assert!((key.parse)(&MAX_BROKER_CONNECTIONS.to_string(), &mut d).is_ok());
+        assert!((key.parse)(&(MAX_BROKER_CONNECTIONS + 1).to_string(), &mut d).is_err());
     }
 }

@@ -7,7 +7,11 @@
 //! hook (storing a login) and the broker (storing a refresh) both take.
 //! Critical sections are short: the broker never holds the lock across a
 //! call to the IdP, it compares the refresh token afterwards instead
-//! ([`Store::replace_if`]).
+//! ([`Store::replace_if`]), and deletes a set only if it is still the one
+//! it judged ([`Store::remove_if`]). Sets are at most
+//! [`MAX_SET`](super::tokenset::MAX_SET) bytes, written and read alike; a
+//! set of an earlier format is reported as [`Found::Outdated`] (so it is
+//! deleted and its owner logs in again).
 
 use std::fs::File;
 use std::io::Read;
@@ -22,12 +26,10 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::Uid;
 use thiserror::Error;
 
-use super::tokenset::{FORMAT, TokenSet};
+use super::tokenset::{FORMAT, MAX_SET, TokenSet};
 use crate::kubeconfig::write::{self, Create, Failure};
 use crate::trusted;
 
-/// Largest token set read (a real one is a few kilobytes).
-const MAX_SET: u64 = 64 * 1024;
 /// Longest wait for another writer of the same uid's set.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
@@ -62,6 +64,14 @@ pub struct Store {
     dir: OwnedFd,
     path: PathBuf,
     owner: Uid,
+}
+
+/// What is stored for a uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Set(Box<TokenSet>),
+    /// A set of an earlier format (the number), for this uid.
+    Outdated(u32),
 }
 
 /// What [`Store::replace_if`] did.
@@ -121,8 +131,55 @@ impl Store {
         self.path.join(Self::name(uid))
     }
 
-    /// The set stored for `uid`, if any.
+    /// The set stored for `uid`, if any, of this format.
     pub fn read(&self, uid: u32) -> Result<Option<TokenSet>, StoreError> {
+        match self.find(uid)? {
+            Some(Found::Set(set)) => Ok(Some(*set)),
+            Some(Found::Outdated(v)) => Err(StoreError::new(
+                &self.file(uid),
+                format!("stored by an earlier version (format {v}); the user must log in again"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// What is stored for `uid`, if anything.
+    pub fn find(&self, uid: u32) -> Result<Option<Found>, StoreError> {
+        let full = self.file(uid);
+        let Some(text) = self.read_bytes(uid)? else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Head {
+            format: u32,
+            uid: u32,
+        }
+        let damaged = || {
+            StoreError::new(
+                &full,
+                "damaged or of another version; the user must log in again",
+            )
+        };
+        let head: Head = serde_json::from_slice(&text).map_err(|_| damaged())?;
+        if head.uid != uid {
+            return Err(StoreError::new(
+                &full,
+                format!("holds a set for uid {}; refused", head.uid),
+            ));
+        }
+        if head.format < FORMAT {
+            return Ok(Some(Found::Outdated(head.format)));
+        }
+        let set: TokenSet = serde_json::from_slice(&text).map_err(|_| damaged())?;
+        if set.format != FORMAT {
+            return Err(damaged());
+        }
+        Ok(Some(Found::Set(Box::new(set))))
+    }
+
+    /// The file's bytes, checked: a regular root file of mode 600, at most
+    /// [`MAX_SET`] bytes.
+    fn read_bytes(&self, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let full = self.file(uid);
         let fd = match openat(
             &self.dir,
@@ -153,33 +210,37 @@ impl Store {
                 ),
             ));
         }
-        if st.st_size as u64 > MAX_SET {
-            return Err(StoreError::new(
-                &full,
-                format!("larger than {MAX_SET} bytes; refused"),
-            ));
+        let too_large = || StoreError::new(&full, format!("larger than {MAX_SET} bytes; refused"));
+        if st.st_size as u64 > MAX_SET as u64 {
+            return Err(too_large());
         }
         let mut text = Vec::new();
         File::from(fd)
-            .take(MAX_SET)
+            .take(MAX_SET as u64 + 1)
             .read_to_end(&mut text)
             .map_err(|e| StoreError::new(&full, format!("cannot read it: {e}")))?;
-        let set: TokenSet = serde_json::from_slice(&text).map_err(|_| {
-            StoreError::new(
-                &full,
-                "damaged or of another version; the user must log in again",
-            )
-        })?;
-        if set.uid != uid || set.format != FORMAT {
-            return Err(StoreError::new(
-                &full,
-                format!(
-                    "holds a set for uid {} (format {}); refused",
-                    set.uid, set.format
-                ),
-            ));
+        if text.len() > MAX_SET {
+            return Err(too_large());
         }
-        Ok(Some(set))
+        Ok(Some(text))
+    }
+
+    /// Deletes what is stored for `uid` if it is still `judged` (a login
+    /// stored meanwhile is kept). True when something was deleted.
+    pub fn remove_if(&self, uid: u32, judged: &Found) -> Result<bool, StoreError> {
+        let _lock = self.lock(uid)?;
+        if self.find(uid)?.as_ref() != Some(judged) {
+            return Ok(false);
+        }
+        nix::unistd::unlinkat(
+            &self.dir,
+            Self::name(uid).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .map_err(|e| StoreError::new(&self.file(uid), format!("cannot delete it: {e}")))?;
+        nix::unistd::fsync(&self.dir)
+            .map_err(|e| StoreError::new(&self.path, format!("cannot sync it: {e}")))?;
+        Ok(true)
     }
 
     /// Stores `set` (for its uid), replacing whatever is there.
@@ -220,7 +281,8 @@ impl Store {
     }
 
     fn write_locked(&self, set: &TokenSet) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(set)
+        let json = set
+            .encode()
             .map_err(|e| StoreError::new(&self.file(set.uid), e.to_string()))?;
         write::write_atomic(&self.dir, &self.path, &Self::name(set.uid), &json)?;
         Ok(())
@@ -289,6 +351,29 @@ mod tests {
         // symlinks and loose modes are refused
         std::os::unix::fs::symlink(dir.join("5.json"), dir.join("7.json")).unwrap();
         assert!(store.read(7).unwrap_err().why.contains("symbolic link"));
+        // deleted only while it is the set judged
+        let judged = store.find(5).unwrap().unwrap();
+        store.write(&set(5, "r3")).unwrap();
+        assert!(!store.remove_if(5, &judged).unwrap());
+        let judged = store.find(5).unwrap().unwrap();
+        assert!(store.remove_if(5, &judged).unwrap());
+        assert!(store.find(5).unwrap().is_none());
+        // an earlier format is told apart, and deleted the same way
+        std::fs::write(dir.join("5.json"), r#"{"format":1,"uid":5,"user":"u"}"#).unwrap();
+        std::fs::set_permissions(dir.join("5.json"), PermissionsExt::from_mode(0o600)).unwrap();
+        assert_eq!(store.find(5).unwrap(), Some(Found::Outdated(1)));
+        assert!(store.read(5).unwrap_err().why.contains("earlier version"));
+        assert!(store.remove_if(5, &Found::Outdated(1)).unwrap());
+        // too large to store: refused at write, nothing written
+        let mut big = set(5, "r4");
+        big.id_token = Some("x".repeat(MAX_SET));
+        assert!(store.write(&big).unwrap_err().why.contains("more than"));
+        assert!(store.find(5).unwrap().is_none());
+        // and a file over the limit is not read
+        std::fs::write(dir.join("5.json"), vec![b' '; MAX_SET + 1]).unwrap();
+        std::fs::set_permissions(dir.join("5.json"), PermissionsExt::from_mode(0o600)).unwrap();
+        assert!(store.read(5).unwrap_err().why.contains("larger than"));
+        store.write(&set(5, "r1")).unwrap();
         std::fs::set_permissions(dir.join("5.json"), PermissionsExt::from_mode(0o644)).unwrap();
         assert!(store.read(5).unwrap_err().why.contains("mode 600"));
         // a loose directory is made private again on open

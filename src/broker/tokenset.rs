@@ -8,6 +8,13 @@
 //! the portal's client but whose tokens are for the Kubernetes audience)
 //! are stored and refreshed the same way. Client secrets are never part of
 //! a set: the broker takes them from hook.env.
+//!
+//! A set also records whose it is and how long it may live: the login
+//! (passwd name) and uid it was stored for, when that login stored it, and
+//! when its refresh token expires if the IdP said so ([`crate::broker::session`]
+//! decides from these whether it is still served). Its stored size is
+//! bounded by [`MAX_SET`], checked when it is written, so what is written
+//! can be read back.
 
 use std::fmt;
 
@@ -17,8 +24,12 @@ use thiserror::Error;
 use crate::credential::exec_credential;
 use crate::tokens::{self, TokenError};
 
-/// The stored format's version.
-pub const FORMAT: u32 = 1;
+/// The stored format's version. Version 1 (no `stored_at`) sets are
+/// deleted on first use: their owner logs in again.
+pub const FORMAT: u32 = 2;
+/// Largest stored set, in bytes, for writing and reading alike: the IdP
+/// answer cap, so one login's tokens fit.
+pub const MAX_SET: usize = crate::idp::MAX_ANSWER;
 /// Refresh when less than this is left (or a third of the token's
 /// lifetime, if that is shorter: short-lived test tokens).
 pub const MARGIN: u64 = 60;
@@ -71,7 +82,16 @@ pub struct TokenSet {
     pub format: u32,
     /// The uid this set belongs to (checked against the file name).
     pub uid: u32,
+    /// The login (passwd name) that stored it; served only while `uid`
+    /// still maps to it.
     pub user: String,
+    /// When that login stored the set, Unix seconds (kept by refreshes):
+    /// the start of `BROKER_MAX_SESSION_HOURS`.
+    pub stored_at: u64,
+    /// When the refresh token expires, Unix seconds, if the IdP said so
+    /// (`refresh_expires_in`, or the refresh token's own `exp`).
+    #[serde(default)]
+    pub refresh_expiry: Option<u64>,
     pub access_token: String,
     #[serde(default)]
     pub id_token: Option<String>,
@@ -84,10 +104,6 @@ pub struct TokenSet {
     pub obtained: u64,
     pub refresh: RefreshWith,
     pub source: Source,
-    /// Set once the IdP refused the refresh token: the session is over
-    /// until the next login stores a new set.
-    #[serde(default)]
-    pub ended: Option<String>,
 }
 
 impl fmt::Debug for TokenSet {
@@ -98,8 +114,9 @@ impl fmt::Debug for TokenSet {
             .field("bearer", &self.bearer)
             .field("expiry", &self.expiry)
             .field("refresh", &self.refresh)
+            .field("stored_at", &self.stored_at)
+            .field("refresh_expiry", &self.refresh_expiry)
             .field("has_refresh_token", &self.refresh_token.is_some())
-            .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
 }
@@ -142,10 +159,20 @@ impl TokenSet {
             },
             expiry: exp.unwrap_or(now.saturating_add(tokens::DEFAULT_LIFETIME)),
             obtained: now,
+            stored_at: now,
+            refresh_expiry: refresh_expiry(tokens.refresh_token, None, now),
             refresh,
             source: tokens.source,
-            ended: None,
         })
+    }
+
+    /// The set as stored: JSON of at most [`MAX_SET`] bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, TooLarge> {
+        let json = serde_json::to_vec_pretty(self).map_err(|_| TooLarge(usize::MAX))?;
+        if json.len() > MAX_SET {
+            return Err(TooLarge(json.len()));
+        }
+        Ok(json)
     }
 
     /// The token kubectl presents.
@@ -186,6 +213,10 @@ impl TokenSet {
             })?,
         };
         let expiry = tokens::expiry(bearer, answer.expires_in, now);
+        let refresh_expiry = match &answer.refresh_token {
+            Some(r) => refresh_expiry(Some(r), answer.refresh_expires_in, now),
+            None => refresh_expiry(None, answer.refresh_expires_in, now).or(self.refresh_expiry),
+        };
         Ok(Self {
             access_token: answer.access_token.clone(),
             id_token,
@@ -195,20 +226,31 @@ impl TokenSet {
                 .or_else(|| self.refresh_token.clone()),
             expiry,
             obtained: now,
+            refresh_expiry,
             source: Source::Refresh,
-            ended: None,
             ..self.clone()
         })
     }
+}
 
-    /// The set after the IdP refused its refresh token: the bearer token
-    /// may still be handed out until it expires, nothing more.
-    pub fn ended(&self, reason: &str) -> Self {
-        Self {
-            refresh_token: None,
-            ended: Some(reason.to_owned()),
-            ..self.clone()
-        }
+/// A set too large to store: its size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error(
+    "the tokens make a stored set of {0} bytes, more than the {MAX_SET} the broker stores; ask the IdP's administrator for smaller tokens (fewer claims or groups)"
+)]
+pub struct TooLarge(pub usize);
+
+/// When a refresh token expires: `now` plus the IdP's
+/// `refresh_expires_in` (Keycloak; 0 means "never", as for offline
+/// tokens), else the token's own `exp` when it is a JWT, else unknown.
+pub fn refresh_expiry(token: Option<&str>, expires_in: Option<u64>, now: u64) -> Option<u64> {
+    match expires_in {
+        Some(n) if n > 0 => Some(now.saturating_add(n)),
+        Some(_) => None,
+        None => token
+            .and_then(|t| tokens::claims(t, "the refresh token").ok())
+            .and_then(|c| c.exp)
+            .filter(|&e| e > 0),
     }
 }
 
@@ -222,12 +264,16 @@ pub struct TokenAnswer {
     pub id_token: Option<String>,
     #[serde(default)]
     pub expires_in: Option<u64>,
+    /// Keycloak: the refresh token's lifetime in seconds (0: no expiry).
+    #[serde(default)]
+    pub refresh_expires_in: Option<u64>,
 }
 
 impl fmt::Debug for TokenAnswer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenAnswer")
             .field("expires_in", &self.expires_in)
+            .field("refresh_expires_in", &self.refresh_expires_in)
             .finish_non_exhaustive()
     }
 }
@@ -352,6 +398,7 @@ mod tests {
             refresh_token: Some("r2".into()),
             id_token: None,
             expires_in: Some(40),
+            refresh_expires_in: Some(1800),
         };
         let r = s.refreshed(&answer, 2000).unwrap();
         assert_eq!(
@@ -359,15 +406,41 @@ mod tests {
             (2040, 2000, Some("r2"))
         );
         assert_eq!((r.uid, r.source), (1001, Source::Refresh));
+        // the login's time is kept; the refresh token's expiry is the IdP's
+        assert_eq!((r.stored_at, r.refresh_expiry), (1000, Some(3800)));
         let answer = TokenAnswer {
             refresh_token: None,
             access_token: "opaque".into(),
+            refresh_expires_in: None,
             ..answer
         };
-        let r = s.refreshed(&answer, 2000).unwrap();
-        assert_eq!((r.expiry, r.refresh_token.as_deref()), (2040, Some("r1")));
-        let ended = s.ended("invalid_grant");
-        assert!(ended.refresh_token.is_none() && ended.ended.is_some());
+        let r2 = r.refreshed(&answer, 2100).unwrap();
+        assert_eq!((r2.expiry, r2.refresh_token.as_deref()), (2140, Some("r2")));
+        assert_eq!(r2.refresh_expiry, Some(3800), "kept when not rotated");
+    }
+
+    #[test]
+    fn refresh_expiry_from_the_idp_or_the_token() {
+        let jwt = fake_jwt(&json!({"exp": 5000}));
+        assert_eq!(refresh_expiry(Some("opaque"), Some(60), 100), Some(160));
+        assert_eq!(refresh_expiry(Some(&jwt), Some(0), 100), None);
+        assert_eq!(refresh_expiry(Some(&jwt), None, 100), Some(5000));
+        assert_eq!(refresh_expiry(Some("opaque"), None, 100), None);
+        assert_eq!(refresh_expiry(None, None, 100), None);
+        assert_eq!(refresh_expiry(None, Some(u64::MAX), 100), Some(u64::MAX));
+    }
+
+    #[test]
+    fn the_stored_size_is_bounded() {
+        let s = set(1040, 1000);
+        let json = s.encode().unwrap();
+        assert_eq!(serde_json::from_slice::<TokenSet>(&json).unwrap(), s);
+        let big = TokenSet {
+            id_token: Some("a".repeat(MAX_SET)),
+            ..s
+        };
+        let e = big.encode().unwrap_err();
+        assert!(e.0 > MAX_SET && e.to_string().contains("262144"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use thiserror::Error;
 use super::Login;
 use super::merge::{ClusterEntry, ContextEntry, Desired, UserEntry};
 use crate::broker::plugin::SUBCOMMAND as BROKER_PLUGIN;
-use crate::broker::tokenset::{Bearer, Obtained, RefreshWith, Source, TokenSet};
+use crate::broker::tokenset::{Bearer, Obtained, RefreshWith, Source, TokenSet, TooLarge};
 use crate::credential::{CACHE_DIR, Cache};
 use crate::names::{Namespace, Username};
 use crate::settings::{CredentialMode, Settings};
@@ -38,6 +38,9 @@ pub enum EntryError {
     },
     #[error("{0}")]
     Token(#[from] TokenError),
+    /// Broker mode: the login's tokens are too large to store.
+    #[error("{0}")]
+    TooLarge(#[from] TooLarge),
 }
 
 /// The kubeconfig user entry's name: `K8S_USERNAME_PREFIX` + username.
@@ -258,13 +261,10 @@ fn login_set(
         audience: None,
         scope: None,
     };
-    Ok(TokenSet::new(
-        who.uid,
-        who.user.as_str(),
-        &tokens,
-        with,
-        now,
-    )?)
+    let set = TokenSet::new(who.uid, who.user.as_str(), &tokens, with, now)?;
+    // What the broker could not read back is refused now, before any change.
+    set.encode()?;
+    Ok(set)
 }
 
 /// The broker mode's exec plugin entry: `broker-credential` and the

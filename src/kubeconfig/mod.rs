@@ -182,7 +182,7 @@ pub fn prepare(
                 user: who.clone(),
                 source,
             },
-            EntryError::Token(_) => KubeconfigError::Token {
+            EntryError::Token(_) | EntryError::TooLarge(_) => KubeconfigError::Token {
                 user: who.clone(),
                 source,
             },

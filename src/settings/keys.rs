@@ -87,6 +87,7 @@ pub struct Draft {
     pub broker_idp_timeout: Duration,
     pub broker_max_connections: usize,
     pub broker_requests_per_minute: u32,
+    pub broker_max_session_hours: u32,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -609,6 +610,24 @@ pub const KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "BROKER_MAX_SESSION_HOURS",
+        section: Section::New,
+        doc: "broker mode: hours a stored login lasts. The broker deletes a user's stored tokens \
+              this long after the login that stored them (and sooner when the IdP refuses the \
+              refresh, the refresh token expires, or the uid no longer belongs to that login in \
+              passwd); the user then logs in to OnDemand again.",
+        value: "1-720",
+        default: "24",
+        example: "24",
+        parse: |v, d| match v.parse::<u32>() {
+            Ok(n @ 1..=720) => {
+                d.broker_max_session_hours = n;
+                Ok(())
+            }
+            _ => Err("expected a whole number of hours from 1 to 720".into()),
+        },
+    },
+    Key {
         name: "BROKER_MAX_CONNECTIONS",
         section: Section::New,
         doc: "broker mode: connections the broker serves at once, of which one user (uid) \
@@ -617,7 +636,7 @@ pub const KEYS: &[Key] = &[
         default: "64",
         example: "64",
         parse: |v, d| match v.parse::<usize>() {
-            Ok(n @ 1..=10_000) => {
+            Ok(n @ 1..=MAX_BROKER_CONNECTIONS) => {
                 d.broker_max_connections = n;
                 Ok(())
             }
@@ -642,6 +661,10 @@ pub const KEYS: &[Key] = &[
         },
     },
 ];
+
+/// Largest `BROKER_MAX_CONNECTIONS`; the broker's systemd unit's
+/// `LimitNOFILE` covers it (a test keeps the two in step).
+pub const MAX_BROKER_CONNECTIONS: usize = 10_000;
 
 /// The key named `name`, if it is one.
 pub fn find(name: &str) -> Option<&'static Key> {

@@ -246,6 +246,8 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     /// `BROKER_REQUESTS_PER_MINUTE`: per-uid rate.
     pub requests_per_minute: u32,
+    /// `BROKER_MAX_SESSION_HOURS`: a stored login's longest life.
+    pub max_session_hours: u32,
 }
 
 /// Everything hook.env says, validated.
@@ -540,6 +542,7 @@ impl Checked<'_> {
                 idp_timeout: d.broker_idp_timeout,
                 max_connections: d.broker_max_connections,
                 requests_per_minute: d.broker_requests_per_minute,
+                max_session_hours: d.broker_max_session_hours,
             },
             warnings,
         })
@@ -749,6 +752,23 @@ mod tests {
         );
         let msg = err("NETWORK_POLICY_ALLOW_CIDR=10.1.2.3/8\n");
         assert!(msg.contains("did you mean 10.0.0.0/8"), "{msg}");
+    }
+
+    #[test]
+    fn broker_max_session_hours_is_checked() {
+        let base = "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\n";
+        assert_eq!(parse(base).unwrap().broker.max_session_hours, 24);
+        let s = parse(&format!("{base}BROKER_MAX_SESSION_HOURS=1\n")).unwrap();
+        assert_eq!(s.broker.max_session_hours, 1);
+        for bad in ["0", "721", "1.5", "-1", "x"] {
+            let msg = err(&format!("{base}BROKER_MAX_SESSION_HOURS={bad}\n"));
+            assert!(
+                msg.contains("hook.env:2")
+                    && msg.contains("BROKER_MAX_SESSION_HOURS")
+                    && msg.contains("from 1 to 720"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
