@@ -31,10 +31,10 @@ pub const FORMAT: u32 = 2;
 /// answer cap, so one login's tokens fit.
 pub const MAX_SET: usize = crate::idp::MAX_ANSWER;
 /// Refresh when less than this is left (or a third of the token's
-/// lifetime, if that is shorter: short-lived test tokens).
+/// lifetime, if that is shorter: `tokens::is_fresh`).
 pub const MARGIN: u64 = 60;
 /// Tokens this close to expiry are never handed out.
-const MIN_LEFT: u64 = 5;
+const MIN_LEFT: u64 = tokens::MIN_LEFT;
 
 /// Which token kubectl presents to the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,9 +185,7 @@ impl TokenSet {
 
     /// Good for a while yet: no refresh needed.
     pub fn fresh(&self, now: u64) -> bool {
-        let lifetime = self.expiry.saturating_sub(self.obtained);
-        let margin = MARGIN.min(lifetime / 3).max(MIN_LEFT);
-        self.expiry > now.saturating_add(margin)
+        tokens::is_fresh(self.expiry, self.obtained, now, MARGIN)
     }
 
     /// Still valid long enough to hand out (when a refresh is not possible
