@@ -24,6 +24,7 @@ use crate::desired::{DEFAULT_SERVICE_ACCOUNT, DesiredState, Object};
 use crate::exit::Exit;
 use crate::kinds::Kind;
 use crate::oneline::error_chain;
+use crate::owner;
 use crate::prune::{self, Found};
 
 /// What a run did (or, in a dry run, would do) to one object.
@@ -83,6 +84,12 @@ pub enum ApplyError {
         "user {user}: namespace {namespace} is being deleted (probably by the namespace reaper); log in again once it is gone"
     )]
     Terminating { user: String, namespace: String },
+    /// The namespace belongs to another login (`owner.rs`).
+    #[error("user {user}: {collision}")]
+    Collision {
+        user: String,
+        collision: Box<crate::owner::Collision>,
+    },
     #[error("user {user}: the API server refused {object}: {message}{hint}")]
     Invalid {
         user: String,
@@ -124,7 +131,9 @@ impl ApplyError {
         match self {
             Self::Kubeconfig { .. } => Exit::Config,
             Self::Unreachable { .. } => Exit::Unavailable,
-            Self::Unauthorized { .. } | Self::Forbidden { .. } => Exit::NoPerm,
+            Self::Unauthorized { .. } | Self::Forbidden { .. } | Self::Collision { .. } => {
+                Exit::NoPerm
+            }
             Self::Terminating { .. }
             | Self::Server { .. }
             | Self::Deadline { .. }
@@ -454,14 +463,50 @@ impl Cluster {
         }
     }
 
-    /// Applies `state` for `user`: the Namespace first (everything else lives
-    /// in it), then the rest concurrently — and, when `state.prune` is set,
-    /// in the same round the lists of our objects in the namespace, then the
-    /// deletion of those no longer wanted. `deadline` bounds retries.
+    /// Applies `state` for `user`: checks whose the namespace is
+    /// ([`Cluster::check_owner`]), then [`Cluster::apply_checked`].
     pub async fn apply(
         &self,
         user: &str,
         state: &DesiredState,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let owner = self.check_owner(user, state, deadline).await?;
+        self.apply_checked(user, state, owner, mode, deadline).await
+    }
+
+    /// Whose the namespace is, before anything is written: it is created
+    /// with its owner record, or it is `state`'s login's, or it has no
+    /// record and nothing in it names another login (`owner.rs`). A
+    /// namespace of another login is an error ([`ApplyError::Collision`]).
+    /// One read, plus a list of its RoleBindings for a namespace without a
+    /// record.
+    pub async fn check_owner(
+        &self,
+        user: &str,
+        state: &DesiredState,
+        deadline: Instant,
+    ) -> Result<Owner, ApplyError> {
+        let ctx = Ctx {
+            cluster: self,
+            user,
+            deadline,
+            namespace: state.namespace.as_str(),
+        };
+        ctx.check_owner(state).await
+    }
+
+    /// Applies `state` for `user` once [`Cluster::check_owner`] allowed it:
+    /// the Namespace first (everything else lives in it), then the rest
+    /// concurrently — and, when `state.prune` is set, in the same round the
+    /// lists of our objects in the namespace, then the deletion of those no
+    /// longer wanted. `deadline` bounds retries.
+    pub async fn apply_checked(
+        &self,
+        user: &str,
+        state: &DesiredState,
+        owner: Owner,
         mode: Mode,
         deadline: Instant,
     ) -> Result<Vec<Applied>, ApplyError> {
@@ -478,7 +523,7 @@ impl Cluster {
             return ctx.dry_run(state, ns_obj, rest).await;
         }
 
-        let ns = ctx.apply_object(ns_obj, false).await?;
+        let (ns, owner) = ctx.write_namespace(state, ns_obj, owner).await?;
         if ns
             .body
             .pointer("/metadata/deletionTimestamp")
@@ -489,12 +534,23 @@ impl Cluster {
                 namespace: state.namespace.to_string(),
             });
         }
-        let watermark = resource_version(&ns.body);
         let fresh = ns.status == StatusCode::CREATED;
-        let ns_change = if fresh {
-            Change::Created
-        } else {
-            Change::Changed
+        let before = owner.before.as_ref();
+        let ns_change = match before {
+            None => Change::Created,
+            Some(b) if comparable(b) == comparable(&ns.body) => Change::Unchanged,
+            Some(_) => Change::Changed,
+        };
+        // A write that changes nothing keeps the object's resourceVersion;
+        // a change gets a newer one than any before it (etcd revisions only
+        // grow). So the namespace's new version, written just before the
+        // rest, is the line between the two — unless the namespace was not
+        // written at all (a second run within the same second: its
+        // annotation has one-second resolution), when the line is the
+        // cluster's current revision, read before the rest is written.
+        let watermark = match before.and_then(resource_version) {
+            Some(b) if resource_version(&ns.body) == Some(b) => ctx.revision().await?,
+            _ => resource_version(&ns.body),
         };
         let mut report = vec![Applied {
             object: ns_obj.describe(),
@@ -519,9 +575,6 @@ impl Cluster {
             let change = if resp.status == StatusCode::CREATED {
                 Change::Created
             } else {
-                // A write that changed nothing keeps the object's old
-                // resourceVersion, which is older than the namespace we just
-                // wrote (etcd revisions only grow).
                 match (resource_version(&resp.body), watermark) {
                     (Some(rv), Some(w)) if rv <= w => Change::Unchanged,
                     _ => Change::Changed,
@@ -534,6 +587,39 @@ impl Cluster {
         }
         report.extend(ctx.prune(&state.objects, &found?, false).await?);
         Ok(report)
+    }
+}
+
+/// A namespace [`Cluster::check_owner`] found this login may have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    decision: owner::Decision,
+    /// The namespace as it was read (`None`: it did not exist).
+    before: Option<Value>,
+}
+
+impl Owner {
+    /// What to tell the admin that does not stop the run: a recorded uid
+    /// that passwd no longer gives the login.
+    pub fn warning(&self, namespace: &str, login: &str) -> Option<String> {
+        let (owner::Decision::Owned(e) | owner::Decision::Claim(e)) = &self.decision else {
+            return None;
+        };
+        e.uid_changed.as_ref().map(|(old, new)| {
+            format!(
+                "namespace {namespace} was recorded for login {login} with uid {old}; passwd now gives uid {new},                  which is recorded instead (the login is the same Kubernetes user)"
+            )
+        })
+    }
+
+    /// `claimed` when a namespace without an owner record became this
+    /// login's, `created` for a new one, else `None`.
+    pub fn event(&self) -> Option<&'static str> {
+        match self.decision {
+            owner::Decision::Create => Some("created"),
+            owner::Decision::Claim(_) => Some("claimed"),
+            _ => None,
+        }
     }
 }
 
@@ -582,8 +668,15 @@ enum Write {
     /// A JSON patch (RFC 6902).
     JsonPatch(Value),
     Get,
-    /// List the collection with this label selector.
+    /// List the collection with this label selector (pruning).
     List(String),
+    /// List the whole collection (the owner check's RoleBindings).
+    Inspect,
+    /// List at most one item: the answer's resourceVersion is the cluster's
+    /// current revision.
+    Revision,
+    /// Create (POST to the collection): fails with 409 if it exists.
+    Create(Value),
     /// Delete, only if the object still has this uid.
     Delete(String),
 }
@@ -733,6 +826,99 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// [`Cluster::check_owner`]: the namespace read, and for one without an
+    /// owner record its RoleBindings listed (a 403 there means root may not
+    /// look, which refuses the claim).
+    async fn check_owner(&self, state: &DesiredState) -> Result<Owner, ApplyError> {
+        let ns = Target::named(Kind::Namespace, "", self.namespace);
+        let existing = self.read_target(&ns).await?;
+        let decide = |bindings: Option<Option<&[Value]>>| {
+            owner::decide(&state.owner, self.namespace, existing.as_ref(), bindings)
+        };
+        let mut decision = decide(None);
+        if decision == owner::Decision::NeedBindings {
+            let listed = match self
+                .write(
+                    &Target::collection(Kind::RoleBinding, self.namespace),
+                    Write::Inspect,
+                    false,
+                )
+                .await
+            {
+                Ok(r) => Some(
+                    r.body
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                Err(ApplyError::Forbidden { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            decision = decide(Some(listed.as_deref()));
+        }
+        match decision {
+            owner::Decision::Refuse(collision) => Err(ApplyError::Collision {
+                user: self.user.into(),
+                collision: Box::new(collision),
+            }),
+            decision => Ok(Owner {
+                decision,
+                before: existing,
+            }),
+        }
+    }
+
+    /// Writes the Namespace as `decision` allows: created (POST, so that of
+    /// two logins creating it at once only one can), or applied — for a
+    /// claim, only if nobody changed it since it was read. When either
+    /// finds it changed meanwhile (409), whose it is is decided again, once.
+    /// Returns the answer and the decision it was written under.
+    async fn write_namespace(
+        &self,
+        state: &DesiredState,
+        ns_obj: &Object,
+        mut owner: Owner,
+    ) -> Result<(Response, Owner), ApplyError> {
+        let desired = ns_obj.to_json();
+        let mut tries = 0;
+        loop {
+            let result = match &owner.decision {
+                owner::Decision::Create => {
+                    // POSTed to the collection, named as the namespace.
+                    let collection = Target {
+                        path: Kind::Namespace.collection_path(""),
+                        ..Target::of(ns_obj)
+                    };
+                    self.write(&collection, Write::Create(desired.clone()), false)
+                        .await
+                }
+                d => {
+                    let body = owner::namespace_body(&desired, d);
+                    self.write(&Target::of(ns_obj), Write::Apply(body), false)
+                        .await
+                }
+            };
+            match result {
+                Err(ApplyError::Server { status: 409, .. }) if tries == 0 => {
+                    tries += 1;
+                    owner = self.check_owner(state).await?;
+                }
+                Err(e) => return Err(e),
+                Ok(r) => return Ok((r, owner)),
+            }
+        }
+    }
+
+    /// The cluster's current revision: the resourceVersion of a list of at
+    /// most one ConfigMap in the namespace (the `ondemand` account may list
+    /// them: `ood-user` does).
+    async fn revision(&self) -> Result<Option<u64>, ApplyError> {
+        let target = Target::collection(Kind::ConfigMap, self.namespace);
+        let list = self.write(&target, Write::Revision, false).await?;
+        Ok(resource_version(&list.body))
+    }
+
     async fn apply_object(&self, obj: &Object, dry_run: bool) -> Result<Response, ApplyError> {
         self.write(&Target::of(obj), Write::Apply(obj.to_json()), dry_run)
             .await
@@ -1119,6 +1305,14 @@ impl Ctx<'_> {
                 format!("{path}?labelSelector={}", query_encode(&selector)),
                 None,
                 Vec::new(),
+            ),
+            Write::Inspect => (Method::GET, path.clone(), None, Vec::new()),
+            Write::Revision => (Method::GET, format!("{path}?limit=1"), None, Vec::new()),
+            Write::Create(body) => (
+                Method::POST,
+                format!("{path}?fieldManager={FIELD_MANAGER}{dry}"),
+                Some("application/json"),
+                serde_json::to_vec(&body).unwrap_or_default(),
             ),
             Write::Apply(body) => (
                 Method::PATCH,

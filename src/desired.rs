@@ -31,12 +31,14 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const NAME_LABEL_VALUE: &str = "open-ondemand";
 /// Annotation the namespace reaper reads (decimal Unix seconds).
 pub const LAST_HOOK_ANNOTATION: &str = "openondemand.org/last-hook-execution";
-/// Annotation recording whose namespace this is (the name mapping loses
-/// `.` and `@`), so `reconcile` can find the users again.
+/// Annotations recording whose namespace this is, the login and its uid
+/// (the name mapping loses `.` and `@`, so two logins can map to one
+/// namespace: `owner.rs`); `reconcile` finds the users again by the login.
 pub const USER_ANNOTATION: &str = "openondemand.org/user";
-/// Annotations publishing the user's numeric identity, which the shipped
-/// ValidatingAdmissionPolicy (hooks/uid-gid-policy.yaml) checks pods against.
 pub const UID_ANNOTATION: &str = "openondemand.org/uid";
+/// With the uid, the annotations publishing the user's numeric identity,
+/// which the shipped ValidatingAdmissionPolicy (hooks/uid-gid-policy.yaml)
+/// checks pods against (it needs both uid and gid).
 pub const GID_ANNOTATION: &str = "openondemand.org/gid";
 /// Comma-separated, sorted, the primary gid included.
 pub const GROUPS_ANNOTATION: &str = "openondemand.org/supplemental-gids";
@@ -126,6 +128,9 @@ impl Object {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredState {
     pub namespace: Namespace,
+    /// The login the namespace is for, as its owner record says it
+    /// (`owner::decide` checks it against the namespace before any write).
+    pub owner: crate::owner::Claimant,
     /// `objects[0]` is the Namespace; the rest live in it.
     pub objects: Vec<Object>,
     /// Whether objects of ours in the namespace that are not in `objects`
@@ -245,6 +250,11 @@ pub fn desired_state(
     objects.extend(site.into_iter().map(Object::Site));
     Ok(DesiredState {
         namespace: namespace.clone(),
+        owner: crate::owner::Claimant {
+            login: user.to_string(),
+            uid: ids.map(|i| i.uid),
+            subject: format!("{}{user}", settings.user_subject_prefix),
+        },
         objects,
         prune: settings.prune,
     })
@@ -323,8 +333,11 @@ fn namespace_object(
         (LAST_HOOK_ANNOTATION.to_owned(), now_unix.to_string()),
         (USER_ANNOTATION.to_owned(), user.to_string()),
     ]);
-    if let Some(ids) = ids.filter(|_| settings.publish.uid_gid) {
+    // The owner record: the login (above) and its uid, whenever known.
+    if let Some(ids) = ids {
         annotations.insert(UID_ANNOTATION.to_owned(), ids.uid.to_string());
+    }
+    if let Some(ids) = ids.filter(|_| settings.publish.uid_gid) {
         annotations.insert(GID_ANNOTATION.to_owned(), ids.gid.to_string());
         if let Some(groups) = ids.groups.as_ref().filter(|_| settings.publish.groups) {
             let list: Vec<String> = groups.iter().map(u32::to_string).collect();
@@ -609,7 +622,11 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        assert!(!ann(&settings("")).contains_key(UID_ANNOTATION));
+        // The uid is the owner record, always there; the gid is published
+        // only when asked for, and the admission policy needs both.
+        let a = ann(&settings(""));
+        assert_eq!(a[UID_ANNOTATION], "1001");
+        assert!(!a.contains_key(GID_ANNOTATION));
         let a = ann(&settings("PUBLISH_UID_GID=true\n"));
         assert_eq!(
             (a[UID_ANNOTATION].as_str(), a[GID_ANNOTATION].as_str()),

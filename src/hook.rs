@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::account::Account;
-use crate::apply::{Applied, ApplyError, Change, Cluster, Mode};
+use crate::apply::{Applied, ApplyError, Change, Cluster, Mode, Owner};
 use crate::cli::HookArgs;
 use crate::desired::DesiredState;
 use crate::exit::Exit;
@@ -67,15 +67,24 @@ pub fn run_hook(args: &HookArgs) -> Exit {
             Err(e) => return fail(e.exit(), e),
         }
     };
-    // The kubeconfig is written (by a child running as the user) while the
-    // cluster side is applied: the two are independent.
-    let writer = job.map(|j| std::thread::spawn(move || j.run(deadline)));
-
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(exit) => return exit,
     };
-    let applied = runtime.block_on(cluster_side(&settings, &user, &state, mode, deadline));
+    // Whose the namespace is, before anything is written (the kubeconfig
+    // included): another login's namespace stops the run here.
+    let side = match runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline)) {
+        Ok(side) => side,
+        Err(e) => return e.fail(&user),
+    };
+    if let Some(w) = side.owner.warning(namespace.as_str(), user.as_str()) {
+        eprintln!("{PROG}: warning: {w}");
+    }
+    let claimed = side.owner.event() == Some("claimed") && !args.dry_run;
+    // The kubeconfig is written (by a child running as the user) while the
+    // cluster side is applied: the two are independent.
+    let writer = job.map(|j| std::thread::spawn(move || j.run(deadline)));
+    let applied = runtime.block_on(side.apply(&user, &state, mode, deadline));
     drop(runtime);
     let kube = writer.map(|w| {
         w.join().unwrap_or_else(|_| {
@@ -91,12 +100,7 @@ pub fn run_hook(args: &HookArgs) -> Exit {
             if let Some(Err(k)) = &kube {
                 eprintln!("{PROG}: error: {k}");
             }
-            return match e {
-                ClusterError::Apply(e) => fail(e.exit(), e),
-                ClusterError::Down(record) => {
-                    fail(record.exit(), record.message(user.as_str(), unix_ms()))
-                }
-            };
+            return e.fail(&user);
         }
     };
     let kube = match kube.transpose() {
@@ -111,6 +115,9 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     };
 
     let mut line = summary(&user, &namespace, &applied, args.dry_run, state.prune);
+    if claimed {
+        line.push_str(" (it had no owner record; it now records this login as its owner)");
+    }
     if let Some(k) = kube {
         line.push_str(&outcome_text(&k));
     }
@@ -178,52 +185,111 @@ enum ClusterError {
     Down(outage::Record),
 }
 
-/// Applies `state`, bounded by `deadline`, failing at once while the API
-/// server is remembered to be down, and remembering whether it was reached.
-async fn cluster_side(
-    settings: &Settings,
-    user: &Username,
-    state: &DesiredState,
-    mode: Mode,
-    deadline: Instant,
-) -> Result<Vec<Applied>, ClusterError> {
-    let timed_out = |server: &str| ApplyError::Deadline {
-        user: user.to_string(),
-        server: server.to_owned(),
-        secs: settings.timeout.as_secs_f64(),
-        last: "no answer".into(),
-    };
-    let cluster =
-        match tokio::time::timeout_at(deadline.into(), Cluster::connect(settings.timeout)).await {
+impl ClusterError {
+    /// Prints the error line; its exit status.
+    fn fail(self, user: &Username) -> Exit {
+        match self {
+            Self::Apply(e) => fail(e.exit(), e),
+            Self::Down(record) => fail(record.exit(), record.message(user.as_str(), unix_ms())),
+        }
+    }
+}
+
+/// The cluster side of one run: connected, checked against the fast-fail
+/// memory, and the namespace's owner known, before anything is written.
+struct ClusterSide {
+    cluster: Cluster,
+    memory: outage::Memory,
+    owner: Owner,
+    timeout: std::time::Duration,
+}
+
+impl ClusterSide {
+    /// Connects (failing at once while the API server is remembered to be
+    /// down) and checks whose the namespace is, bounded by `deadline`.
+    async fn check(
+        settings: &Settings,
+        user: &Username,
+        state: &DesiredState,
+        deadline: Instant,
+    ) -> Result<Self, ClusterError> {
+        let timed_out = |server: &str| ApplyError::Deadline {
+            user: user.to_string(),
+            server: server.to_owned(),
+            secs: settings.timeout.as_secs_f64(),
+            last: "no answer".into(),
+        };
+        let connect = Cluster::connect(settings.timeout);
+        let cluster = match tokio::time::timeout_at(deadline.into(), connect).await {
             Ok(c) => c.map_err(ClusterError::Apply)?,
             Err(_) => return Err(ClusterError::Apply(timed_out("(root's kubeconfig)"))),
         };
-    let memory = outage::Memory::new(
-        Path::new(outage::STATE_DIR),
-        cluster.server(),
-        settings.fast_fail,
-    );
-    if let Some(record) = memory.current(unix_ms()) {
-        return Err(ClusterError::Down(record));
+        let memory = outage::Memory::new(
+            Path::new(outage::STATE_DIR),
+            cluster.server(),
+            settings.fast_fail,
+        );
+        if let Some(record) = memory.current(unix_ms()) {
+            return Err(ClusterError::Down(record));
+        }
+        let check = cluster.check_owner(user.as_str(), state, deadline);
+        let owner = match tokio::time::timeout_at(backstop(deadline).into(), check).await {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(e)) => return Err(remember(&memory, e)),
+            Err(_) => return Err(remember(&memory, timed_out(cluster.server()))),
+        };
+        Ok(Self {
+            cluster,
+            memory,
+            owner,
+            timeout: settings.timeout,
+        })
     }
-    let work = cluster.apply(user.as_str(), state, mode, deadline);
-    // Each request is bounded by the deadline itself (apply.rs), with an
-    // error naming what it waited for; this backstop, a moment later,
-    // covers everything else.
-    let backstop = deadline + std::time::Duration::from_millis(200);
-    let result = match tokio::time::timeout_at(backstop.into(), work).await {
-        Ok(result) => result,
-        Err(_) => Err(timed_out(cluster.server())),
-    };
-    match &result {
-        Ok(_) => memory.recovered(),
-        Err(e) => {
-            if let Some(detail) = e.outage_detail() {
-                memory.failed(unix_ms(), &detail, e.exit());
+
+    /// Applies `state`, bounded by `deadline`, remembering whether the API
+    /// server was reached.
+    async fn apply(
+        self,
+        user: &Username,
+        state: &DesiredState,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<Vec<Applied>, ClusterError> {
+        let work = self
+            .cluster
+            .apply_checked(user.as_str(), state, self.owner, mode, deadline);
+        let result = match tokio::time::timeout_at(backstop(deadline).into(), work).await {
+            Ok(result) => result,
+            Err(_) => Err(ApplyError::Deadline {
+                user: user.to_string(),
+                server: self.cluster.server().to_owned(),
+                secs: self.timeout.as_secs_f64(),
+                last: "no answer".into(),
+            }),
+        };
+        match result {
+            Ok(applied) => {
+                self.memory.recovered();
+                Ok(applied)
             }
+            Err(e) => Err(remember(&self.memory, e)),
         }
     }
-    result.map_err(ClusterError::Apply)
+}
+
+/// Each request is bounded by the deadline itself (apply.rs), with an
+/// error naming what it waited for; this backstop, a moment later, covers
+/// everything else.
+fn backstop(deadline: Instant) -> Instant {
+    deadline + std::time::Duration::from_millis(200)
+}
+
+/// Records a failure to reach the API server in the fast-fail memory.
+fn remember(memory: &outage::Memory, e: ApplyError) -> ClusterError {
+    if let Some(detail) = e.outage_detail() {
+        memory.failed(unix_ms(), &detail, e.exit());
+    }
+    ClusterError::Apply(e)
 }
 
 /// Unix time in milliseconds.

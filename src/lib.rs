@@ -22,6 +22,7 @@ pub mod kubeconfig;
 pub mod names;
 pub mod oneline;
 pub mod outage;
+pub mod owner;
 pub mod prune;
 pub mod reconcile;
 pub mod render;
