@@ -612,6 +612,25 @@ impl Owner {
         })
     }
 
+    /// For `doctor --user`: whose the namespace is, in a sentence.
+    pub fn describe(&self, namespace: &str, login: &str) -> String {
+        match &self.decision {
+            owner::Decision::Create => format!(
+                "namespace {namespace} does not exist yet; the next login creates it with {login} as its owner"
+            ),
+            owner::Decision::Claim(_) => format!(
+                "namespace {namespace} has no owner record and nothing in it names another login; the next login records {login} as its owner"
+            ),
+            owner::Decision::Owned(e) => format!(
+                "namespace {namespace} belongs to {login} (uid {})",
+                e.recorded_uid.as_deref().unwrap_or("not recorded")
+            ),
+            owner::Decision::NeedBindings | owner::Decision::Refuse(_) => {
+                format!("namespace {namespace}: owner not decided")
+            }
+        }
+    }
+
     /// `claimed` when a namespace without an owner record became this
     /// login's, `created` for a new one, else `None`.
     pub fn event(&self) -> Option<&'static str> {

@@ -66,7 +66,8 @@ pub struct HookArgs {
     pub user: Option<String>,
 
     /// Ask the API server what would change (server-side dry run); change
-    /// nothing, write no kubeconfig.
+    /// nothing, write no kubeconfig. Whose the namespace is is checked as in
+    /// a real run: another login's namespace is refused (exit 77).
     #[arg(long)]
     pub dry_run: bool,
 
@@ -81,7 +82,9 @@ pub struct HookArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the objects that would be applied for a user, as YAML, without
-    /// touching any cluster (secrets are redacted).
+    /// touching any cluster (secrets are redacted). Without a cluster it
+    /// cannot tell whether the namespace belongs to another login (the
+    /// dashboard maps `.` and `@` to `-`): `--dry-run` checks that.
     Render {
         #[arg(long, value_name = "USERNAME")]
         user: String,

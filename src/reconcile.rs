@@ -134,15 +134,12 @@ async fn reconcile_one(
     let user = Username::parse(name).map_err(|e| e.to_string())?;
     let namespace =
         Namespace::for_user(&settings.namespace_prefix, &user).map_err(|e| e.to_string())?;
-    let ids = if settings.needs_ids() {
-        let account = Account::lookup(&user).map_err(|e| e.to_string())?;
-        Some(
-            account
-                .ids(&user, settings.publish.groups)
-                .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
+    // The uid goes into the namespace's owner record; a name that is not
+    // on this node keeps the record it has (owner.rs).
+    let ids = match Account::lookup(&user).and_then(|a| a.ids(&user, settings.publish.groups)) {
+        Ok(ids) => Some(ids),
+        Err(e) if settings.needs_ids() => return Err(e.to_string()),
+        Err(_) => None,
     };
     let state = desired::desired_state(settings, &user, &namespace, ids.as_ref(), now)
         .map_err(|e| e.to_string())?;

@@ -986,10 +986,239 @@ fn overlapping_runs_for_one_user_converge() {
     assert_eq!(names, ["regcred", "site-mirror"], "{sa}");
 }
 
-/// Tests of the local test IdP (Dex) itself; not run against an existing
+// ---- whose the namespace is (issue 16 item 1) -----------------------------
+
+/// The RoleBindings in `ns`, by name, with their resourceVersions.
+fn bindings_in(ns: &str) -> Vec<(String, String)> {
+    let list = cluster().get_json(&["rolebindings", "-n", ns]).unwrap();
+    let mut out: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["metadata"]["name"].as_str().unwrap().to_owned(), rv(b)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The one error line of a refused login: exit 77, naming both logins and
+/// the namespace, and the parts of the message `parts` lists.
+fn assert_collision(out: &std::process::Output, ns: &str, parts: &[&str]) {
+    assert_eq!(out.status.code(), Some(77), "{}", text(out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for part in [ns, "nothing was changed"].iter().chain(parts) {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+}
+
+/// `own.first` and `own-first` map to one namespace: the first login owns
+/// it, the second is refused — by the hook, its dry run and reconcile, and
+/// doctor says so — and nothing of the owner's changes, not even the
+/// published uid the admission policy trusts.
+#[test]
+fn a_second_login_with_the_same_namespace_is_refused_and_changes_nothing() {
+    let c = cluster();
+    let dir = scratch("collide");
+    let prefix = common::prefix("col");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nPUBLISH_UID_GID=true\nK8S_CREDENTIALS=none\n"),
+    );
+    let (owner_uid, owner_gid, _) = linux_user("own.first");
+    linux_user("own-first");
+    let ns = format!("{prefix}own-first");
+    assert_ok(&hook("own.first", &env, &[]));
+    let before = c.get_json(&["namespace", &ns]).unwrap();
+    let annotations = &before["metadata"]["annotations"];
+    assert_eq!(annotations["openondemand.org/user"], "own.first");
+    assert_eq!(annotations["openondemand.org/uid"], owner_uid.to_string());
+    assert_eq!(annotations["openondemand.org/gid"], owner_gid.to_string());
+    let owners_bindings = bindings_in(&ns);
+
+    let refused = ["own.first", "own-first", "renames", "uid"];
+    assert_collision(&hook("own-first", &env, &[]), &ns, &refused);
+    assert_collision(&hook("own-first", &env, &["--dry-run"]), &ns, &refused);
+    let list = dir.join("users.txt");
+    std::fs::write(&list, "own.first\nown-first\n").unwrap();
+    let out = c
+        .hook()
+        .args(["reconcile", "--users"])
+        .arg(&list)
+        .arg("--hook-env")
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reconciled 1 of 2 users"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("failed: own-first:") && l.contains("belongs to login own.first")),
+        "{err}"
+    );
+    let doctor = |user: &str| {
+        let out = c
+            .hook()
+            .args(["doctor", "--user", user, "--hook-env"])
+            .arg(&env)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = doctor("own-first");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with('✗') && l.contains("belongs to login own.first")),
+        "{report}"
+    );
+    let report = doctor("own.first");
+    assert!(
+        report.lines().any(|l| l.starts_with('✓')
+            && l.contains(&format!(
+                "namespace {ns} belongs to own.first (uid {owner_uid})"
+            ))),
+        "{report}"
+    );
+
+    // Nothing of the owner's changed: no binding for the second login, the
+    // owner's untouched, the namespace and its annotations as they were.
+    assert_eq!(bindings_in(&ns), owners_bindings);
+    assert!(
+        owners_bindings
+            .iter()
+            .all(|(n, _)| !n.starts_with("own-first-"))
+    );
+    let after = c.get_json(&["namespace", &ns]).unwrap();
+    assert_eq!(
+        after["metadata"]["annotations"],
+        before["metadata"]["annotations"]
+    );
+}
+
+/// A namespace the old scripts made (labelled, no owner record) becomes the
+/// login's whose binding is in it, and is refused to the other login that
+/// maps to it; an unlabelled namespace is nobody's to take.
+#[test]
+fn a_namespace_without_owner_record_is_claimed_only_by_its_own_login() {
+    let c = cluster();
+    let dir = scratch("claim");
+    let prefix = common::prefix("clm");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    let (owner_uid, _, _) = linux_user("own.first");
+    linux_user("own-first");
+    let ns = format!("{prefix}own-first");
+    // As the old scripts left it: label, last-hook-execution, the login's
+    // RoleBinding, no owner record.
+    c.admin(&["create", "namespace", &ns]);
+    c.admin(&[
+        "label",
+        "namespace",
+        &ns,
+        "app.kubernetes.io/name=open-ondemand",
+    ]);
+    c.admin(&[
+        "annotate",
+        "namespace",
+        &ns,
+        "openondemand.org/last-hook-execution=1700000000",
+    ]);
+    c.admin(&[
+        "create",
+        "rolebinding",
+        "own.first-ood-user",
+        "-n",
+        &ns,
+        "--clusterrole=ood-user",
+        "--user=own.first",
+    ]);
+    let before = bindings_in(&ns);
+    assert_collision(
+        &hook("own-first", &env, &[]),
+        &ns,
+        &[
+            "RoleBinding own.first-ood-user",
+            "binds user own.first",
+            "own-first",
+        ],
+    );
+    assert_eq!(bindings_in(&ns), before);
+    let annotations = c.get_json(&["namespace", &ns]).unwrap()["metadata"]["annotations"].clone();
+    assert!(
+        annotations.get("openondemand.org/uid").is_none(),
+        "{annotations}"
+    );
+
+    let out = hook("own.first", &env, &[]);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it now records this login as its owner"),
+        "{}",
+        text(&out)
+    );
+    let annotations = c.get_json(&["namespace", &ns]).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(annotations["openondemand.org/user"], "own.first");
+    assert_eq!(annotations["openondemand.org/uid"], owner_uid.to_string());
+    // From now on the record decides.
+    assert_collision(
+        &hook("own-first", &env, &[]),
+        &ns,
+        &["belongs to login own.first"],
+    );
+
+    // A namespace that is no OnDemand namespace is not taken over.
+    let foreign = format!("{prefix}own.second");
+    let foreign_ns = format!("{prefix}own-second");
+    linux_user("own.second");
+    c.admin(&["create", "namespace", &foreign_ns]);
+    assert_collision(
+        &hook("own.second", &env, &[]),
+        &foreign_ns,
+        &["no OnDemand namespace", "own.second"],
+    );
+    assert!(bindings_in(&foreign_ns).is_empty(), "{foreign}");
+}
+
+/// Tests that need the local test IdP (Dex) and its tokens; not run against an existing
 /// cluster (tests/external-run lists them).
 mod idp {
     use super::*;
+
+    #[test]
+    fn a_refused_login_gets_no_kubeconfig() {
+        let c = cluster();
+        let dir = scratch("collide-kc");
+        let prefix = common::prefix("colk");
+        let env = c.hook_env(&dir, &format!("NAMESPACE_PREFIX={prefix}\n"));
+        linux_user("own.first");
+        let (_, _, home) = linux_user("own-first");
+        let config = home.join(".kube/config");
+        let before = std::fs::read(&config).ok();
+        // Real tokens from a portal login (the hook checks them as tokens;
+        // whose they are is the API server's business).
+        let tokens = c.login("carol.smith");
+        let run = |user: &str| {
+            c.hook()
+                .args(["--user", user, "--hook-env"])
+                .arg(&env)
+                .env("OOD_OIDC_ACCESS_TOKEN", &tokens.access)
+                .env("OOD_OIDC_REFRESH_TOKEN", &tokens.refresh)
+                .output()
+                .unwrap()
+        };
+        assert_ok(&run("own.first"));
+        let ns = format!("{prefix}own-first");
+        assert_collision(&run("own-first"), &ns, &["belongs to login own.first"]);
+        assert_eq!(
+            std::fs::read(&config).ok(),
+            before,
+            "own-first's kubeconfig was written"
+        );
+    }
 
     #[test]
     fn dex_token_authenticates_as_the_plain_login_name() {

@@ -589,6 +589,15 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     if let Some(review) = &u.review {
         out.push(api_username(&name, review, &expected, &u.user, s));
     }
+    match &u.owner {
+        Some(Ok(owner)) => out.push(Check::ok(&name, owner.clone())),
+        Some(Err(e)) => out.push(Check::fail(
+            &name,
+            e.clone(),
+            "the dashboard computes the same namespace for both logins: rename one of them, or record the rightful owner as the message says",
+        )),
+        None => {}
+    }
     out.push(user_objects(&name, &ns, &u.objects));
     out.push(user_kubeconfig(&name, &u.kubeconfig, s, &u.user));
     out

@@ -168,6 +168,9 @@ pub struct UserFacts {
     /// SelfSubjectReview with the user's token.
     pub review: Option<Result<String, String>>,
     pub objects: Vec<ObjectFact>,
+    /// Whose the namespace is, as the hook would find it (`owner.rs`): the
+    /// answer, or why this login would be refused. None without a cluster.
+    pub owner: Option<Result<String, String>>,
     pub kubeconfig: Result<UserKubeconfig, String>,
 }
 

@@ -442,9 +442,12 @@ async fn user(
         }
         _ => None,
     };
-    let objects = match (settings, &namespace, root) {
-        (Some(s), Ok(_), Some(c)) => user_objects(c, s, user, now).await,
-        _ => Vec::new(),
+    let (objects, owner) = match (settings, &namespace, root) {
+        (Some(s), Ok(_), Some(c)) => (
+            user_objects(c, s, user, now).await,
+            user_owner(c, s, user, now).await,
+        ),
+        _ => (Vec::new(), None),
     };
     UserFacts {
         user: user.to_owned(),
@@ -454,6 +457,7 @@ async fn user(
         exchange,
         review,
         objects,
+        owner,
         kubeconfig: settings
             .ok_or_else(|| "hook.env does not load".to_owned())
             .and_then(|s| user_kubeconfig(user, s)),
@@ -531,6 +535,28 @@ fn user_token(args: &DoctorArgs) -> (Option<String>, Option<Result<Secret, Strin
         ),
         None => (None, None),
     }
+}
+
+/// Whose the user's namespace is, asked as the hook asks (`owner.rs`).
+async fn user_owner(
+    c: &Cluster,
+    s: &Settings,
+    user: &str,
+    now: u64,
+) -> Option<Result<String, String>> {
+    let u = Username::parse(user).ok()?;
+    let ns = Namespace::for_user(&s.namespace_prefix, &u).ok()?;
+    let ids = crate::account::Account::lookup(&u)
+        .and_then(|a| a.ids(&u, s.publish.groups))
+        .ok();
+    let state = crate::desired::desired_state(s, &u, &ns, ids.as_ref(), now).ok()?;
+    let deadline = std::time::Instant::now() + CALL;
+    Some(
+        c.check_owner(user, &state, deadline)
+            .await
+            .map(|o| o.describe(ns.as_str(), user))
+            .map_err(|e| e.to_string()),
+    )
 }
 
 async fn user_objects(c: &Cluster, s: &Settings, user: &str, now: u64) -> Vec<ObjectFact> {

@@ -307,6 +307,7 @@ fn user_facts(seen: &str) -> UserFacts {
         exchange: None,
         review: Some(Ok(seen.into())),
         objects: vec![ObjectFact { describe: "Namespace/alice".into(), status: Ok(200) }],
+        owner: None,
         kubeconfig: Ok(UserKubeconfig {
             path: PathBuf::from("/home/alice/.kube/config"),
             entry: Some("auth-provider".into()),
