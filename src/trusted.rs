@@ -6,8 +6,11 @@
 //! or others, reached only through directories that are just as safe, except
 //! a root-owned sticky directory such as /tmp (the rule systemd uses for
 //! safe path transitions). Symlinks are followed, but each directory holding
-//! one must pass the same test. Reads never block on a FIFO or device and
-//! are capped in size.
+//! one must pass the same test, and in a sticky world-writable directory
+//! (such as /tmp) only a link owned by root or by the directory's owner is
+//! followed — the kernel's `fs.protected_symlinks` rule, without which any
+//! user could point root at a root-only file. Reads never block on a FIFO or
+//! device and are capped in size.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -51,6 +54,16 @@ pub enum TrustError {
     },
     #[error("{path}: larger than {max} bytes; this is not the file it should be")]
     TooBig { path: PathBuf, max: u64 },
+    #[error(
+        "{link}: a symbolic link owned by {owner} in {dir}, a sticky directory everyone may write to; \
+         root follows such a link only when root or the directory's owner made it (the kernel's \
+         fs.protected_symlinks rule): name the real file instead"
+    )]
+    ForeignSymlink {
+        link: PathBuf,
+        owner: String,
+        dir: PathBuf,
+    },
 }
 
 /// Reads `path` as text if it is trusted.
@@ -141,16 +154,26 @@ fn resolve(path: &Path) -> Result<PathBuf, TrustError> {
     };
     let mut pending: VecDeque<OsString> = names(path);
     let mut here = PathBuf::from("/");
-    check_dir(&here, &std::fs::symlink_metadata(&here).map_err(io)?)?;
+    let mut here_meta = std::fs::symlink_metadata(&here).map_err(io)?;
+    check_dir(&here, &here_meta)?;
+    let root_meta = here_meta.clone();
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
         if name == ".." {
             here.pop();
+            here_meta = std::fs::symlink_metadata(&here).map_err(io)?;
             continue;
         }
         let next = here.join(&name);
         let meta = std::fs::symlink_metadata(&next).map_err(io)?;
         if meta.file_type().is_symlink() {
+            if !may_follow(meta.uid(), here_meta.uid(), here_meta.mode()) {
+                return Err(TrustError::ForeignSymlink {
+                    link: next,
+                    owner: user_name(meta.uid()),
+                    dir: here,
+                });
+            }
             links += 1;
             if links > MAX_LINKS {
                 return Err(TrustError::Loop {
@@ -160,6 +183,7 @@ fn resolve(path: &Path) -> Result<PathBuf, TrustError> {
             let target = std::fs::read_link(&next).map_err(io)?;
             if target.is_absolute() {
                 here = PathBuf::from("/");
+                here_meta = root_meta.clone();
             }
             for n in names(&target).into_iter().rev() {
                 pending.push_front(n);
@@ -169,9 +193,27 @@ fn resolve(path: &Path) -> Result<PathBuf, TrustError> {
         } else {
             check_dir(&next, &meta)?;
             here = next;
+            here_meta = meta;
         }
     }
     Ok(here)
+}
+
+/// The kernel's `fs.protected_symlinks` rule, for root: in a sticky
+/// directory everyone may write to, a symlink is followed only when it is
+/// owned by whoever follows it (root, or whoever runs us) or by the
+/// directory's owner. Anywhere else the directory's own check suffices.
+fn may_follow(link_uid: u32, dir_uid: u32, dir_mode: u32) -> bool {
+    let sticky_world_writable = dir_mode & 0o1002 == 0o1002;
+    !sticky_world_writable || trusted_owner(link_uid) || link_uid == dir_uid
+}
+
+/// `uid 1001 (alice)`, or just the uid when passwd does not know it.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("uid {uid} ({})", u.name),
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// The normal components of a path (`.` dropped, `..` kept as a name).
@@ -328,6 +370,24 @@ mod tests {
                 .to_string()
                 .contains("symbolic links")
         );
+    }
+
+    #[test]
+    fn in_a_sticky_world_writable_directory_only_trusted_links_are_followed() {
+        // As root, or whoever runs the tests: their own links are followed.
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(may_follow(me, 0, 0o41777));
+        assert!(may_follow(0, 0, 0o41777));
+        // Another user's link in /tmp: not followed; in a directory only
+        // its owner may write to (or not sticky, or not world-writable:
+        // those are refused or allowed by the directory's own check).
+        let other = if me == 4242 { 4343 } else { 4242 };
+        assert!(!may_follow(other, 0, 0o41777));
+        assert!(!may_follow(other, 0, 0o1777));
+        assert!(may_follow(other, other, 0o41777));
+        assert!(may_follow(other, 0, 0o40755));
+        assert!(may_follow(other, 0, 0o41755));
+        assert!(may_follow(other, 0, 0o40777));
     }
 
     #[test]

@@ -144,6 +144,74 @@ fn files_hook_env_names_must_be_safe_too() {
     assert_refused(&out, took, "K8S_CA_FILE");
 }
 
+/// A user's symlink in a sticky directory everyone may write to (such as
+/// /tmp), pointing at a root-only file, is not followed — the kernel's
+/// fs.protected_symlinks rule — so root does not publish that file as the
+/// pull Secret; root's own link there is followed.
+#[test]
+fn another_users_symlink_in_a_sticky_directory_is_not_followed() {
+    let c = cluster();
+    let (alice_uid, _, _) = linux_user("alice");
+    let dir = scratch("trust-sticky");
+    chmod(&dir, 0o755);
+    let secret = dir.join("root-only.json");
+    std::fs::write(&secret, r#"{"auths":{"r.example":{"auth":"c2VjcmV0"}}}"#).unwrap();
+    chmod(&secret, 0o600);
+    // A directory like /tmp: root's, sticky, everyone may write to it.
+    let sticky = dir.join("tmp");
+    std::fs::create_dir(&sticky).unwrap();
+    chmod(&sticky, 0o1777);
+    let prefix = common::prefix("sticky");
+    let namespace = format!("{prefix}alice");
+    let try_link = |link: &Path| {
+        let env = c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                link.display()
+            ),
+        );
+        run(&env, None)
+    };
+    let link = sticky.join("x.json");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(alice_uid), None).unwrap();
+    let (out, took) = try_link(&link);
+    assert_refused(&out, took, &link.display().to_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("uid {alice_uid} (alice)"))
+            && stderr.contains("protected_symlinks"),
+        "{stderr}"
+    );
+    assert!(
+        c.get_json(&["namespace", &namespace]).is_none(),
+        "the run wrote"
+    );
+
+    // The same in the real /tmp.
+    let tmp_link = PathBuf::from(format!("/tmp/ood-e2e-sticky-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(&secret, &tmp_link).unwrap();
+    std::os::unix::fs::lchown(&tmp_link, Some(alice_uid), None).unwrap();
+    let (out, took) = try_link(&tmp_link);
+    std::fs::remove_file(&tmp_link).unwrap();
+    assert_refused(&out, took, &tmp_link.display().to_string());
+    assert!(
+        c.get_json(&["namespace", &namespace]).is_none(),
+        "the run wrote"
+    );
+
+    // Root's own link in the sticky directory is followed.
+    std::os::unix::fs::lchown(&link, Some(0), None).unwrap();
+    let (out, _) = try_link(&link);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        c.get_json(&["secret", "-n", &namespace, "regcred"])
+            .is_some()
+    );
+}
+
 /// A port nothing listens on (yet).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
