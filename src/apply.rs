@@ -84,6 +84,13 @@ pub enum ApplyError {
         "user {user}: namespace {namespace} is being deleted (probably by the namespace reaper); log in again once it is gone"
     )]
     Terminating { user: String, namespace: String },
+    #[error("user {user}: {object}: the API server {server} answered, but {detail}")]
+    TooLarge {
+        user: String,
+        server: String,
+        object: String,
+        detail: String,
+    },
     /// The namespace belongs to another login (`owner.rs`).
     #[error("user {user}: {collision}")]
     Collision {
@@ -130,7 +137,7 @@ impl ApplyError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::Kubeconfig { .. } => Exit::Config,
-            Self::Unreachable { .. } => Exit::Unavailable,
+            Self::Unreachable { .. } | Self::TooLarge { .. } => Exit::Unavailable,
             Self::Unauthorized { .. } | Self::Forbidden { .. } | Self::Collision { .. } => {
                 Exit::NoPerm
             }
@@ -161,6 +168,16 @@ pub enum Mode {
     Apply,
     DryRun,
 }
+
+/// The largest answer read from the API server. The largest object etcd
+/// stores is 1.5 MiB and lists are read in pages of [`LIST_PAGE`], so this
+/// is far above any real answer; the body is read incrementally and
+/// dropped once past it, so memory stays bounded whatever the other end
+/// sends.
+pub const MAX_ANSWER: usize = 4 << 20;
+
+/// Items per page when listing namespaces (`reconcile --all`).
+const LIST_PAGE: usize = 500;
 
 /// Bound on one [`Cluster::request`] (the admin commands' single requests).
 const REQUEST_LIMIT: Duration = Duration::from_secs(30);
@@ -291,12 +308,20 @@ impl Cluster {
         };
         let (status, version) = (response.status(), response.version());
         let retry_after = retry_after(response.headers());
-        let bytes = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
+        let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {
             Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(NoReply::TooLarge(format!(
+                    "the {status} answer is larger than {} MiB, far more than any real one; \
+                     stopped reading it (is something between us and the API server misbehaving?)",
+                    MAX_ANSWER >> 20
+                )));
+            }
             Ok(Err(e)) => {
                 return Err(NoReply::Cut(format!(
                     "the {status} response was cut off: {}",
-                    error_chain(&e)
+                    error_chain(&*e)
                 )));
             }
             Err(_) => {
@@ -412,38 +437,77 @@ impl Cluster {
     }
 
     /// Namespaces matching a label selector (for `reconcile`); needs `list`
-    /// on namespaces, which the `ondemand` ClusterRole does not grant.
+    /// on namespaces, which the `ondemand` ClusterRole does not grant. Read
+    /// in pages of [`LIST_PAGE`], so that no answer approaches
+    /// [`MAX_ANSWER`] however many users a site has.
     pub async fn list_namespaces(
         &self,
         selector: &str,
         deadline: Instant,
     ) -> Result<Vec<Value>, ApplyError> {
+        let selector = query_encode(selector);
+        let mut items = Vec::new();
+        let mut next = String::new();
+        loop {
+            let cont = if next.is_empty() {
+                String::new()
+            } else {
+                format!("&continue={}", query_encode(&next))
+            };
+            let page = self
+                .namespace_page(
+                    &format!("/api/v1/namespaces?labelSelector={selector}&limit={LIST_PAGE}{cont}"),
+                    deadline,
+                )
+                .await?;
+            items.extend(
+                page.get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            next = page
+                .pointer("/metadata/continue")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if next.is_empty() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// One page of [`Cluster::list_namespaces`].
+    async fn namespace_page(&self, uri: &str, deadline: Instant) -> Result<Value, ApplyError> {
         let unreachable = |detail: String| ApplyError::Unreachable {
             user: "(all)".into(),
             server: self.server.clone(),
             detail,
         };
-        let selector = query_encode(selector);
         let request = Request::builder()
-            .uri(format!("/api/v1/namespaces?labelSelector={selector}"))
+            .uri(uri)
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
             .map_err(|e| unreachable(e.to_string()))?;
-        let Answer { status, body, .. } = self
-            .exchange(request, deadline)
-            .await
-            .map_err(|e| unreachable(e.into_detail()))?;
+        let Answer { status, body, .. } = match self.exchange(request, deadline).await {
+            Ok(answer) => answer,
+            Err(NoReply::TooLarge(detail)) => {
+                return Err(ApplyError::TooLarge {
+                    user: "(all)".into(),
+                    server: self.server.clone(),
+                    object: "namespaces".into(),
+                    detail,
+                });
+            }
+            Err(e) => return Err(unreachable(e.into_detail())),
+        };
         let message = one_line(
             body.get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("(no message)"),
         );
         match status.as_u16() {
-            200 => Ok(body
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()),
+            200 => Ok(body),
             401 => Err(ApplyError::Unauthorized {
                 user: "(all)".into(),
                 server: self.server.clone(),
@@ -728,12 +792,14 @@ enum NoReply {
     Unanswered(String),
     /// The status line came, the body did not (cut off or too slow).
     Cut(String),
+    /// The body is larger than [`MAX_ANSWER`]: final, not retried.
+    TooLarge(String),
 }
 
 impl NoReply {
     fn into_detail(self) -> String {
         match self {
-            Self::Unanswered(d) | Self::Cut(d) => d,
+            Self::Unanswered(d) | Self::Cut(d) | Self::TooLarge(d) => d,
         }
     }
 }
@@ -1380,6 +1446,14 @@ impl Ctx<'_> {
 
         let reply = match self.cluster.exchange(request, self.deadline).await {
             Ok(reply) => reply,
+            Err(NoReply::TooLarge(detail)) => {
+                return Err(Failure::Final(ApplyError::TooLarge {
+                    user: self.user.into(),
+                    server: self.cluster.server.clone(),
+                    object: target.what.clone(),
+                    detail,
+                }));
+            }
             Err(no_reply) => {
                 return Err(Failure::Transient(Transient {
                     answered: matches!(no_reply, NoReply::Cut(_)),

@@ -361,6 +361,56 @@ fn persistent(tag: &str, rule: Value, status: i32, words: &[&str]) -> Proxy {
     proxy
 }
 
+/// An answer far larger than any real one (64 MiB, streamed) is not read
+/// whole: the run stops at the cap with a clear, final error (no retries),
+/// well within the deadline, and its memory stays bounded; a clean run
+/// then converges.
+#[test]
+fn an_oversized_answer_is_cut_off_with_bounded_memory() {
+    let case = Case::new("ch-huge");
+    let proxy = Proxy::start(
+        &case.dir,
+        json!({"rules": [{"fault": "huge_body", "size_mb": 64}]}),
+    );
+    let rss = case.dir.join("rss");
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("KUBECONFIG", &proxy.kubeconfig)
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(common::bin())
+        .args(["--user", "alice", "--hook-env"])
+        .arg(&case.hook_env)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the hook under /usr/bin/time");
+    let run = Run {
+        out,
+        took: started.elapsed(),
+    };
+    run.failed(
+        &case,
+        69,
+        &["answered, but", "larger than 4 MiB", "stopped reading"],
+    );
+    assert_eq!(proxy.injected("huge_body"), 1, "retried");
+    let max_rss_kib: u64 = std::fs::read_to_string(&rss)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        max_rss_kib < 48 * 1024,
+        "peak RSS {max_rss_kib} KiB: the 64 MiB answer was read into memory"
+    );
+    case.converges();
+}
+
 #[test]
 fn refused_connections_fail_as_unreachable() {
     let p = persistent(

@@ -63,6 +63,7 @@ var requestFaults = map[string]bool{
 	"delay_headers":  true, // wait delay_ms, then forward
 	"delay_body":     true, // forward, send the headers, wait delay_ms, then the body
 	"goaway":         true, // forward; the response closes the connection (HTTP/2: graceful GOAWAY)
+	"huge_body":      true, // answer 200 with a JSON body of size_mb MiB, streamed, without forwarding
 }
 
 // Rule is one fault and which connections or requests it hits. With no
@@ -73,8 +74,9 @@ type Rule struct {
 	Status     int     `json:"status,omitempty"`
 	RetryAfter string  `json:"retry_after,omitempty"`
 	DelayMS    int     `json:"delay_ms,omitempty"`
-	Path       string  `json:"path,omitempty"`   // regexp on the request path
-	Method     string  `json:"method,omitempty"` // e.g. PATCH
+	SizeMB     int     `json:"size_mb,omitempty"` // huge_body's size
+	Path       string  `json:"path,omitempty"`    // regexp on the request path
+	Method     string  `json:"method,omitempty"`  // e.g. PATCH
 	First      int     `json:"first,omitempty"`
 	Every      int     `json:"every,omitempty"`
 	Share      float64 `json:"share,omitempty"`
@@ -294,6 +296,20 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch fault {
 	case "status":
 		writeStatus(w, rule.Status, rule.RetryAfter, fmt.Sprintf("chaos-proxy injected %d", rule.Status))
+		return
+	case "huge_body":
+		// A well-formed answer, far larger than any real one: the client
+		// must stop reading at its own limit.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		chunk := strings.Repeat(" ", 64*1024)
+		_, _ = io.WriteString(w, `{"kind":"Status","padding":"`)
+		for i := 0; i < rule.SizeMB*16; i++ {
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+		}
+		_, _ = io.WriteString(w, `"}`)
 		return
 	case "reset_request":
 		_, _ = r.Body.Read(make([]byte, 1))
