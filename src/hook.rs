@@ -168,12 +168,12 @@ impl KubeError {
 impl KubeJob {
     fn run(self, deadline: Instant) -> Result<kubeconfig::Outcome, KubeError> {
         let x = match self {
-            KubeJob::Ready(p) => return Ok(p.execute()?),
+            KubeJob::Ready(p) => return Ok(p.execute(deadline)?),
             KubeJob::AfterExchange(x) => x,
         };
         let login = exchange::exchange(&x.exchange, x.user.as_str(), &x.login, deadline)?;
         let prepared = kubeconfig::prepare(&x.settings, &x.user, &x.account, &x.namespace, &login)?;
-        Ok(prepared.execute()?)
+        Ok(prepared.execute(deadline)?)
     }
 }
 

@@ -875,3 +875,117 @@ fn unreachable_idp_for_the_exchange_is_bounded() {
     let cfg = config(&home_of(user));
     assert!(entry(&cfg, "users", &format!("kcxd-{user}")).is_none());
 }
+
+// ---- the writer child cannot hang root (issue 16 item 3) -------------------
+
+/// The pids whose parent (in /proc/PID/stat) is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A job larger than a pipe's buffer (auth-provider mode embeds a big
+/// IDP_CA_FILE bundle) and a writer child that is stopped (SIGSTOP, which
+/// the user it runs as may send it) before it has read it: root's hook
+/// still ends within HOOK_TIMEOUT_SECONDS, exit 75, with the child killed.
+#[test]
+fn a_stopped_writer_cannot_hang_the_hook() {
+    let user = "kc-stop";
+    linux_user(user);
+    let dir = scratch("writer-stop");
+    // ~200 KiB of CA bundle: far over a pipe's 64 KiB.
+    let pem = std::fs::read_to_string(shared().1.as_path()).unwrap();
+    let bundle = dir.join("big-ca.crt");
+    std::fs::write(&bundle, pem.repeat(200_000 / pem.len() + 1)).unwrap();
+    std::fs::set_permissions(&bundle, PermissionsExt::from_mode(0o600)).unwrap();
+    let deadline = Duration::from_secs(3);
+    let env = hook_env(
+        &dir,
+        "kcstop",
+        "auth-provider",
+        &format!(
+            "IDP_CA_FILE=\"{}\"\nHOOK_TIMEOUT_SECONDS={}\n",
+            bundle.display(),
+            deadline.as_secs()
+        ),
+    );
+    let tokens = cluster().login("alice");
+    let started = Instant::now();
+    let mut hook = hook_cmd(user, &env, Some(&tokens)).spawn().unwrap();
+    // Stop the writer the moment it exists (before it can have read the
+    // job): the hook's only child.
+    let writer = loop {
+        if let Some(pid) = children_of(hook.id()).first() {
+            break *pid;
+        }
+        assert!(
+            hook.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10),
+            "the hook ended (or took 10 s) without starting the writer"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(writer),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // Bounded even if the hook hangs (as it did): killed after 3× the deadline.
+    let status = loop {
+        if let Some(status) = hook.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > deadline * 3 {
+            let _ = hook.kill();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(writer),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!(
+                "the hook still runs {:?} after its start",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let out = hook.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(75), "{}", text(&out));
+    assert!(
+        took < deadline + Duration::from_millis(1500),
+        "took {took:?} with a {deadline:?} deadline"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not finish within") && stderr.contains("was killed"),
+        "{stderr}"
+    );
+    // The stopped writer is gone (killed, and reaped or left to init).
+    std::thread::sleep(Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{writer}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty()
+            || state
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .trim_start()
+                .starts_with('Z'),
+        "the writer survives: {state}"
+    );
+}

@@ -51,65 +51,47 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
                 return Err(std::io::Error::other("could not drop root"));
             }
             nix::sys::prctl::set_no_new_privs()?;
+            // Not dumpable from the moment root is gone (exec resets it;
+            // the child sets it again first thing).
+            nix::sys::prctl::set_dumpable(false)?;
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the writer as {user}: {e}"))?;
-    let write_result = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(&input))
-        .unwrap_or(Ok(()));
-    drop(input);
-
-    // A watchdog kills the writer if it overruns; otherwise we simply read
-    // its answer to EOF (no polling delay on the login path).
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let (done, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let overran = done_rx.recv_timeout(timeout).is_err();
-        if overran {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        overran
+    // The child runs as the user, who can stop it (SIGSTOP) at any point —
+    // before it has exec'd (spawn then waits), with the job half written
+    // and the pipe full, or with its answer not yet sent — or keep its
+    // pipes open. So the whole exchange, spawn included, runs in a thread
+    // of its own, and this one waits for it only until `timeout`; then the
+    // child is killed, and the thread left behind.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(exchange(cmd, input, &pid_tx));
     });
-    let mut out = Vec::new();
-    let mut err = String::new();
-    if let Some(s) = child.stdout.take() {
-        // Bounded: the child runs as the user. A longer answer is cut, so
-        // it does not parse and is reported as no answer.
-        let _ = s.take(write::MAX_REPLY).read_to_end(&mut out);
-    }
-    if let Some(s) = child.stderr.take() {
-        let _ = s.take(2000).read_to_string(&mut err);
-    }
-    // Both pipes are closed: the child has exited (or closed them and is
-    // about to). Reap it, briefly, before telling the watchdog.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                break child.wait().ok();
+    let (mut child, sent, out, err) = match rx.recv_timeout(timeout) {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Err(format!("cannot start the writer as {user}: {e}")),
+        Err(_) => {
+            match pid_rx.try_recv() {
+                Ok(pid) => kill(pid),
+                // Not even spawned: stopped before its exec.
+                Err(_) => children_of_this_process().into_iter().for_each(kill),
             }
+            return Ok(Reply::Failed(Failure::new(
+                FailKind::LockTimeout,
+                &job.home.join(".kube/config"),
+                format!(
+                    "the writer did not finish within {:.1} s (HOOK_TIMEOUT_SECONDS) and was killed \
+                     (a hung home file system, or the user stopped it)",
+                    timeout.as_secs_f64()
+                ),
+            )));
         }
     };
-    let _ = done.send(());
-    if watchdog.join().unwrap_or(true) {
-        return Ok(Reply::Failed(Failure::new(
-            FailKind::LockTimeout,
-            &job.home.join(".kube/config"),
-            format!(
-                "the writer did not finish within {} s (a hung home file system?)",
-                timeout.as_secs()
-            ),
-        )));
-    }
+    // Both pipes are closed: the child has exited (or closed them and is
+    // about to).
+    let status = reap(&mut child);
     let status = status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
     match Reply::from_child(&out) {
         Some(r) => Ok(r),
@@ -119,7 +101,7 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
                 e.push_str(": ");
                 e.push_str(&crate::oneline::clean(l, 200));
             }
-            if let Err(w) = write_result {
+            if let Err(w) = sent {
                 e.push_str(&format!(" (sending the job failed: {w})"));
             }
             Err(e)
@@ -127,9 +109,99 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
     }
 }
 
+/// Everything said with the child: spawned (its pid sent on `pid` at
+/// once), the job written to its stdin, its answer read to EOF.
+type Exchanged = (std::process::Child, std::io::Result<()>, Vec<u8>, String);
+
+fn exchange(
+    mut cmd: Command,
+    input: Vec<u8>,
+    pid: &std::sync::mpsc::Sender<u32>,
+) -> std::io::Result<Exchanged> {
+    let mut child = cmd.spawn()?;
+    let _ = pid.send(child.id());
+    let sent = child
+        .stdin
+        .take()
+        .map_or(Ok(()), |mut s| s.write_all(&input));
+    drop(input);
+    let mut out = Vec::new();
+    let mut err = String::new();
+    if let Some(s) = child.stdout.take() {
+        // Bounded: a longer answer is cut, so it does not parse and is
+        // reported as no answer.
+        let _ = s.take(write::MAX_REPLY).read_to_end(&mut out);
+    }
+    if let Some(s) = child.stderr.take() {
+        let _ = s.take(2000).read_to_string(&mut err);
+    }
+    Ok((child, sent, out, err))
+}
+
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The pids whose parent is this process (from /proc/*/stat).
+fn children_of_this_process() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| parent_pid(&s))
+                == Some(me)
+        })
+        .collect()
+}
+
+/// The parent pid in a /proc/PID/stat line: the second field after the
+/// command name, which is in parentheses and may hold anything.
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Reaps the child, waiting at most a second (a process in uninterruptible
+/// sleep on a hung file system outlives even SIGKILL); after that it is
+/// killed and left to init.
+fn reap(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                return None;
+            }
+        }
+    }
+}
+
 /// `ood-k8s-bootstrap __write-kubeconfig`: the privilege-dropped child.
 /// Reads a [`Job`] (JSON) from stdin, writes a [`Reply`] (JSON) to stdout.
 pub fn child_main() -> ExitCode {
+    // First of all: not dumpable, so that the user it runs as cannot
+    // ptrace it or read its memory (the job holds the tokens) through
+    // /proc. exec reset what the parent set before it.
+    if nix::sys::prctl::set_dumpable(false).is_err() {
+        eprintln!("ood-k8s-bootstrap {CHILD_ARG}: cannot make the writer non-dumpable");
+        return ExitCode::from(70);
+    }
     let mut input = Vec::new();
     if std::io::stdin()
         .take(MAX_JOB)
@@ -168,5 +240,26 @@ pub fn child_main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(_) => ExitCode::from(70),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_reads_past_any_command_name() {
+        assert_eq!(parent_pid("1234 (bash) S 77 1234 1234 0 -1"), Some(77));
+        assert_eq!(parent_pid("1234 (a) b) S 9 1 1"), Some(9));
+        assert_eq!(parent_pid("1234 (x"), None);
+        assert_eq!(parent_pid(""), None);
+    }
+
+    #[test]
+    fn this_process_finds_its_children() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(children_of_this_process().contains(&child.id()));
+        kill(child.id());
+        let _ = child.wait();
     }
 }

@@ -14,7 +14,7 @@ pub mod merge;
 pub mod write;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Uid;
 use thiserror::Error;
@@ -150,8 +150,6 @@ pub struct PreparedWrite {
     job: Job,
     has_tokens: bool,
     as_root: bool,
-    /// The whole run's budget: the writer is killed after it.
-    timeout: Duration,
     /// Broker mode: the state directory and the set to store in it.
     broker: Option<(PathBuf, TokenSet)>,
 }
@@ -232,7 +230,6 @@ pub fn prepare(
         job,
         has_tokens: plan.has_tokens,
         as_root: euid.is_root(),
-        timeout: settings.timeout,
         broker: plan
             .broker
             .map(|set| (settings.broker.state_dir.clone(), set)),
@@ -241,8 +238,9 @@ pub fn prepare(
 
 impl Prepared {
     /// Does the file work: as the user in a child process when we are root,
-    /// in-process when we are that user.
-    pub fn execute(self) -> Result<Outcome, KubeconfigError> {
+    /// in-process when we are that user. The child is killed at `deadline`
+    /// (the run's), whatever it is doing.
+    pub fn execute(self, deadline: Instant) -> Result<Outcome, KubeconfigError> {
         let w = match self {
             Prepared::Done(outcome) => return Ok(outcome),
             Prepared::Write(w) => *w,
@@ -253,9 +251,9 @@ impl Prepared {
             job,
             has_tokens,
             as_root,
-            timeout,
             broker,
         } = w;
+        let timeout = deadline.saturating_duration_since(Instant::now());
         // The tokens first: the entry that makes kubectl ask for them after.
         let stored = match broker {
             Some((dir, set)) => Some(store_for_broker(&who, &dir, &set)?),
