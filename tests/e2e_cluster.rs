@@ -902,6 +902,57 @@ fn overlapping_runs_for_one_user_converge() {
     assert_eq!(names, ["regcred", "site-mirror"], "{sa}");
 }
 
+// ---- doctor tells the truth (issue 16 item 6) -----------------------------
+
+/// Root's kubeconfig holds a token the API server rejects that is not a
+/// ServiceAccount token (a static token, a mistyped paste): every login
+/// would fail, so doctor says ✗ once, names it, and exits 1 (it used to
+/// warn and exit 0). Nothing of the shared cluster is changed.
+#[test]
+fn doctor_fails_when_the_api_server_rejects_roots_credentials() {
+    let c = cluster();
+    let dir = scratch("doctor-rejected");
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nK8S_CREDENTIALS=none\n",
+    )
+    .expect("write hook.env");
+    std::fs::set_permissions(&env, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod hook.env");
+    let kc = dir.join("root.kubeconfig");
+    c.token_kubeconfig(&kc, "root", "not-a-serviceaccount-token");
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args(["doctor", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--hook-env")
+        .arg(&env)
+        .output()
+        .expect("run doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failed.len(), 1, "{}", text(&out));
+    assert!(
+        failed[0].starts_with("✗ root's token: the API server ")
+            && failed[0].contains("rejects root's credentials")
+            && failed[0].contains("every run would fail")
+            && failed[0].contains("root-token --using ADMIN_KUBECONFIG"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with('⚠') && l.contains("rejects")),
+        "still a warning too:\n{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("1 failed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Tests of the local test IdP (Dex) itself; not run against an existing
 /// cluster (tests/external-run lists them).
 mod idp {

@@ -479,8 +479,10 @@ fn doctor_fails_when_cluster_role_ood_user_is_missing_and_install_fixes_it() {
     assert!(out.status.success(), "after install:\n{}", text(&out));
 }
 
+/// Logins work without the reaper (a RoleBinding may name a missing
+/// ServiceAccount); only pods are not reaped: a warning, exit 0.
 #[test]
-fn doctor_fails_when_the_reapers_service_account_is_missing() {
+fn doctor_warns_when_the_reapers_service_account_is_missing() {
     let _lock = shared();
     let dir = scratch("doctor-reaper");
     let env = hook_env(
@@ -488,12 +490,15 @@ fn doctor_fails_when_the_reapers_service_account_is_missing() {
         "USE_JOB_POD_REAPER=true\nJOB_POD_REAPER_SERVICE_ACCOUNT=no-such-reaper\n",
     );
     let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
-    assert_fails_with(
-        &out,
-        "ServiceAccount job-pod-reaper/no-such-reaper does not exist",
-        "JOB_POD_REAPER_SERVICE_ACCOUNT",
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(lines(&out, "✗").is_empty(), "{}", text(&out));
+    assert!(
+        lines(&out, "⚠").iter().any(|l| l
+            .contains("ServiceAccount job-pod-reaper/no-such-reaper does not exist")
+            && l.contains("JOB_POD_REAPER_SERVICE_ACCOUNT")),
+        "{}",
+        text(&out)
     );
-    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
 }
 
 #[test]
