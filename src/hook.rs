@@ -87,16 +87,28 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     });
     let applied = match applied {
         Ok(a) => a,
+        // Each side says what happened to it: a failed kubeconfig on a
+        // line of its own, a written one at the end of the cluster's error
+        // (still one line, as OnDemand logs it).
         Err(e) => {
-            if let Some(Err(k)) = &kube {
-                eprintln!("{PROG}: error: {k}");
-            }
-            return match e {
-                ClusterError::Apply(e) => fail(e.exit(), e),
+            let kube_done = match &kube {
+                Some(Err(k)) => {
+                    eprintln!("{PROG}: error: {k}");
+                    String::new()
+                }
+                Some(Ok(k)) => match outcome_text(k).trim_start_matches("; ") {
+                    "" => String::new(),
+                    done => format!("; the user's side: {done}"),
+                },
+                None => String::new(),
+            };
+            let (exit, message) = match e {
+                ClusterError::Apply(e) => (e.exit(), e.to_string()),
                 ClusterError::Down(record) => {
-                    fail(record.exit(), record.message(user.as_str(), unix_ms()))
+                    (record.exit(), record.message(user.as_str(), unix_ms()))
                 }
             };
+            return fail(exit, format!("{message}{kube_done}"));
         }
     };
     let kube = match kube.transpose() {
