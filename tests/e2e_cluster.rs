@@ -953,6 +953,40 @@ fn doctor_fails_when_the_api_server_rejects_roots_credentials() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// On the healthy setup the renewal of root's token is reported in one of
+/// doctor's three forms, with a due time that is a time (not any text).
+#[test]
+fn doctor_says_when_roots_token_must_be_renewed() {
+    let c = cluster();
+    let dir = scratch("doctor-renewal");
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nK8S_CREDENTIALS=none\n",
+    )
+    .expect("write hook.env");
+    std::fs::set_permissions(&env, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod hook.env");
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args([
+            "doctor",
+            "--kubeconfig",
+            c.var("KUBECONFIG_ONDEMAND"),
+            "--hook-env",
+        ])
+        .arg(&env)
+        .output()
+        .expect("run doctor");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(p) = common::renewal_line_problem(&stdout) {
+        panic!("{p}\n{}", text(&out));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Tests of the local test IdP (Dex) itself; not run against an existing
 /// cluster (tests/external-run lists them).
 mod idp {

@@ -292,9 +292,13 @@ fn install_print_needs_no_cluster_and_shows_the_optional_parts() {
         assert!(yaml.contains(&text), "{file} is not printed verbatim");
     }
     let base = Command::new(common::bin())
+        .env_clear()
         .args(["install", "--print"])
         .output()
         .unwrap();
+    assert!(base.status.success(), "{}", text(&base));
+    let ondemand = std::fs::read_to_string(repo.join("hooks/ondemand.yaml")).unwrap();
+    assert!(stdout(&base).contains(&ondemand), "{}", text(&base));
     assert!(
         !stdout(&base).contains("ondemand-self-renew"),
         "--self-renew is opt-in"
@@ -366,7 +370,9 @@ fn doctor_passes_on_the_healthy_setup() {
         assert!(ok.contains("✓ issuer: OIDC discovery at"), "{}", text(&out));
     }
     // The renewal is reported: by systemd's timer, or when it is due.
-    assert!(stdout(&out).contains("token renewal: "), "{}", text(&out));
+    if let Some(p) = common::renewal_line_problem(&stdout(&out)) {
+        panic!("{p}\n{}", text(&out));
+    }
     // Whose token, and when it expires.
     assert!(
         stdout(&out).contains("root's token: ServiceAccount ondemand/ondemand, expires in "),
