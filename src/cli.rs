@@ -166,7 +166,8 @@ pub enum Command {
     /// discovery; with --user and a token, what the API server sees for
     /// that user; with --clusters-d, the dashboard's cluster config. Exit
     /// status 0 when nothing failed (warnings do not fail), 1 when a check
-    /// failed.
+    /// failed; which findings fail and which warn is listed below.
+    #[command(after_long_help = crate::doctor::findings::help())]
     Doctor(DoctorArgs),
     /// Renew root's ServiceAccount token in its kubeconfig (TokenRequest
     /// API), atomically, keeping every other byte of the file.

@@ -217,6 +217,24 @@ mod tests {
         assert!(hook_env.contains("NAMESPACE_PREFIX"));
     }
 
+    /// Which findings fail and which warn, from the one table in
+    /// `doctor::findings`.
+    #[test]
+    fn doctor_page_says_which_findings_fail() {
+        use crate::doctor::findings::Finding;
+        let pages = man_pages();
+        let page = text(find(&pages, &format!("man/man1/{PROG}-doctor.1")))
+            .replace("\\*(Aq", "'")
+            .replace("\\-", "-");
+        let (fails, warns) = page.split_once("Warnings (").expect("the warnings heading");
+        assert!(fails.contains("Failures ("), "{page}");
+        let words = |m: &str| m.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+        let rejected = words(Finding::RootCredentialsRejected.meaning());
+        assert!(fails.contains(&rejected), "{rejected:?} in {page}");
+        let reaper = words(Finding::ReaperMissing.meaning());
+        assert!(warns.contains(&reaper), "{reaper:?} in {page}");
+    }
+
     #[test]
     fn completions_know_the_subcommands_but_not_hidden_ones() {
         let docs = completions();

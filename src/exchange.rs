@@ -29,7 +29,7 @@ pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_t
 #[derive(Debug, Error)]
 pub enum ExchangeError {
     #[error(
-        "user {user}: the IdP {issuer} refused the token exchange for audience {audience}: {refusal} — {hint}; the cluster side was applied, the kubeconfig's credentials were left as they are"
+        "user {user}: the IdP {issuer} refused the token exchange for audience {audience}: {refusal} — {hint}; the kubeconfig's credentials were left as they are"
     )]
     Refused {
         user: String,
@@ -40,7 +40,7 @@ pub enum ExchangeError {
         hint: &'static str,
     },
     #[error(
-        "user {user}: cannot reach the IdP {issuer} for the token exchange: {detail}; the cluster side was applied, the kubeconfig's credentials were left as they are"
+        "user {user}: cannot reach the IdP {issuer} for the token exchange: {detail}; the kubeconfig's credentials were left as they are"
     )]
     Unreachable {
         user: String,

@@ -72,19 +72,28 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         Err(exit) => return exit,
     };
     // Whose the namespace is, before anything is written (the kubeconfig
-    // included): another login's namespace stops the run here.
-    let side = match runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline)) {
-        Ok(side) => side,
-        Err(e) => return e.fail(&user),
+    // included): another login's namespace stops the run here. Any other
+    // failure of the cluster side leaves the kubeconfig side to do its part
+    // (fresh credentials, the broker's tokens) as it would have.
+    let side = runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline));
+    let side = match side {
+        Err(e @ ClusterError::Apply(ApplyError::Collision { .. })) => return e.fail(&user),
+        side => side,
     };
-    if let Some(w) = side.owner.warning(namespace.as_str(), user.as_str()) {
-        eprintln!("{PROG}: warning: {w}");
+    let mut claimed = false;
+    if let Ok(side) = &side {
+        if let Some(w) = side.owner.warning(namespace.as_str(), user.as_str()) {
+            eprintln!("{PROG}: warning: {w}");
+        }
+        claimed = side.owner.event() == Some("claimed") && !args.dry_run;
     }
-    let claimed = side.owner.event() == Some("claimed") && !args.dry_run;
     // The kubeconfig is written (by a child running as the user) while the
     // cluster side is applied: the two are independent.
     let writer = job.map(|j| std::thread::spawn(move || j.run(deadline)));
-    let applied = runtime.block_on(side.apply(&user, &state, mode, deadline));
+    let applied = match side {
+        Ok(side) => runtime.block_on(side.apply(&user, &state, mode, deadline)),
+        Err(e) => Err(e),
+    };
     drop(runtime);
     let kube = writer.map(|w| {
         w.join().unwrap_or_else(|_| {
@@ -96,11 +105,28 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     });
     let applied = match applied {
         Ok(a) => a,
+        // Each side says what happened to it: a failed kubeconfig on a
+        // line of its own, a written one at the end of the cluster's error
+        // (still one line, as OnDemand logs it).
         Err(e) => {
-            if let Some(Err(k)) = &kube {
-                eprintln!("{PROG}: error: {k}");
-            }
-            return e.fail(&user);
+            let kube_done = match &kube {
+                Some(Err(k)) => {
+                    eprintln!("{PROG}: error: {k}");
+                    String::new()
+                }
+                Some(Ok(k)) => match outcome_text(k).trim_start_matches("; ") {
+                    "" => String::new(),
+                    done => format!("; the user's side: {done}"),
+                },
+                None => String::new(),
+            };
+            let (exit, message) = match e {
+                ClusterError::Apply(e) => (e.exit(), e.to_string()),
+                ClusterError::Down(record) => {
+                    (record.exit(), record.message(user.as_str(), unix_ms()))
+                }
+            };
+            return fail(exit, format!("{message}{kube_done}"));
         }
     };
     let kube = match kube.transpose() {

@@ -1039,6 +1039,10 @@ fn a_second_login_with_the_same_namespace_is_refused_and_changes_nothing() {
     let refused = ["own.first", "own-first", "renames", "uid"];
     assert_collision(&hook("own-first", &env, &[]), &ns, &refused);
     assert_collision(&hook("own-first", &env, &["--dry-run"]), &ns, &refused);
+    // Nothing of the owner's changed: no binding for the second login, the
+    // owner's untouched, the namespace as it was.
+    assert_eq!(bindings_in(&ns), owners_bindings);
+    assert_eq!(rv(&c.get_json(&["namespace", &ns]).unwrap()), rv(&before));
     let list = dir.join("users.txt");
     std::fs::write(&list, "own.first\nown-first\n").unwrap();
     let out = c
@@ -1052,6 +1056,21 @@ fn a_second_login_with_the_same_namespace_is_refused_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("reconciled 1 of 2 users"), "{err}");
+    // reconcile ran own.first too (its annotation is fresh), nothing for
+    // own-first: the same bindings, the same owner record.
+    let names = |b: &[(String, String)]| b.iter().map(|b| b.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&bindings_in(&ns)), names(&owners_bindings));
+    let after = c.get_json(&["namespace", &ns]).unwrap();
+    for key in [
+        "openondemand.org/user",
+        "openondemand.org/uid",
+        "openondemand.org/gid",
+    ] {
+        assert_eq!(
+            after["metadata"]["annotations"][key], annotations[key],
+            "{key}"
+        );
+    }
     assert!(
         err.lines()
             .any(|l| l.contains("failed: own-first:") && l.contains("belongs to login own.first")),
@@ -1081,19 +1100,10 @@ fn a_second_login_with_the_same_namespace_is_refused_and_changes_nothing() {
             ))),
         "{report}"
     );
-
-    // Nothing of the owner's changed: no binding for the second login, the
-    // owner's untouched, the namespace and its annotations as they were.
-    assert_eq!(bindings_in(&ns), owners_bindings);
     assert!(
         owners_bindings
             .iter()
             .all(|(n, _)| !n.starts_with("own-first-"))
-    );
-    let after = c.get_json(&["namespace", &ns]).unwrap();
-    assert_eq!(
-        after["metadata"]["annotations"],
-        before["metadata"]["annotations"]
     );
 }
 
@@ -1181,6 +1191,91 @@ fn a_namespace_without_owner_record_is_claimed_only_by_its_own_login() {
         &["no OnDemand namespace", "own.second"],
     );
     assert!(bindings_in(&foreign_ns).is_empty(), "{foreign}");
+}
+
+// ---- doctor tells the truth (issue 16 item 6) -----------------------------
+
+/// Root's kubeconfig holds a token the API server rejects that is not a
+/// ServiceAccount token (a static token, a mistyped paste): every login
+/// would fail, so doctor says ✗ once, names it, and exits 1 (it used to
+/// warn and exit 0). Nothing of the shared cluster is changed.
+#[test]
+fn doctor_fails_when_the_api_server_rejects_roots_credentials() {
+    let c = cluster();
+    let dir = scratch("doctor-rejected");
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nK8S_CREDENTIALS=none\n",
+    )
+    .expect("write hook.env");
+    std::fs::set_permissions(&env, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod hook.env");
+    let kc = dir.join("root.kubeconfig");
+    c.token_kubeconfig(&kc, "root", "not-a-serviceaccount-token");
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args(["doctor", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--hook-env")
+        .arg(&env)
+        .output()
+        .expect("run doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(failed.len(), 1, "{}", text(&out));
+    assert!(
+        failed[0].starts_with("✗ root's token: the API server ")
+            && failed[0].contains("rejects root's credentials")
+            && failed[0].contains("every run would fail")
+            && failed[0].contains("root-token --using ADMIN_KUBECONFIG"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with('⚠') && l.contains("rejects")),
+        "still a warning too:\n{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("1 failed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On the healthy setup the renewal of root's token is reported in one of
+/// doctor's three forms, with a due time that is a time (not any text).
+#[test]
+fn doctor_says_when_roots_token_must_be_renewed() {
+    let c = cluster();
+    let dir = scratch("doctor-renewal");
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nK8S_CREDENTIALS=none\n",
+    )
+    .expect("write hook.env");
+    std::fs::set_permissions(&env, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod hook.env");
+    let out = Command::new(common::bin())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args([
+            "doctor",
+            "--kubeconfig",
+            c.var("KUBECONFIG_ONDEMAND"),
+            "--hook-env",
+        ])
+        .arg(&env)
+        .output()
+        .expect("run doctor");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(p) = common::renewal_line_problem(&stdout) {
+        panic!("{p}\n{}", text(&out));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Tests that need the local test IdP (Dex) and its tokens; not run against an existing

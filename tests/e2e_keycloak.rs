@@ -261,3 +261,93 @@ fn dex_tokens_still_authenticate_next_to_keycloak() {
     assert_eq!(jwt_claims(&tokens.access)["iss"], c.var("OIDC_ISSUER"));
     assert_authenticates_as(c, &tokens.access, "dave");
 }
+
+/// A refused token exchange says what happened to each side, and only
+/// that (issue 16 item 6): with root's kubeconfig missing in the same run
+/// no line claims the cluster side was applied; with it present the
+/// summary line shows the cluster side done and the refusal line that the
+/// kubeconfig's credentials were left as they are (byte for byte).
+#[test]
+fn refused_exchange_says_what_happened_to_each_side() {
+    let c = cluster();
+    let user = "dave";
+    let (_, _, home) = linux_user(user);
+    let id = c.var("KEYCLOAK_NOEXCHANGE_CLIENT_ID");
+    let secret = c.var("KEYCLOAK_NOEXCHANGE_CLIENT_SECRET");
+    let tokens = c.keycloak_login_client(user, id, secret, None);
+    let tag = "kcxr";
+    let ns_prefix = prefix(tag);
+    let dir = scratch("kc-refused");
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        format!(
+            "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nIDP_ISSUER_URL=\"{}\"\nIDP_CA_FILE=\"{}\"\n\
+             CLIENT_ID=\"{id}\"\nCLIENT_SECRET=\"{secret}\"\nNAMESPACE_PREFIX=\"{ns_prefix}\"\n\
+             K8S_USERNAME_PREFIX=\"{tag}-\"\nK8S_CLUSTER_NAME=\"{tag}\"\nK8S_SERVER=\"{}\"\n\
+             K8S_CA_FILE=\"{}\"\nK8S_CREDENTIALS=token\nK8S_TOKEN_EXCHANGE_AUDIENCE=\"{}\"\n",
+            c.var("KEYCLOAK_ISSUER"),
+            c.var("KEYCLOAK_CA_FILE"),
+            c.var("K8S_SERVER"),
+            user_tools().1.display(),
+            c.var("KEYCLOAK_K8S_AUDIENCE"),
+        ),
+    )
+    .expect("write hook.env");
+    let kubeconfig = home.join(".kube/config");
+    let before = std::fs::read(&kubeconfig).ok();
+    let namespace = format!("{ns_prefix}{user}");
+    let refused = "refused the token exchange";
+    let left = "the kubeconfig's credentials were left as they are";
+
+    // Root's kubeconfig missing: neither side was done, and no line says
+    // otherwise.
+    let out = cluster()
+        .hook()
+        .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+        .args(["--user", user, "--hook-env"])
+        .arg(&env)
+        .env("OOD_OIDC_ACCESS_TOKEN", &tokens.access)
+        .env("OOD_OIDC_REFRESH_TOKEN", &tokens.refresh)
+        .output()
+        .expect("run the hook");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!err.contains("applied"), "claims the cluster side:\n{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per side:\n{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(refused) && l.contains(left)),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cannot load root's kubeconfig") && !l.contains(refused)),
+        "{err}"
+    );
+    assert!(c.get_json(&["namespace", &namespace]).is_none());
+    assert_eq!(std::fs::read(&kubeconfig).ok(), before);
+
+    // Root's kubeconfig there: the cluster side is done and says so, the
+    // refusal is the run's status.
+    let out = run_hook(user, &env, &tokens.access, &tokens.refresh);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&format!("{user}: namespace {namespace}: "))
+                && l.contains(" created")),
+        "no summary of the cluster side:\n{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.contains(refused) && l.contains(left)),
+        "{err}"
+    );
+    assert!(c.get_json(&["namespace", &namespace]).is_some());
+    assert_eq!(std::fs::read(&kubeconfig).ok(), before);
+    assert!(!text(&out).contains(&tokens.access) && !text(&out).contains(secret));
+    let _ = std::fs::remove_dir_all(&dir);
+}

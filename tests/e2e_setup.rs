@@ -292,9 +292,13 @@ fn install_print_needs_no_cluster_and_shows_the_optional_parts() {
         assert!(yaml.contains(&text), "{file} is not printed verbatim");
     }
     let base = Command::new(common::bin())
+        .env_clear()
         .args(["install", "--print"])
         .output()
         .unwrap();
+    assert!(base.status.success(), "{}", text(&base));
+    let ondemand = std::fs::read_to_string(repo.join("hooks/ondemand.yaml")).unwrap();
+    assert!(stdout(&base).contains(&ondemand), "{}", text(&base));
     assert!(
         !stdout(&base).contains("ondemand-self-renew"),
         "--self-renew is opt-in"
@@ -366,7 +370,9 @@ fn doctor_passes_on_the_healthy_setup() {
         assert!(ok.contains("✓ issuer: OIDC discovery at"), "{}", text(&out));
     }
     // The renewal is reported: by systemd's timer, or when it is due.
-    assert!(stdout(&out).contains("token renewal: "), "{}", text(&out));
+    if let Some(p) = common::renewal_line_problem(&stdout(&out)) {
+        panic!("{p}\n{}", text(&out));
+    }
     // Whose token, and when it expires.
     assert!(
         stdout(&out).contains("root's token: ServiceAccount ondemand/ondemand, expires in "),
@@ -479,8 +485,10 @@ fn doctor_fails_when_cluster_role_ood_user_is_missing_and_install_fixes_it() {
     assert!(out.status.success(), "after install:\n{}", text(&out));
 }
 
+/// Logins work without the reaper (a RoleBinding may name a missing
+/// ServiceAccount); only pods are not reaped: a warning, exit 0.
 #[test]
-fn doctor_fails_when_the_reapers_service_account_is_missing() {
+fn doctor_warns_when_the_reapers_service_account_is_missing() {
     let _lock = shared();
     let dir = scratch("doctor-reaper");
     let env = hook_env(
@@ -488,12 +496,15 @@ fn doctor_fails_when_the_reapers_service_account_is_missing() {
         "USE_JOB_POD_REAPER=true\nJOB_POD_REAPER_SERVICE_ACCOUNT=no-such-reaper\n",
     );
     let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
-    assert_fails_with(
-        &out,
-        "ServiceAccount job-pod-reaper/no-such-reaper does not exist",
-        "JOB_POD_REAPER_SERVICE_ACCOUNT",
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(lines(&out, "✗").is_empty(), "{}", text(&out));
+    assert!(
+        lines(&out, "⚠").iter().any(|l| l
+            .contains("ServiceAccount job-pod-reaper/no-such-reaper does not exist")
+            && l.contains("JOB_POD_REAPER_SERVICE_ACCOUNT")),
+        "{}",
+        text(&out)
     );
-    assert_eq!(lines(&out, "✗").len(), 1, "{}", text(&out));
 }
 
 #[test]

@@ -16,17 +16,29 @@ use std::time::{Duration, Instant};
 use common::{cluster, linux_user, scratch, text};
 
 fn run(hook_env: &Path, kubeconfig: Option<&Path>) -> (Output, Duration) {
+    run_as("alice", hook_env, kubeconfig)
+}
+
+fn run_as(user: &str, hook_env: &Path, kubeconfig: Option<&Path>) -> (Output, Duration) {
     let mut cmd = cluster().hook();
     if let Some(kc) = kubeconfig {
         cmd.env("KUBECONFIG", kc);
     }
     let started = Instant::now();
     let out = cmd
-        .args(["--user", "alice", "--hook-env"])
+        .args(["--user", user, "--hook-env"])
         .arg(hook_env)
         .output()
         .expect("run hook");
     (out, started.elapsed())
+}
+
+/// A namespace prefix of this test's own (recorded for external-mode
+/// cleanup by `common::prefix`), as a hook.env line.
+fn own_prefix(tag: &str) -> (String, String) {
+    let p = common::prefix(tag);
+    let line = format!("NAMESPACE_PREFIX=\"{p}\"\n");
+    (p, line)
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -37,13 +49,31 @@ fn chown(p: &Path, uid: u32) {
     std::os::unix::fs::chown(p, Some(uid), None).expect("chown");
 }
 
-/// Asserts a refusal: 78, quick, naming `what`, and the cluster untouched.
-fn assert_refused(out: &Output, took: Duration, what: &str) {
+/// Asserts a refusal: 78, quick, naming `what`, and the cluster untouched:
+/// the namespace `ns` the run would have made first (every write of a run
+/// is to it or in it) does not exist. It is asked of the API server, so
+/// this holds in external mode too, and needs no wait for an audit log.
+fn assert_refused(out: &Output, took: Duration, what: &str, ns: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{}", text(out));
     assert!(stderr.contains(what), "should name {what}:\n{}", text(out));
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    assert!(
+        cluster().get_json(&["namespace", ns]).is_none(),
+        "a refused run made namespace {ns}"
+    );
+}
+
+/// The run that is not refused makes `ns`: the refusals' check looked at
+/// the right namespace.
+fn assert_made(out: &Output, ns: &str) {
+    assert!(out.status.success(), "a safe setup works:\n{}", text(out));
+    assert!(
+        cluster().get_json(&["namespace", ns]).is_some(),
+        "{ns} not made:\n{}",
+        text(out)
+    );
 }
 
 #[test]
@@ -52,20 +82,20 @@ fn unsafe_hook_env_is_refused_before_anything_happens() {
     let (alice_uid, _, _) = linux_user("alice");
     let dir = scratch("trust-hookenv");
     chmod(&dir, 0o755);
-    let env = c.hook_env(&dir, "K8S_CREDENTIALS=none\n");
+    let (prefix, line) = own_prefix("trust-env");
+    let ns = format!("{prefix}alice");
+    let env = c.hook_env(&dir, &format!("K8S_CREDENTIALS=none\n{line}"));
     chmod(&env, 0o600);
-    let (out, _) = run(&env, None);
-    assert!(out.status.success(), "a safe file works:\n{}", text(&out));
 
     chown(&env, alice_uid);
     let (out, took) = run(&env, None);
-    assert_refused(&out, took, "owned by uid");
+    assert_refused(&out, took, "owned by uid", &ns);
     chown(&env, 0);
 
     for (mode, who) in [(0o620, "its group"), (0o602, "everyone")] {
         chmod(&env, mode);
         let (out, took) = run(&env, None);
-        assert_refused(&out, took, who);
+        assert_refused(&out, took, who, &ns);
         assert!(String::from_utf8_lossy(&out.stderr).contains("chmod go-w"));
     }
     chmod(&env, 0o600);
@@ -74,7 +104,7 @@ fn unsafe_hook_env_is_refused_before_anything_happens() {
     // swap the file.
     chmod(&dir, 0o777);
     let (out, took) = run(&env, None);
-    assert_refused(&out, took, &dir.display().to_string());
+    assert_refused(&out, took, &dir.display().to_string(), &ns);
     chmod(&dir, 0o755);
 
     // A symlink to the file is fine through safe directories, refused
@@ -85,28 +115,38 @@ fn unsafe_hook_env_is_refused_before_anything_happens() {
     let link = open.join("hook.env");
     std::os::unix::fs::symlink(&env, &link).unwrap();
     let (out, took) = run(&link, None);
-    assert_refused(&out, took, "open");
+    assert_refused(&out, took, "open", &ns);
+
+    // The same file, safe again, works.
+    let (out, _) = run(&env, None);
+    assert_made(&out, &ns);
 }
 
+/// A hook.env that cannot be read names no prefix: the run's login is
+/// this test's own prefix, so the namespace it would make (the default
+/// empty prefix + login) is known, unique and recorded for cleanup.
 #[test]
 fn fifo_directory_and_huge_hook_env_are_refused_within_a_second() {
     let dir = scratch("trust-kinds");
+    let (prefix, line) = own_prefix("trust-kinds");
+    let login = format!("{prefix}alice");
     let fifo = dir.join("fifo.env");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let (out, took) = run(&fifo, None);
-    assert_refused(&out, took, "FIFO");
+    let (out, took) = run_as(&login, &fifo, None);
+    assert_refused(&out, took, "FIFO", &login);
 
-    let (out, took) = run(&dir, None);
-    assert_refused(&out, took, "directory");
+    let (out, took) = run_as(&login, &dir, None);
+    assert_refused(&out, took, "directory", &login);
 
     let huge = dir.join("huge.env");
     let mut f = std::fs::File::create(&huge).unwrap();
+    f.write_all(line.as_bytes()).unwrap();
     for _ in 0..(2 << 10) {
         f.write_all(&[b'#'; 1024]).unwrap();
     }
     drop(f);
     let (out, took) = run(&huge, None);
-    assert_refused(&out, took, "larger than");
+    assert_refused(&out, took, "larger than", &format!("{prefix}alice"));
 }
 
 #[test]
@@ -114,19 +154,21 @@ fn files_hook_env_names_must_be_safe_too() {
     let c = cluster();
     let (alice_uid, _, _) = linux_user("alice");
     let dir = scratch("trust-named");
+    let (prefix, line) = own_prefix("trust-named");
+    let ns = format!("{prefix}alice");
     let docker = dir.join("registry.json");
     std::fs::write(&docker, r#"{"auths":{"r.example":{"auth":"dTpw"}}}"#).unwrap();
     chmod(&docker, 0o600);
     let env = c.hook_env(
         &dir,
         &format!(
-            "K8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+            "K8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n{line}",
             docker.display()
         ),
     );
     chown(&docker, alice_uid);
     let (out, took) = run(&env, None);
-    assert_refused(&out, took, "REGISTRY_DOCKER_CONFIG_JSON");
+    assert_refused(&out, took, "REGISTRY_DOCKER_CONFIG_JSON", &ns);
     assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid"));
 
     let ca = dir.join("ca.crt");
@@ -135,13 +177,30 @@ fn files_hook_env_names_must_be_safe_too() {
     let env = c.hook_env(
         &dir,
         &format!(
-            "K8S_CREDENTIALS=none\nK8S_SERVER={}\nK8S_CA_FILE={}\n",
+            "K8S_CREDENTIALS=none\nK8S_SERVER={}\nK8S_CA_FILE={}\n{line}",
             c.var("K8S_SERVER"),
             ca.display()
         ),
     );
     let (out, took) = run(&env, None);
-    assert_refused(&out, took, "K8S_CA_FILE");
+    assert_refused(&out, took, "K8S_CA_FILE", &ns);
+
+    // Both files safe: the run works.
+    chown(&docker, 0);
+    chmod(&ca, 0o644);
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "K8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n\
+             K8S_SERVER={}\nK8S_CA_FILE={}\n{line}",
+            docker.display(),
+            c.var("K8S_SERVER"),
+            ca.display()
+        ),
+    );
+    chmod(&env, 0o600);
+    let (out, _) = run(&env, None);
+    assert_made(&out, &ns);
 }
 
 /// A user's symlink in a sticky directory everyone may write to (such as
@@ -161,7 +220,7 @@ fn another_users_symlink_in_a_sticky_directory_is_not_followed() {
     let sticky = dir.join("tmp");
     std::fs::create_dir(&sticky).unwrap();
     chmod(&sticky, 0o1777);
-    let prefix = common::prefix("sticky");
+    let (prefix, _) = own_prefix("sticky");
     let namespace = format!("{prefix}alice");
     let try_link = |link: &Path| {
         let env = c.hook_env(
@@ -177,16 +236,12 @@ fn another_users_symlink_in_a_sticky_directory_is_not_followed() {
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     std::os::unix::fs::lchown(&link, Some(alice_uid), None).unwrap();
     let (out, took) = try_link(&link);
-    assert_refused(&out, took, &link.display().to_string());
+    assert_refused(&out, took, &link.display().to_string(), &namespace);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("uid {alice_uid} (alice)"))
             && stderr.contains("protected_symlinks"),
         "{stderr}"
-    );
-    assert!(
-        c.get_json(&["namespace", &namespace]).is_none(),
-        "the run wrote"
     );
 
     // The same in the real /tmp.
@@ -196,16 +251,12 @@ fn another_users_symlink_in_a_sticky_directory_is_not_followed() {
     std::os::unix::fs::lchown(&tmp_link, Some(alice_uid), None).unwrap();
     let (out, took) = try_link(&tmp_link);
     std::fs::remove_file(&tmp_link).unwrap();
-    assert_refused(&out, took, &tmp_link.display().to_string());
-    assert!(
-        c.get_json(&["namespace", &namespace]).is_none(),
-        "the run wrote"
-    );
+    assert_refused(&out, took, &tmp_link.display().to_string(), &namespace);
 
     // Root's own link in the sticky directory is followed.
     std::os::unix::fs::lchown(&link, Some(0), None).unwrap();
     let (out, _) = try_link(&link);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_made(&out, &namespace);
     assert!(
         c.get_json(&["secret", "-n", &namespace, "regcred"])
             .is_some()

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::facts::*;
+use super::findings::Finding;
 use super::report::Check;
 use crate::account::Ids;
 use crate::credential::rfc3339;
@@ -36,7 +37,14 @@ pub fn all(f: &Facts) -> Vec<Check> {
         out.push(issuer(i));
         out.extend(exchange(i));
     }
-    let unchecked = |what: &str| Check::warn(what, "not checked: hook.env does not load", "");
+    let unchecked = |what: &str| {
+        Check::found(
+            Finding::NotChecked,
+            what,
+            "not checked: hook.env does not load",
+            "",
+        )
+    };
     match (&f.user, settings) {
         (Some(u), Some(s)) => out.extend(user(u, s, f.now)),
         (Some(u), None) => out.push(unchecked(&format!("user {}", u.user))),
@@ -135,14 +143,19 @@ fn hook_env(h: &HookEnvFacts) -> Vec<Check> {
                 if s.warnings.len() == 1 { "" } else { "s" }
             ),
         ),
-        Err(e) => Check::fail(
+        Err(e) => Check::found(
+            Finding::HookEnvInvalid,
             name,
             e.clone(),
             "correct hook.env as the message says (every key: `ood-k8s-bootstrap config --example`)",
         ),
     }];
     if let Ok(s) = &h.settings {
-        out.extend(s.warnings.iter().map(|w| Check::warn(name, w.clone(), "")));
+        out.extend(
+            s.warnings
+                .iter()
+                .map(|w| Check::found(Finding::HookEnvWarning, name, w.clone(), "")),
+        );
     }
     let problems: Vec<Check> = h.files.iter().filter_map(file).collect();
     if problems.is_empty() && !h.files.is_empty() {
@@ -162,7 +175,8 @@ fn file(f: &FileFact) -> Option<Check> {
     let m = match &f.meta {
         Ok(m) => m,
         Err(e) => {
-            return Some(Check::fail(
+            return Some(Check::found(
+                Finding::FileMissing,
                 "files",
                 format!("{what}: {e}"),
                 format!("create it or fix {} in hook.env", f.key),
@@ -171,42 +185,48 @@ fn file(f: &FileFact) -> Option<Check> {
     };
     let mode = m.mode & 0o7777;
     if !m.regular {
-        return Some(Check::fail(
+        return Some(Check::found(
+            Finding::FileUnsafe,
             "files",
             format!("{what} is not a regular file"),
             format!("point {} at a file", f.key),
         ));
     }
     if m.uid != 0 {
-        return Some(Check::fail(
+        return Some(Check::found(
+            Finding::FileUnsafe,
             "files",
             format!("{what} is owned by uid {}, not root", m.uid),
             format!("chown root: {}", f.path.display()),
         ));
     }
     if mode & 0o022 != 0 {
-        return Some(Check::fail(
+        return Some(Check::found(
+            Finding::FileUnsafe,
             "files",
             format!("{what} is writable by group or others (mode {mode:o})"),
             format!("chmod go-w {}", f.path.display()),
         ));
     }
     if f.secret && mode & 0o044 != 0 {
-        return Some(Check::fail(
+        return Some(Check::found(
+            Finding::FileUnsafe,
             "files",
             format!("{what} holds a secret but is readable by others (mode {mode:o})"),
             format!("chmod 600 {}", f.path.display()),
         ));
     }
     if f.executable && mode & 0o001 == 0 {
-        return Some(Check::fail(
+        return Some(Check::found(
+            Finding::FileUnsafe,
             "files",
             format!("{what} is not executable by users (mode {mode:o}); their kubectl runs it"),
             format!("chmod 755 {}", f.path.display()),
         ));
     }
     if m.symlink {
-        return Some(Check::warn(
+        return Some(Check::found(
+            Finding::FileSymlink,
             "files",
             format!("{what} is a symbolic link"),
             "name the real file in hook.env",
@@ -220,7 +240,8 @@ fn root(f: &Facts) -> Vec<Check> {
     let r = match &f.root {
         Ok(r) => r,
         Err(e) => {
-            return vec![Check::fail(
+            return vec![Check::found(
+                Finding::RootKubeconfigUnusable,
                 name,
                 e.clone(),
                 "give root a kubeconfig with the ondemand ServiceAccount's token (README: Installing)",
@@ -237,19 +258,54 @@ fn root(f: &Facts) -> Vec<Check> {
             r.credential
         ),
     )];
-    let whoami = f.cluster.as_ref().ok().map(|c| &c.whoami);
-    out.push(root_token(r, whoami, f.now));
+    out.push(root_token(r, f.cluster.as_ref().ok(), f.now));
     out
 }
 
-fn root_token(r: &RootFacts, whoami: Option<&Result<String, String>>, now: u64) -> Check {
+/// True when the API server answered 401 to root: no run can work.
+fn rejects_root(c: &ClusterFacts) -> bool {
+    version_rejected(c) || matches!(&c.whoami, Err(e) if e.contains("401"))
+}
+
+/// The API server answered 401 even to `/version`: then nothing else is
+/// asked, and the other cluster checks are missing from the report.
+fn version_rejected(c: &ClusterFacts) -> bool {
+    matches!(&c.version, Err(e) if e.contains("answered 401"))
+}
+
+/// `": every run would fail"`, saying so when the other cluster checks
+/// were skipped.
+fn every_run_fails(c: &ClusterFacts) -> &'static str {
+    if version_rejected(c) {
+        ": every run would fail (nothing else was asked of the API server)"
+    } else {
+        ": every run would fail"
+    }
+}
+
+fn root_token(r: &RootFacts, cluster: Option<&ClusterFacts>, now: u64) -> Check {
     let name = "root's token";
+    let whoami = cluster.map(|c| &c.whoami);
     let Some((ns, sa)) = &r.account else {
+        if let Some(c) = cluster.filter(|c| rejects_root(c)) {
+            return Check::found(
+                Finding::RootCredentialsRejected,
+                name,
+                format!(
+                    "the API server {} answers but rejects root's credentials ({}){}",
+                    c.server,
+                    r.credential,
+                    every_run_fails(c)
+                ),
+                "give root the `ondemand` ServiceAccount's token: `ood-k8s-bootstrap root-token --using ADMIN_KUBECONFIG --service-account ondemand/ondemand` (README: Installing)",
+            );
+        }
         let seen = match whoami {
             Some(Ok(u)) => format!("; the API server sees {u}"),
             _ => String::new(),
         };
-        return Check::warn(
+        return Check::found(
+            Finding::RootNotServiceAccount,
             name,
             format!(
                 "root uses {}, not a ServiceAccount token{seen}",
@@ -262,7 +318,8 @@ fn root_token(r: &RootFacts, whoami: Option<&Result<String, String>>, now: u64) 
     if let Some(exp) = r.expiry
         && exp <= now
     {
-        return Check::fail(
+        return Check::found(
+            Finding::RootCredentialsRejected,
             name,
             format!(
                 "{whose}'s token expired {} ago ({})",
@@ -272,31 +329,34 @@ fn root_token(r: &RootFacts, whoami: Option<&Result<String, String>>, now: u64) 
             NEW_ROOT_TOKEN,
         );
     }
-    match whoami {
-        Some(Err(e)) if e.contains("401") => {
-            return Check::fail(
-                name,
-                format!(
-                    "the API server rejects {whose}'s token (revoked, or the ServiceAccount was deleted and re-created)"
-                ),
-                NEW_ROOT_TOKEN,
-            );
-        }
-        Some(Ok(u)) if *u != format!("system:serviceaccount:{ns}:{sa}") => {
-            return Check::fail(
-                name,
-                format!("the token's claims say {whose} but the API server sees {u}"),
-                NEW_ROOT_TOKEN,
-            );
-        }
-        _ => {}
+    if let Some(c) = cluster.filter(|c| rejects_root(c)) {
+        return Check::found(
+            Finding::RootCredentialsRejected,
+            name,
+            format!(
+                "the API server rejects {whose}'s token (revoked, or the ServiceAccount was deleted and re-created){}",
+                every_run_fails(c)
+            ),
+            NEW_ROOT_TOKEN,
+        );
+    }
+    if let Some(Ok(u)) = whoami
+        && *u != format!("system:serviceaccount:{ns}:{sa}")
+    {
+        return Check::found(
+            Finding::RootCredentialsRejected,
+            name,
+            format!("the token's claims say {whose} but the API server sees {u}"),
+            NEW_ROOT_TOKEN,
+        );
     }
     match r.expiry {
         None => Check::ok(
             name,
             format!("{whose}, never expires (a Secret-based token)"),
         ),
-        Some(exp) if exp - now < TOKEN_WARN_SECS => Check::warn(
+        Some(exp) if exp - now < TOKEN_WARN_SECS => Check::found(
+            Finding::RootTokenExpiresSoon,
             name,
             format!(
                 "{whose}, expires in {} ({})",
@@ -320,16 +380,11 @@ fn api_server(c: &ClusterFacts) -> Option<Check> {
     let name = "API server";
     Some(match &c.version {
         Ok(v) => Check::ok(name, format!("{} answers, Kubernetes {v}", c.server)),
-        // Root's token is at fault, and its check says so.
-        Err(e) if e.contains("answered 401") => Check::warn(
-            name,
-            format!(
-                "{} answers but rejects root's credentials, so nothing else was asked",
-                c.server
-            ),
-            "see root's token above",
-        ),
-        Err(e) => Check::fail(
+        // Root's credentials are at fault: the failure is reported once, by
+        // root's token's check.
+        Err(e) if e.contains("answered 401") => return None,
+        Err(e) => Check::found(
+            Finding::ApiServerUnreachable,
             name,
             format!("{}: {e}", c.server),
             "check the server URL and CA in root's kubeconfig, and that this node can reach it",
@@ -347,12 +402,12 @@ fn permissions(c: &ClusterFacts) -> Vec<Check> {
         .iter()
         .filter_map(|a| match &a.allowed {
             Ok(true) => None,
-            Ok(false) => Some(Check::fail(
+            Ok(false) => Some(Check::found(Finding::PermissionMissing,
                 name,
                 format!("root may not {}", a.describe()),
                 "grant it in the `ondemand` ClusterRole: re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig",
             )),
-            Err(e) => Some(Check::fail(name, format!("cannot ask whether root may {}: {e}", a.describe()), "")),
+            Err(e) => Some(Check::found(Finding::PermissionMissing, name, format!("cannot ask whether root may {}: {e}", a.describe()), "")),
         })
         .collect();
     if out.is_empty() {
@@ -374,7 +429,8 @@ fn bound(name: String, b: &BindFact) -> Check {
     let exists = "exists and root may bind it (server-side dry run)";
     match (&b.may_bind, &b.get) {
         (Ok(true), Ok(200)) => Check::ok(name, exists),
-        (Ok(true), _) => Check::warn(
+        (Ok(true), _) => Check::found(
+            Finding::RoleUnreadable,
             name,
             "root may bind it (server-side dry run) but may not read it, so whether it exists is not known",
             "re-run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig (it grants `get` on this role)",
@@ -386,7 +442,12 @@ fn bound(name: String, b: &BindFact) -> Check {
                  (`ood-k8s-bootstrap install` grants it)"
             ),
         ),
-        (Err(e), _) => Check::fail(name, format!("cannot check `bind` on it: {e}"), ""),
+        (Err(e), _) => Check::found(
+            Finding::RoleNotBindable,
+            name,
+            format!("cannot check `bind` on it: {e}"),
+            "",
+        ),
     }
 }
 
@@ -408,15 +469,15 @@ fn cluster_roles(c: &ClusterFacts, settings: Option<&Settings>) -> Vec<Check> {
             };
             let missing = matches!(b.get, Ok(404)) || matches!(&b.bind, Ok((404, _)));
             match (&b.bind, missing) {
-                (_, true) => Check::fail(name, "does not exist, so RoleBindings to it grant nothing", fix),
+                (_, true) => Check::found(Finding::RoleMissing, name, "does not exist, so RoleBindings to it grant nothing", fix),
                 (Ok((s, _)), _) if (200..300).contains(s) => bound(name, b),
-                (Ok((403, m)), _) => Check::fail(
+                (Ok((403, m)), _) => Check::found(Finding::RoleNotBindable,
                     name,
                     format!("root may not bind it: {m}"),
                     "the `ondemand` ClusterRole must hold every permission of this role: re-run `ood-k8s-bootstrap install`, or check the role's rules",
                 ),
-                (Ok((s, m)), _) => Check::fail(name, format!("binding it answered {s}: {m}"), ""),
-                (Err(e), _) => Check::fail(name, format!("cannot check: {e}"), ""),
+                (Ok((s, m)), _) => Check::found(Finding::RoleNotBindable, name, format!("binding it answered {s}: {m}"), ""),
+                (Err(e), _) => Check::found(Finding::RoleNotBindable, name, format!("cannot check: {e}"), ""),
             }
         })
         .collect()
@@ -429,13 +490,13 @@ fn reaper(c: &ClusterFacts) -> Vec<Check> {
             let name = "job-pod-reaper";
             match &o.status {
                 Ok(200) => Check::ok(name, format!("{} exists", o.describe)),
-                Ok(404) => Check::fail(
+                Ok(404) => Check::found(Finding::ReaperMissing,
                     name,
                     format!("{} does not exist (USE_JOB_POD_REAPER=true)", o.describe),
                     "install the job-pod-reaper Helm chart, or set JOB_POD_REAPER_NAMESPACE / JOB_POD_REAPER_SERVICE_ACCOUNT in hook.env to its names",
                 ),
-                Ok(s) => Check::fail(name, format!("reading {} answered {s}", o.describe), ""),
-                Err(e) => Check::fail(name, format!("cannot read {}: {e}", o.describe), ""),
+                Ok(s) => Check::found(Finding::ReaperMissing, name, format!("reading {} answered {s}", o.describe), ""),
+                Err(e) => Check::found(Finding::ReaperMissing, name, format!("cannot read {}: {e}", o.describe), ""),
             }
         })
         .collect()
@@ -452,7 +513,8 @@ fn renewal(f: &Facts) -> Vec<Check> {
         && let Some(a) = &c.self_renew
         && a.allowed != Ok(true)
     {
-        out.push(Check::warn(
+        out.push(Check::found(
+            Finding::SelfRenewDenied,
             name,
             format!(
                 "root may not {}, so `root-token` cannot renew by itself",
@@ -470,12 +532,14 @@ fn renewal(f: &Facts) -> Vec<Check> {
                 next.as_deref().unwrap_or("(not scheduled yet)")
             ),
         ),
-        Timer::State { active: false, .. } | Timer::NotInstalled => Check::warn(
+        Timer::State { active: false, .. } | Timer::NotInstalled => Check::found(
+            Finding::RenewalNotScheduled,
             name,
             format!("{TIMER} is not active; the token must be renewed by {due}"),
             format!("systemctl enable --now {TIMER}"),
         ),
-        Timer::NoSystemd => Check::warn(
+        Timer::NoSystemd => Check::found(
+            Finding::RenewalNotScheduled,
             name,
             format!("no systemd here to run {TIMER}; the token must be renewed by {due}"),
             "run `ood-k8s-bootstrap root-token` every 6 h (cron)",
@@ -487,7 +551,8 @@ fn renewal(f: &Facts) -> Vec<Check> {
 fn issuer(i: &IssuerFacts) -> Check {
     let name = "issuer";
     match (&i.discovery, &i.issuer_of_endpoint) {
-        (Err(_), Some(d)) => Check::fail(
+        (Err(_), Some(d)) => Check::found(
+            Finding::IssuerWrong,
             name,
             format!(
                 "IDP_ISSUER_URL={} is the token endpoint of issuer {}, not an issuer (OIDC discovery fails on it)",
@@ -495,12 +560,14 @@ fn issuer(i: &IssuerFacts) -> Check {
             ),
             format!("set IDP_ISSUER_URL=\"{}\" in hook.env", d.issuer),
         ),
-        (Err(e), None) => Check::fail(
+        (Err(e), None) => Check::found(
+            Finding::IssuerWrong,
             name,
             format!("OIDC discovery at {} failed: {e}", i.effective),
             "set IDP_ISSUER_URL in hook.env to the IdP's issuer (the `issuer` of its /.well-known/openid-configuration); set IDP_CA_FILE if its CA is private",
         ),
-        (Ok(d), _) if d.issuer != i.effective => Check::fail(
+        (Ok(d), _) if d.issuer != i.effective => Check::found(
+            Finding::IssuerWrong,
             name,
             format!("discovery at {} names issuer {}", i.effective, d.issuer),
             format!(
@@ -508,7 +575,8 @@ fn issuer(i: &IssuerFacts) -> Check {
                 d.issuer
             ),
         ),
-        (Ok(_), _) if i.configured != i.effective => Check::warn(
+        (Ok(_), _) if i.configured != i.effective => Check::found(
+            Finding::IssuerCorrected,
             name,
             format!(
                 "IDP_ISSUER_URL={} is a token endpoint; the hook uses {}, whose discovery works",
@@ -543,14 +611,16 @@ fn exchange(i: &IssuerFacts) -> Option<Check> {
                 "the IdP offers the token-exchange grant (K8S_TOKEN_EXCHANGE_AUDIENCE={audience})"
             ),
         ),
-        Some(_) => Check::fail(
+        Some(_) => Check::found(
+            Finding::ExchangeGrantMissing,
             name,
             format!(
                 "K8S_TOKEN_EXCHANGE_AUDIENCE={audience} is set, but the IdP's grant_types_supported lacks {grant}"
             ),
             "enable standard token exchange at the IdP (Keycloak >= 26.2: client attribute standard.token.exchange.enabled=true on the portal client), or unset K8S_TOKEN_EXCHANGE_AUDIENCE in hook.env",
         ),
-        None => Check::warn(
+        None => Check::found(
+            Finding::ExchangeGrantUnknown,
             name,
             "the IdP does not list its grant types, so whether it exchanges tokens is not known",
             "check with a user's token: doctor --user USER (OOD_OIDC_ACCESS_TOKEN or --token-file)",
@@ -563,18 +633,22 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     let mut out = Vec::new();
     let ns = match &u.namespace {
         Ok(ns) => ns.clone(),
-        Err(e) => return vec![Check::fail(name, e.clone(), "")],
+        Err(e) => return vec![Check::found(Finding::UserInvalid, name, e.clone(), "")],
     };
     let expected = format!("{}{}", s.user_subject_prefix, u.user);
     match (&u.token_source, &u.claims) {
-        (None, _) => out.push(Check::warn(
+        (None, _) => out.push(Check::found(
+            Finding::UserNoToken,
             &name,
             "no token given, so what the API server sees for this user is not checked",
             "pass the user's access token in OOD_OIDC_ACCESS_TOKEN or --token-file FILE",
         )),
-        (Some(src), Some(Err(e))) => {
-            out.push(Check::fail(&name, format!("the token from {src}: {e}"), ""))
-        }
+        (Some(src), Some(Err(e))) => out.push(Check::found(
+            Finding::UserTokenUnusable,
+            &name,
+            format!("the token from {src}: {e}"),
+            "",
+        )),
         (Some(src), Some(Ok(c))) => out.push(token_claims(&name, src, c, s, now)),
         (Some(_), None) => {}
     }
@@ -583,7 +657,12 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
             &name,
             "the IdP exchanged the token for one meant for Kubernetes (checked below)",
         )),
-        Some(Err((e, fix))) => out.push(Check::fail(&name, e.clone(), fix.clone())),
+        Some(Err((e, fix))) => out.push(Check::found(
+            Finding::UserExchangeRefused,
+            &name,
+            e.clone(),
+            fix.clone(),
+        )),
         None => {}
     }
     if let Some(review) = &u.review {
@@ -591,7 +670,8 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     }
     match &u.owner {
         Some(Ok(owner)) => out.push(Check::ok(&name, owner.clone())),
-        Some(Err(e)) => out.push(Check::fail(
+        Some(Err(e)) => out.push(Check::found(
+            Finding::UserNamespaceTaken,
             &name,
             e.clone(),
             "the dashboard computes the same namespace for both logins: rename one of them, or record the rightful owner as the message says",
@@ -624,7 +704,8 @@ fn token_claims(
     if let Some(e) = exp
         && e <= now
     {
-        return Check::fail(
+        return Check::found(
+            Finding::UserTokenUnusable,
             name,
             format!("{about}, expired {} ago", human(now - e)),
             "log in to OnDemand again for a fresh token",
@@ -633,7 +714,8 @@ fn token_claims(
     if let Some(want) = &s.oidc.issuer_url
         && iss != want
     {
-        return Check::fail(
+        return Check::found(
+            Finding::UserTokenUnusable,
             name,
             format!("{about}; hook.env's IDP_ISSUER_URL is {want}"),
             format!("set IDP_ISSUER_URL=\"{iss}\" in hook.env"),
@@ -645,7 +727,8 @@ fn token_claims(
         && s.exchange.is_none()
         && !aud.contains(id)
     {
-        return Check::warn(
+        return Check::found(
+            Finding::UserTokenAudience,
             name,
             format!("{about}, which does not include CLIENT_ID {id}"),
             "give the OnDemand client an audience mapper for the Kubernetes client at the IdP",
@@ -667,7 +750,8 @@ fn api_username(
     let seen = match review {
         Ok(u) => u,
         Err(e) => {
-            return Check::fail(
+            return Check::found(
+                Finding::UserRejected,
                 name,
                 format!("the API server does not accept the token ({e})"),
                 "make the API server trust the IdP: its --oidc-issuer-url and --oidc-client-id (or AuthenticationConfiguration jwt issuer and audiences) must match the token's issuer and audience",
@@ -690,7 +774,7 @@ fn api_username(
         ),
         None => "the API server takes the username from another claim: set its --oidc-username-claim (or the AuthenticationConfiguration's claimMappings.username) to the claim holding the login name, e.g. preferred_username".into(),
     };
-    Check::fail(name, detail, fix)
+    Check::found(Finding::UserRejected, name, detail, fix)
 }
 
 fn user_objects(name: &str, ns: &str, objects: &[ObjectFact]) -> Check {
@@ -708,7 +792,8 @@ fn user_objects(name: &str, ns: &str, objects: &[ObjectFact]) -> Check {
             ),
         );
     }
-    Check::warn(
+    Check::found(
+        Finding::UserObjectsMissing,
         name,
         format!("not in the cluster yet: {}", missing.join(", ")),
         format!(
@@ -727,7 +812,14 @@ fn user_kubeconfig(
     let entry_name = format!("{}{user}", s.username_prefix);
     let k = match k {
         Ok(k) => k,
-        Err(e) => return Check::warn(name, format!("kubeconfig: {e}"), ""),
+        Err(e) => {
+            return Check::found(
+                Finding::UserKubeconfigIncomplete,
+                name,
+                format!("kubeconfig: {e}"),
+                "",
+            );
+        }
     };
     let Some(kind) = &k.entry else {
         let fix = if s.kubeconfig.credentials == CredentialMode::None {
@@ -735,7 +827,8 @@ fn user_kubeconfig(
         } else {
             "it is written at the user's next login (with tokens)".to_owned()
         };
-        return Check::warn(
+        return Check::found(
+            Finding::UserKubeconfigIncomplete,
             name,
             format!("{} has no user entry {entry_name}", k.path.display()),
             fix,
@@ -764,10 +857,18 @@ fn dashboard(d: &DashboardFacts, s: &Settings) -> Vec<Check> {
     let mut out: Vec<Check> = d
         .unreadable
         .iter()
-        .map(|(p, e)| Check::fail("dashboard", format!("{}: {e}", p.display()), "fix the YAML"))
+        .map(|(p, e)| {
+            Check::found(
+                Finding::DashboardBroken,
+                "dashboard",
+                format!("{}: {e}", p.display()),
+                "fix the YAML",
+            )
+        })
         .collect();
     if d.clusters.is_empty() {
-        out.push(Check::warn(
+        out.push(Check::found(
+            Finding::DashboardIncomplete,
             "dashboard",
             format!(
                 "no cluster config with v2.job.adapter: kubernetes in {}",
@@ -787,7 +888,8 @@ fn dashboard_cluster(c: &DashboardCluster, s: &Settings) -> Vec<Check> {
     let mut out = Vec::new();
     let mut differ = |what: &str, theirs: &str, key: &str, ours: &str| {
         if theirs != ours {
-            out.push(Check::fail(
+            out.push(Check::found(
+                Finding::DashboardBroken,
                 "dashboard",
                 format!("{file}: {what} is {theirs:?} but hook.env's {key} is {ours:?}"),
                 format!("make them equal: {key} in hook.env or {what} in {file}"),
@@ -822,7 +924,8 @@ fn dashboard_cluster(c: &DashboardCluster, s: &Settings) -> Vec<Check> {
         );
     }
     if c.config_file.as_deref().is_some_and(|p| p.starts_with('~')) {
-        out.push(Check::fail(
+        out.push(Check::found(
+            Finding::DashboardBroken,
             "dashboard",
             format!(
                 "{file}: config_file {:?} starts with ~, which the dashboard does not expand",
@@ -835,7 +938,7 @@ fn dashboard_cluster(c: &DashboardCluster, s: &Settings) -> Vec<Check> {
         && s.kubeconfig.credentials != CredentialMode::None
         && s.kubeconfig.server.is_none()
     {
-        out.push(Check::warn(
+        out.push(Check::found(Finding::DashboardIncomplete,
             "dashboard",
             format!("{file}: auth.type is {:?}, so the dashboard writes no context for the hook's user entry", c.auth_type),
             "set auth.type: oidc there, or K8S_SERVER in hook.env so the hook writes cluster and context itself",

@@ -5,12 +5,14 @@
 //!   kubeconfig, and asks the API server (SelfSubjectReview,
 //!   SelfSubjectAccessReview, dry-run RoleBindings), the IdP (OIDC
 //!   discovery) and systemd; it changes nothing;
-//! - [`checks`] (pure) turns those [`facts`] into verdicts;
+//! - [`checks`] (pure) turns those [`facts`] into verdicts, each problem
+//!   one of the [`findings`], which fix its severity;
 //! - [`report`] prints them as text or JSON.
 
 pub mod checks;
 pub mod dashboard;
 pub mod facts;
+pub mod findings;
 pub mod gather;
 pub mod report;
 

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use super::findings::Finding;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -35,28 +37,19 @@ impl Check {
         }
     }
 
-    pub fn warn(
+    /// A problem: its status is the finding's (`findings.rs`); an empty
+    /// `fix` means none is known.
+    pub fn found(
+        finding: Finding,
         check: impl Into<String>,
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self::with_fix(Status::Warn, check.into(), detail.into(), fix.into())
-    }
-
-    pub fn fail(
-        check: impl Into<String>,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Self::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
-    }
-
-    /// A warning or failure; an empty `fix` means none is known.
-    fn with_fix(status: Status, check: String, detail: String, fix: String) -> Self {
+        let fix = fix.into();
         Self {
-            check,
-            status,
-            detail,
+            check: check.into(),
+            status: finding.status(),
+            detail: detail.into(),
             fix: Some(fix).filter(|f| !f.is_empty()),
         }
     }
@@ -113,8 +106,18 @@ mod tests {
     fn text_and_json() {
         let checks = vec![
             Check::ok("hook.env", "parses"),
-            Check::warn("root token", "expires in 3h", "enable the timer"),
-            Check::fail("ClusterRole ood-user", "missing", "run install"),
+            Check::found(
+                Finding::RootTokenExpiresSoon,
+                "root token",
+                "expires in 3h",
+                "enable the timer",
+            ),
+            Check::found(
+                Finding::RoleMissing,
+                "ClusterRole ood-user",
+                "missing",
+                "run install",
+            ),
         ];
         let t = text(&checks);
         assert!(t.contains("✓ hook.env: parses\n"));

@@ -815,3 +815,64 @@ pub fn ondemand_writes(prefix: &str) -> usize {
         })
         .count()
 }
+
+/// The problem with `doctor`'s renewal line in `stdout`, if any: exactly
+/// one line about the renewal timer, in one of its three forms (active with
+/// the next run; not active, or no systemd, with the time by which the
+/// token must be renewed: an RFC 3339 UTC time from now to the token's
+/// expiry shown on the root's token line).
+pub fn renewal_line_problem(stdout: &str) -> Option<String> {
+    const TIMER: &str = "ood-k8s-bootstrap-root-token.timer";
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("token renewal: ") && l.contains(TIMER))
+        .collect();
+    let [line] = lines[..] else {
+        return Some(format!("not one renewal line about {TIMER}: {lines:?}"));
+    };
+    if let Some(next) = line.strip_prefix(&format!(
+        "✓ token renewal: {TIMER} is active; next renewal "
+    )) {
+        return next
+            .trim()
+            .is_empty()
+            .then(|| format!("no next renewal: {line}"));
+    }
+    let due = [
+        format!("⚠ token renewal: {TIMER} is not active; the token must be renewed by "),
+        format!("⚠ token renewal: no systemd here to run {TIMER}; the token must be renewed by "),
+    ]
+    .iter()
+    .find_map(|p| line.strip_prefix(p.as_str()))
+    .and_then(|rest| rest.split_whitespace().next());
+    let Some(due) = due else {
+        return Some(format!("not a renewal line doctor writes: {line}"));
+    };
+    let rfc3339 = |t: &str| {
+        t.len() == 20
+            && t.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b'T',
+                13 | 16 => b == b':',
+                19 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            })
+    };
+    let now = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    let now = String::from_utf8_lossy(&now.stdout).trim().to_owned();
+    let expiry = stdout
+        .lines()
+        .find(|l| l.contains("root's token: ") && l.contains("expires in "))
+        .and_then(|l| l.split_once("expires in "))
+        .and_then(|(_, rest)| rest.split_once('('))
+        .and_then(|(_, t)| t.get(..20));
+    if !rfc3339(due) || due < now.as_str() || expiry.is_some_and(|e| due > e) {
+        return Some(format!(
+            "renewal due {due:?} is not an RFC 3339 time from now ({now}) to the token's expiry ({expiry:?}): {line}"
+        ));
+    }
+    None
+}

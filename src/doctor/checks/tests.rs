@@ -137,6 +137,62 @@ fn expired_or_rejected_root_token_fails() {
     );
 }
 
+/// A credential that is not a ServiceAccount token (a static token, a
+/// client certificate) and that the API server rejects: every run would
+/// fail, so it fails, once, and is not only a warning.
+#[test]
+fn rejected_credentials_of_any_kind_fail() {
+    let mut f = healthy();
+    if let Ok(r) = &mut f.root {
+        r.account = None;
+        r.expiry = None;
+        r.credential = "a token".into();
+    }
+    if let Ok(c) = &mut f.cluster {
+        c.version = Err("/version answered 401: Unauthorized".into());
+        c.whoami = Err("rejected: 401 Unauthorized".into());
+    }
+    let c = only_failure(&f);
+    assert_eq!(c.check, "root's token");
+    assert!(
+        c.detail
+            .contains("answers but rejects root's credentials (a token)")
+            && c.detail.contains("every run would fail"),
+        "{c:?}"
+    );
+    assert!(
+        c.fix
+            .unwrap()
+            .contains("--service-account ondemand/ondemand")
+    );
+    assert!(!crate::doctor::report::passed(&all(&f)));
+    assert!(
+        all(&f).iter().all(|c| c.check != "API server"),
+        "the API server is not reported a second time"
+    );
+
+    // Accepted, it only warns that it is not the ServiceAccount's token.
+    let mut f = healthy();
+    if let Ok(r) = &mut f.root {
+        r.account = None;
+    }
+    if let Ok(c) = &mut f.cluster {
+        c.whoami = Ok("kubernetes-admin".into());
+    }
+    assert!(failures(&f).is_empty(), "{:#?}", all(&f));
+}
+
+#[test]
+fn unreachable_api_server_fails() {
+    let mut f = healthy();
+    if let Ok(c) = &mut f.cluster {
+        c.version = Err("connection refused".into());
+        c.whoami = Err("connection refused".into());
+    }
+    let c = only_failure(&f);
+    assert_eq!(c.check, "API server");
+}
+
 #[test]
 fn root_token_near_expiry_warns() {
     let mut f = healthy();
@@ -251,8 +307,10 @@ fn cluster_role_found_only_by_get_when_root_may_bind_it() {
     assert!(c.detail.contains("first login"), "{c:?}");
 }
 
+/// Logins work without the reaper (the RoleBinding may name a missing
+/// ServiceAccount); only pods are not reaped.
 #[test]
-fn reaper_service_account_missing_fails() {
+fn reaper_service_account_missing_warns() {
     let mut f = healthy();
     f.hook_env.settings = Ok(settings("USE_JOB_POD_REAPER=true\n"));
     if let Ok(c) = &mut f.cluster {
@@ -273,7 +331,11 @@ fn reaper_service_account_missing_fails() {
             },
         ];
     }
-    let c = only_failure(&f);
+    assert!(failures(&f).is_empty(), "{:#?}", all(&f));
+    let c = all(&f)
+        .into_iter()
+        .find(|c| c.check == "job-pod-reaper" && c.status == Status::Warn)
+        .expect("a warning about the reaper");
     assert!(
         c.detail
             .contains("ServiceAccount job-pod-reaper/job-pod-reaper does not exist"),
