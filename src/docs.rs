@@ -105,7 +105,37 @@ fn command_pages(cmd: &clap::Command, is_root: bool, out: &mut Vec<Doc>) {
     }
 }
 
-/// EXIT STATUS, FILES and SEE ALSO for the command's own page.
+/// What the command's own page says about whose a namespace is and which
+/// files root trusts (README.md says the same at length).
+const SECURITY: [(&str, &str); 3] = [
+    (
+        "Whose namespace",
+        "The dashboard maps '.' and '@' in a login to '-', so two logins can map to one namespace. \
+         The namespace records its owner when the hook creates it (annotations openondemand.org/user, \
+         the login, and openondemand.org/uid), and every run reads it before writing anything: \
+         another login's namespace is refused, exit 77, with one line naming both logins and the \
+         namespace, and nothing is changed. A namespace without that record (the old scripts', an \
+         earlier version's) is claimed only when it carries the OnDemand label and none of its \
+         *-ood-user RoleBindings binds another user (which needs list on RoleBindings, as \
+         ondemand.yaml grants). --dry-run, reconcile and doctor --user say the same.",
+    ),
+    (
+        "Trusted files",
+        "hook.env and every file it names must be regular files owned by root and not writable by \
+         group or others, reached through directories that are just as safe (or root-owned and \
+         sticky, such as /tmp). In a sticky directory everyone may write to, a symbolic link is \
+         followed only when root or the directory's owner made it (the kernel's \
+         fs.protected_symlinks rule); any other is refused, exit 78, naming the link and its owner.",
+    ),
+    (
+        "The user's kubeconfig",
+        "It is written by a child process running as the user (uid, gid and groups set before exec, \
+         non-dumpable), which HOOK_TIMEOUT_SECONDS bounds in every step: past the deadline the child \
+         is killed and the run ends with 75.",
+    ),
+];
+
+/// EXIT STATUS, SECURITY, FILES and SEE ALSO for the command's own page.
 fn root_sections(cmd: &clap::Command, r: &mut Roff) {
     r.control("SH", ["EXIT STATUS"]);
     r.text([roman(
@@ -115,6 +145,11 @@ fn root_sections(cmd: &clap::Command, r: &mut Roff) {
         r.control("TP", []);
         r.text([bold((e as u8).to_string())]);
         r.text([roman(e.meaning())]);
+    }
+    r.control("SH", ["SECURITY"]);
+    for (title, text) in SECURITY {
+        r.control("SS", [title]);
+        r.text([roman(text)]);
     }
     r.control("SH", ["FILES"]);
     r.control("TP", []);
@@ -219,6 +254,20 @@ mod tests {
 
     /// Which findings fail and which warn, from the one table in
     /// `doctor::findings`.
+    #[test]
+    fn command_page_says_whose_namespace_and_which_files_are_trusted() {
+        let pages = man_pages();
+        let page = text(find(&pages, "man/man1/ood-k8s-bootstrap.1"));
+        for part in [
+            "openondemand.org/user",
+            "exit 77",
+            "fs.protected_symlinks",
+            "dumpable",
+        ] {
+            assert!(page.contains(part), "{part} missing");
+        }
+    }
+
     #[test]
     fn doctor_page_says_which_findings_fail() {
         use crate::doctor::findings::Finding;
