@@ -361,6 +361,30 @@ fn persistent(tag: &str, rule: Value, status: i32, words: &[&str]) -> Proxy {
     proxy
 }
 
+/// A run's requests — the concurrent writes included — share one
+/// connection, multiplexed over HTTP/2: the proxy in between sees exactly
+/// one connection per run, every request on it, each as HTTP/2. (Five
+/// connections of HTTP/2 would not pass.)
+#[test]
+fn a_run_uses_one_http2_connection() {
+    let case = Case::new("ch-h2");
+    let proxy = Proxy::start(&case.dir, json!({ "rules": [] }));
+    // A fresh user, then a returning one: a new process each time.
+    for _ in 0..2 {
+        let before = proxy.events("request").len();
+        let conns_before = proxy.events("conn").len();
+        case.run(&proxy.kubeconfig).succeeded(&case);
+        let conns: Vec<Value> = proxy.events("conn").split_off(conns_before);
+        assert_eq!(conns.len(), 1, "connections: {conns:?}");
+        let requests: Vec<Value> = proxy.events("request").split_off(before);
+        assert!(requests.len() >= 5, "{requests:?}");
+        for r in &requests {
+            assert_eq!(r["conn"], conns[0]["conn"], "{r}");
+            assert_eq!(r["proto"], "HTTP/2.0", "{r}");
+        }
+    }
+}
+
 /// An answer far larger than any real one (64 MiB, streamed) is not read
 /// whole: the run stops at the cap with a clear, final error (no retries),
 /// well within the deadline, and its memory stays bounded; a clean run

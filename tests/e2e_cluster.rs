@@ -728,27 +728,6 @@ fn hanging_api_server_is_bounded_by_the_deadline() {
 }
 
 #[test]
-fn concurrent_writes_share_one_http2_connection() {
-    let c = cluster();
-    let dir = scratch("http2");
-    linux_user("alice");
-    let env = c.hook_env(
-        &dir,
-        &format!(
-            "NAMESPACE_PREFIX={}\nUSE_JOB_POD_REAPER=true\nK8S_CREDENTIALS=none\n",
-            common::prefix("h2")
-        ),
-    );
-    let out = hook("alice", &env, &["-vvv"]);
-    assert_ok(&out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let responses: Vec<&str> = stderr.lines().filter(|l| l.contains("response")).collect();
-    // A fresh user: the owner check's read, the namespace, the rest.
-    assert_eq!(responses.len(), 6, "{stderr}");
-    assert!(responses.iter().all(|l| l.contains("HTTP/2.0")), "{stderr}");
-}
-
-#[test]
 fn reconcile_many_users_continues_past_failures() {
     let c = cluster();
     let dir = scratch("reconcile");
@@ -1436,6 +1415,7 @@ mod local {
             ("no-such-user-xyz", String::new(), 67, "no-such-user-xyz"),
             ("a b", String::new(), 67, "whitespace"),
         ];
+        common::audit_settled();
         let writes_before = ondemand_writes(&common::prefix("bad"));
         for (i, (user, extra, code, needle)) in cases.iter().enumerate() {
             let sub = dir.join(format!("case{i}"));
@@ -1480,8 +1460,7 @@ mod local {
             "{}",
             text(&out)
         );
-        // The audit log is written asynchronously; give it a moment.
-        std::thread::sleep(Duration::from_millis(500));
+        common::audit_settled();
         assert_eq!(
             ondemand_writes(&common::prefix("bad")),
             writes_before,

@@ -261,6 +261,7 @@ fn bad_templates_are_refused_before_any_write() {
             "`job` label",
         ),
     ];
+    common::audit_settled();
     let writes_before = ondemand_writes(&prefix);
     for (i, (body, at, needle)) in cases.iter().enumerate() {
         let sub = dir.join(format!("case{i}"));
@@ -300,7 +301,7 @@ fn bad_templates_are_refused_before_any_write() {
         "{}",
         text(&out)
     );
-    std::thread::sleep(Duration::from_millis(500));
+    common::audit_settled();
     assert_eq!(
         ondemand_writes(&prefix),
         writes_before,
@@ -691,6 +692,7 @@ fn pruning_removes_exactly_what_was_switched_off() {
     };
 
     // A dry run lists them first and changes nothing.
+    common::audit_settled();
     let writes = ondemand_writes(&prefix);
     let stderr = assert_ok(&hook("carol.smith", &off, &["--dry-run", "-v"]));
     for what in gone {
@@ -708,7 +710,7 @@ fn pruning_removes_exactly_what_was_switched_off() {
         assert!(exists(what), "the dry run removed {what}");
     }
     assert_eq!(pulls(), ["regcred", "site-mirror"]);
-    std::thread::sleep(Duration::from_millis(500));
+    common::audit_settled();
     assert_eq!(ondemand_writes(&prefix), writes, "the dry run wrote");
 
     // The real run removes exactly those, and the ServiceAccount reference.

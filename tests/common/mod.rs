@@ -876,3 +876,33 @@ pub fn renewal_line_problem(stdout: &str) -> Option<String> {
     }
     None
 }
+
+/// Waits until the audit log holds every request made before this call:
+/// sends a request of its own (a GET of a namespace no one makes, named
+/// uniquely) and waits for its line, which the API server writes after the
+/// lines of every request answered before it. A count taken afterwards
+/// cannot miss a late line (a fixed wait could). Panics after 20 s.
+pub fn audit_settled() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let c = cluster();
+    let marker = format!(
+        "audit-marker-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    // NotFound is the answer; the request is what counts.
+    let _ = c.kubectl_as(c.var("KUBECONFIG_ADMIN"), &["get", "namespace", &marker]);
+    let started = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(c.var("AUDIT_LOG")).expect("audit log");
+        if log.contains(&marker) {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the audit log never showed {marker}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
