@@ -72,12 +72,31 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         Err(exit) => return exit,
     };
     // Whose the namespace is, before anything is written (the kubeconfig
-    // included): another login's namespace stops the run here. Any other
-    // failure of the cluster side leaves the kubeconfig side to do its part
-    // (fresh credentials, the broker's tokens) as it would have.
+    // included): another login's namespace stops the run here. The
+    // kubeconfig side waits for that answer — for at most OWNER_WAIT: an
+    // API server that does not answer must not cost the user their fresh
+    // credentials (the cluster side then fails on its own), and the
+    // kubeconfig is the user's own file with the user's own tokens.
+    let (gate, gate_rx) = std::sync::mpsc::channel::<bool>();
+    let wait = OWNER_WAIT.min(settings.timeout / 3);
+    let writer = job.map(|j| {
+        std::thread::spawn(move || match gate_rx.recv_timeout(wait) {
+            Ok(false) => None,
+            _ => Some(j.run(deadline)),
+        })
+    });
     let side = runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline));
+    let refused = matches!(&side, Err(ClusterError::Apply(ApplyError::Collision { .. })));
+    let _ = gate.send(!refused);
     let side = match side {
-        Err(e @ ClusterError::Apply(ApplyError::Collision { .. })) => return e.fail(&user),
+        Err(e @ ClusterError::Apply(ApplyError::Collision { .. })) => {
+            // Let a writer that already went ahead (a slow owner check)
+            // finish its file before the process ends.
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+            return e.fail(&user);
+        }
         side => side,
     };
     let mut claimed = false;
@@ -87,20 +106,17 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         }
         claimed = side.owner.event() == Some("claimed") && !args.dry_run;
     }
-    // The kubeconfig is written (by a child running as the user) while the
-    // cluster side is applied: the two are independent.
-    let writer = job.map(|j| std::thread::spawn(move || j.run(deadline)));
     let applied = match side {
         Ok(side) => runtime.block_on(side.apply(&user, &state, mode, deadline)),
         Err(e) => Err(e),
     };
     drop(runtime);
-    let kube = writer.map(|w| {
+    let kube = writer.and_then(|w| {
         w.join().unwrap_or_else(|_| {
-            Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
+            Some(Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
                 user: user.to_string(),
                 why: "the writer thread panicked".into(),
-            }))
+            })))
         })
     });
     let applied = match applied {
@@ -156,6 +172,11 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     }
     Exit::Ok
 }
+
+/// How long the kubeconfig side waits for the namespace's owner to be
+/// known before it goes ahead anyway (a third of HOOK_TIMEOUT_SECONDS if
+/// that is shorter).
+const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The kubeconfig's part of the run, done in a thread of its own.
 enum KubeJob {
