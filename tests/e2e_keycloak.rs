@@ -221,6 +221,83 @@ fn audience_client_token_works_directly_and_through_the_hook() {
     }
 }
 
+/// A token exchange in every mode that writes credentials into the
+/// kubeconfig: the portal's token (which the API server refuses: it is not
+/// for Kubernetes) is traded at Keycloak for one with `aud: kubernetes`,
+/// and the user's own kubectl, with the kubeconfig the hook wrote, is that
+/// user in their namespace and no further.
+#[test]
+fn token_exchange_works_in_token_exec_and_auth_provider_modes() {
+    let c = cluster();
+    let user = "dave";
+    let (_, _, home) = linux_user(user);
+    let audience = c.var("KEYCLOAK_K8S_AUDIENCE");
+    for mode in ["token", "exec", "auth-provider"] {
+        let tokens = c.keycloak_login(user);
+        assert!(
+            !audiences(&jwt_claims(&tokens.access)).contains(&audience.to_owned()),
+            "the portal's token is already for {audience}"
+        );
+        let tag = format!("kcx{}", mode.replace('-', ""));
+        let dir = scratch(&format!("kc-xchg-{mode}"));
+        let env = dir.join("hook.env");
+        std::fs::write(
+            &env,
+            format!(
+                "NETWORK_POLICY_ALLOW_CIDR=\"127.0.0.1/32\"\nIDP_ISSUER_URL=\"{}\"\nIDP_CA_FILE=\"{}\"\n\
+                 CLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\nNAMESPACE_PREFIX=\"{}\"\n\
+                 K8S_USERNAME_PREFIX=\"{tag}-\"\nK8S_CLUSTER_NAME=\"{tag}\"\nK8S_SERVER=\"{}\"\n\
+                 K8S_CA_FILE=\"{}\"\nK8S_CREDENTIALS={mode}\n\
+                 K8S_TOKEN_EXCHANGE_AUDIENCE=\"{audience}\"\nK8S_TOKEN_EXCHANGE_SCOPE=\"{}\"\n",
+                c.var("KEYCLOAK_ISSUER"),
+                c.var("KEYCLOAK_CA_FILE"),
+                c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+                c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+                prefix(&tag),
+                c.var("K8S_SERVER"),
+                user_tools().1.display(),
+                c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE"),
+            ),
+        )
+        .expect("write hook.env");
+        let out = run_hook(user, &env, &tokens.access, &tokens.refresh);
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        let said = text(&out);
+        assert!(
+            !said.contains(&tokens.access) && !said.contains(&tokens.refresh),
+            "{mode}: a token in the output"
+        );
+        let who = kubectl_as_user(user, &["--context", &tag, "auth", "whoami", "-o", "json"]);
+        assert!(who.status.success(), "{mode}: {}", text(&who));
+        let v: Value = serde_json::from_slice(&who.stdout).expect("whoami json");
+        assert_eq!(username(&v["status"]["userInfo"]), user, "{mode}");
+        let own = kubectl_as_user(user, &["--context", &tag, "get", "pods"]);
+        assert!(own.status.success(), "{mode}: {}", text(&own));
+        let other = kubectl_as_user(
+            user,
+            &["--context", &tag, "get", "pods", "-n", "kube-system"],
+        );
+        assert!(!other.status.success(), "{mode}: {}", text(&other));
+        // The portal's own token is not in the home (the exchanged one
+        // is); nor, but in auth-provider mode (kubectl's oidc provider
+        // refreshes with it), the portal's secret.
+        let secret = c.var("KEYCLOAK_PORTAL_CLIENT_SECRET");
+        for f in files_under(&home) {
+            let data = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+            assert!(
+                !data.contains(&tokens.access),
+                "{mode}: the portal's token in {}",
+                f.display()
+            );
+            assert!(
+                mode == "auth-provider" || !data.contains(secret),
+                "{mode}: the portal's secret in {}",
+                f.display()
+            );
+        }
+    }
+}
+
 /// The realm is what the other tests (and the hook's exchange) rely on,
 /// and the admin in the env file can see and change it.
 #[test]

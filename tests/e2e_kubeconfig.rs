@@ -681,30 +681,82 @@ fn concurrent_runs_for_one_user() {
     assert_clean_kube(&home, "kcrace-kc-race");
 }
 
+/// Killed at random moments (the hook and its writer child together), a
+/// run leaves the kubeconfig as it was or as it would have written it —
+/// never empty, truncated or without the user's own entries. Every run
+/// changes the file (two logins' tokens, alternating), so the kills land
+/// in writes. The seed is printed; OOD_TEST_SEED replays one.
 #[test]
-fn killed_at_random_moments_the_file_always_parses() {
+fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
     let user = "kc-kill";
-    let (_, _, home) = linux_user(user);
+    let (uid, gid, home) = linux_user(user);
     let _ = std::fs::remove_dir_all(home.join(".kube"));
     let dir = scratch("kc-kill");
     let env = hook_env(&dir, "kckill", "token", "");
-    let tokens = cluster().login("alice");
-    let t = Instant::now();
-    let out = run_hook(user, &env, Some(&tokens));
+    let logins = [cluster().login("alice"), cluster().login("alice")];
+    assert_ne!(logins[0].access, logins[1].access);
+    let out = run_hook(user, &env, Some(&logins[0]));
     assert!(out.status.success(), "{}", text(&out));
-    let full = t.elapsed().as_micros() as u64;
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
+    // The user's own entries, which every run must keep.
+    let mut cfg = config(&home);
+    let own = [
+        (
+            "clusters",
+            serde_json::json!({"name": "my-cluster", "cluster": {"server": "https://my.example:6443"}}),
+        ),
+        (
+            "users",
+            serde_json::json!({"name": "my-own", "user": {"token": "keep-me"}}),
+        ),
+        (
+            "contexts",
+            serde_json::json!({"name": "my-ctx", "context": {"cluster": "my-cluster", "user": "my-own"}}),
+        ),
+    ];
+    for (list, e) in &own {
+        cfg[list].as_array_mut().expect("a list").push(e.clone());
+    }
+    let path = home.join(".kube/config");
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+    // What a complete run with each login's tokens leaves.
+    let mut expected = Vec::new();
+    let mut full = 0;
+    for tokens in &logins {
+        let t = Instant::now();
+        let out = run_hook(user, &env, Some(tokens));
+        assert!(out.status.success(), "{}", text(&out));
+        full = full.max(t.elapsed().as_micros() as u64);
+        let cfg = config(&home);
+        for (list, e) in &own {
+            assert_eq!(entry(&cfg, list, e["name"].as_str().unwrap()), Some(e));
+        }
+        expected.push(cfg);
+    }
+    assert_ne!(
+        expected[0], expected[1],
+        "the two logins' files must differ"
+    );
+    let mut seed = std::env::var("OOD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                | 1
+        });
+    eprintln!("killed_at_random_moments: seed {seed} (replay with OOD_TEST_SEED={seed})");
+    let mut killed_in_write = 0;
     for i in 0..50 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         // anywhere in a run, mostly near its end where the file is written
         let delay = seed % (full + full / 4 + 1);
-        let mut cmd = hook_cmd(user, &env, Some(&tokens));
+        let before = std::fs::read(&path).unwrap();
+        let mut cmd = hook_cmd(user, &env, Some(&logins[i % 2]));
         cmd.process_group(0);
         let child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_micros(delay));
@@ -714,15 +766,22 @@ fn killed_at_random_moments_the_file_always_parses() {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = child.wait_with_output();
-        let cfg = std::fs::read_to_string(home.join(".kube/config")).unwrap();
-        let v: Result<Value, _> = serde_saphyr::from_str(&cfg);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("run {i} (killed after {delay} us, seed {seed}): {e}"));
+        let now: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| {
+            panic!("run {i} (killed after {delay} us, seed {seed}): torn kubeconfig: {e}")
+        });
         assert!(
-            v.is_ok(),
-            "run {i} (killed after {delay} us): torn kubeconfig"
+            expected.contains(&now),
+            "run {i} (killed after {delay} us, seed {seed}): neither the old file nor the new:\n{text}"
         );
+        if std::fs::read(&path).unwrap() != before {
+            killed_in_write += 1;
+        }
     }
+    eprintln!("killed_at_random_moments: {killed_in_write} of 50 runs had replaced the file");
     // afterwards the hook still works, and cleans up after the killed runs
-    let out = run_hook(user, &env, Some(&tokens));
+    let out = run_hook(user, &env, Some(&logins[0]));
     assert!(out.status.success(), "{}", text(&out));
     assert_clean_kube(&home, "kckill-kc-kill");
 }
