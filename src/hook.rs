@@ -86,7 +86,10 @@ pub fn run_hook(args: &HookArgs) -> Exit {
         })
     });
     let side = runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline));
-    let refused = matches!(&side, Err(ClusterError::Apply(ApplyError::Collision { .. })));
+    let refused = matches!(
+        &side,
+        Err(ClusterError::Apply(ApplyError::Collision { .. }))
+    );
     let _ = gate.send(!refused);
     let side = match side {
         Err(e @ ClusterError::Apply(ApplyError::Collision { .. })) => {
