@@ -415,18 +415,42 @@ fn exec_plugin_refreshes_an_expired_token_as_a_public_client() {
         (0o600, linux_user(user).0)
     );
 
-    // several kubectl at once: one refresh, every one gets a token
+    // Several kubectl at once: one refresh, and every one gets the token
+    // it gave. Dex rotates refresh tokens and refuses a used one, so two
+    // refreshes at once would fail one of them; afterwards the refresh
+    // token used is refused (it was spent) and the cached one works (the
+    // session survived).
     set_cache_expiry(&cache, now() - 1);
+    let spent: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let spent = spent["refresh_token"].as_str().unwrap().to_owned();
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let exec = exec.clone();
             std::thread::spawn(move || run_plugin("kc-refresh", &exec))
         })
         .collect();
+    let mut got = Vec::new();
     for h in handles {
         let out = h.join().unwrap();
         assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        got.push(v["status"]["token"].as_str().unwrap().to_owned());
     }
+    let c: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert!(
+        got.iter().all(|t| *t == c["token"]),
+        "the four runs got different tokens: one refresh each?"
+    );
+    let form = format!("grant_type=refresh_token&refresh_token={spent}&client_id={public}");
+    let reuse: Value =
+        serde_json::from_slice(&cluster().dex_token_request(&form, false).stdout).unwrap();
+    assert!(
+        reuse.get("access_token").is_none() && reuse["error"].is_string(),
+        "the spent refresh token still works: {reuse}"
+    );
+    set_cache_expiry(&cache, now() - 1);
+    let out = run_plugin(user, &exec);
+    assert!(out.status.success(), "after the burst: {}", text(&out));
     assert_secret_absent(&home);
 }
 
