@@ -654,9 +654,49 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The binary under test.
+/// The binary under test, where every user may run it: the tests' Linux
+/// users run it as kubectl's exec plugin, and the build may sit in a
+/// directory only root can enter (CI builds under root's `~/.cache`). A
+/// copy per build, made once, in a root-owned directory others can only
+/// read; copies of earlier builds are removed.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ood-k8s-bootstrap"))
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let built = Path::new(env!("CARGO_BIN_EXE_ood-k8s-bootstrap"));
+        let meta = std::fs::metadata(built).expect("the built binary");
+        let shared = Path::new("/tmp/ood-e2e-bin");
+        let _ = std::fs::create_dir(shared);
+        let dir_meta = std::fs::symlink_metadata(shared).expect("/tmp/ood-e2e-bin");
+        assert!(
+            dir_meta.is_dir() && dir_meta.uid() == 0,
+            "/tmp/ood-e2e-bin is not root's directory"
+        );
+        std::fs::set_permissions(shared, PermissionsExt::from_mode(0o755)).unwrap();
+        let name = format!("{}-{}-{}", meta.size(), meta.mtime(), meta.mtime_nsec());
+        let copy = shared.join(&name).join("ood-k8s-bootstrap");
+        if copy.exists() {
+            return copy;
+        }
+        for old in std::fs::read_dir(shared).unwrap().flatten() {
+            if !old.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        // Made aside and renamed into place: a test binary running at the
+        // same time finds either no copy or a whole one.
+        let tmp = shared.join(format!(".{name}.{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::copy(built, tmp.join("ood-k8s-bootstrap")).expect("copy the binary");
+        for p in [&tmp, &tmp.join("ood-k8s-bootstrap")] {
+            std::fs::set_permissions(p, PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        if std::fs::rename(&tmp, shared.join(&name)).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp); // another test binary was first
+        }
+        copy
+    })
+    .clone()
 }
 
 /// Runs `cmd` with `input` on stdin.
