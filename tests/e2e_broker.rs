@@ -1039,3 +1039,204 @@ fn a_flood_of_refusals_is_one_log_line_with_a_count() {
         "{log}"
     );
 }
+
+/// `Key=value` lines of a systemd unit file, in order.
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/systemd")
+        .join(unit);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The shipped units, started as shipped: the socket unit's ExecStartPre
+/// makes the directory, its ListenStream= (the path a hook.env without
+/// BROKER_SOCKET uses) is where the service's ExecStart= answers, with the
+/// socket's SocketMode=, so a user's kubectl gets that user's token through
+/// it. Values come from the unit files; only the binary's path and hook.env
+/// are the test's (and systemd-socket-activate stands in for systemd, which
+/// sets SocketMode= itself).
+#[test]
+fn the_shipped_broker_units_serve_a_user_on_the_default_socket() {
+    let user = "brk-units";
+    fresh_home(user);
+    let listen = unit_values("ood-k8s-bootstrap-broker.socket", "ListenStream");
+    assert_eq!(listen.len(), 1, "{listen:?}");
+    let socket = PathBuf::from(&listen[0]);
+    // The default hook.env names the same socket.
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/hook.env.example"),
+    )
+    .unwrap();
+    assert!(
+        example.contains(&format!("BROKER_SOCKET=\"{}\"", socket.display())),
+        "ListenStream={} is not the default BROKER_SOCKET",
+        socket.display()
+    );
+    let mode = unit_values("ood-k8s-bootstrap-broker.socket", "SocketMode");
+    let mode = u32::from_str_radix(&mode[0], 8).unwrap();
+    assert_eq!(mode & 0o006, 0o006, "users must be able to connect");
+    // ExecStartPre, as written (its own path and arguments).
+    for pre in unit_values("ood-k8s-bootstrap-broker.socket", "ExecStartPre") {
+        let argv: Vec<&str> = pre.split_whitespace().collect();
+        let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{pre}: {}", text(&out));
+    }
+    let dir_mode = unit_values("ood-k8s-bootstrap-broker.socket", "DirectoryMode");
+    let meta = std::fs::metadata(socket.parent().unwrap()).unwrap();
+    assert_eq!(
+        format!("{:04o}", meta.permissions().mode() & 0o7777),
+        dir_mode[0]
+    );
+
+    // The broker, as the service's ExecStart= says, on that socket.
+    let mut b = Broker::start("brkunits", "");
+    b.stop(Signal::SIGTERM);
+    // The same hook.env without BROKER_SOCKET: the default.
+    let text_env = std::fs::read_to_string(&b.env).unwrap();
+    let defaulted: String = text_env
+        .lines()
+        .filter(|l| !l.starts_with("BROKER_SOCKET="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&b.env, defaulted).unwrap();
+    b.socket = socket.clone();
+    let exec = unit_values("ood-k8s-bootstrap-broker.service", "ExecStart");
+    let argv: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(
+        argv[1..],
+        ["broker", "--hook-env", "/etc/ood/config/hook.env"],
+        "{exec:?}"
+    );
+    let _ = std::fs::remove_file(&socket);
+    b.spawn(Some("systemd-socket-activate"));
+    std::fs::set_permissions(&socket, PermissionsExt::from_mode(mode)).unwrap();
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let token = token_of(&plugin(user, &b));
+    assert_eq!(claims(&token)["preferred_username"], "alice");
+    b.stop(Signal::SIGTERM);
+    let _ = std::fs::remove_file(&socket);
+}
+
+/// Tokens the broker refreshed, by its log.
+fn refreshes(b: &Broker) -> usize {
+    b.log_text().matches("refreshed at the IdP").count()
+}
+
+/// Several kubectl calls at the moment the token is due: the broker asks
+/// Dex (which rotates refresh tokens) once, every call succeeds with the
+/// one new token, and the session goes on — the next refresh works too.
+#[test]
+fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
+    let user = "brk-burst";
+    let (uid, _) = fresh_home(user);
+    let b = Broker::start("brkburst", "");
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    for round in 0..2 {
+        let before = refreshes(&b);
+        let used = b.stored(uid)["refresh_token"].as_str().unwrap().to_owned();
+        b.edit_stored(uid, |set| set["expiry"] = now().into());
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                std::thread::spawn(move || kubectl(user, &["--context", "brkburst", "get", "pods"]))
+            })
+            .collect();
+        for call in calls {
+            let out = call.join().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}\nbroker log:\n{}",
+                text(&out),
+                b.log_text()
+            );
+        }
+        assert_eq!(
+            refreshes(&b) - before,
+            1,
+            "round {round}: one refresh for the burst\n{}",
+            b.log_text()
+        );
+        let set = b.stored(uid);
+        assert_eq!(set["source"], "refresh");
+        assert_ne!(
+            set["refresh_token"],
+            used.as_str(),
+            "round {round}: not rotated"
+        );
+        assert!(set["expiry"].as_u64().unwrap() > now());
+    }
+}
+
+/// A refresh while the IdP hangs is bounded by BROKER_IDP_TIMEOUT_SECONDS,
+/// and while it is down fails at once; either way kubectl shows the user
+/// what happened, and the session outlives the outage: once the IdP
+/// answers again the next call refreshes with the kept refresh token.
+#[test]
+fn a_refresh_while_the_idp_hangs_or_is_down_is_bounded_and_survived() {
+    let user = "brk-idpout";
+    let (uid, _) = fresh_home(user);
+    let b = Broker::start("brkidp", "BROKER_IDP_TIMEOUT_SECONDS=2\n");
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let endpoint = b.stored(uid)["refresh"]["token_endpoint"].clone();
+
+    // An IdP that takes connections and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = hung.incoming().collect();
+        drop(held);
+    });
+    // An IdP that is not there: a port nothing listens on.
+    let down_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (what, port, at_least, under) in [("hangs", hung_port, 2, 8), ("is down", down_port, 0, 2)]
+    {
+        b.edit_stored(uid, |set| {
+            set["expiry"] = now().into();
+            set["refresh"]["token_endpoint"] = format!("https://127.0.0.1:{port}/token").into();
+        });
+        // The plugin as kubectl runs it (kubectl itself runs it once per
+        // discovery attempt), timed; then kubectl, for what the user sees.
+        let t = Instant::now();
+        let out = plugin(user, &b);
+        let took = t.elapsed();
+        assert!(!out.status.success(), "the IdP {what}: {}", text(&out));
+        assert!(
+            took >= Duration::from_secs(at_least) && took < Duration::from_secs(under),
+            "the IdP {what}: the plugin took {took:?}"
+        );
+        let plugin_err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            plugin_err.contains("the identity provider could not renew your Kubernetes token"),
+            "the IdP {what}: {plugin_err}"
+        );
+        if port == hung_port {
+            assert!(plugin_err.contains("no answer within 2 s"), "{plugin_err}");
+            continue;
+        }
+        let out = kubectl(user, &["--context", "brkidp", "get", "pods"]);
+        assert!(!out.status.success(), "the IdP {what}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("the identity provider could not renew your Kubernetes token")
+                && err.contains("try again in a minute"),
+            "the IdP {what}: {err}"
+        );
+    }
+    // Back: the stored session still refreshes.
+    let before = refreshes(&b);
+    b.edit_stored(uid, |set| set["refresh"]["token_endpoint"] = endpoint);
+    let out = kubectl(user, &["--context", "brkidp", "get", "pods"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), b.log_text());
+    assert_eq!(refreshes(&b) - before, 1, "{}", b.log_text());
+}

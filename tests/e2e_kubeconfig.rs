@@ -1072,3 +1072,114 @@ fn a_stopped_writer_cannot_hang_the_hook() {
         "the writer survives: {state}"
     );
 }
+
+// ---- promises with no test before (issue 19 item 3) ------------------------
+
+/// `--cluster-only` leaves the kubeconfig alone, byte for byte and as a
+/// file (inode and mtime), even with fresh tokens in the environment — which
+/// without it do change the file.
+#[test]
+fn cluster_only_leaves_the_kubeconfig_byte_for_byte() {
+    let user = "kc-conly";
+    let (_, _, home) = linux_user(user);
+    let dir = scratch("kc-conly");
+    let env = hook_env(&dir, "kcconly", "token", "");
+    let out = run_hook(user, &env, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let path = home.join(".kube/config");
+    let before = std::fs::read(&path).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    let fresh = cluster().login("alice");
+    let out = hook_cmd(user, &env, Some(&fresh))
+        .arg("--cluster-only")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("kubeconfig"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (meta.ino(), meta.mtime(), meta.mtime_nsec()),
+        "the file was rewritten"
+    );
+    let out = run_hook(user, &env, Some(&fresh));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the same run without --cluster-only changes it"
+    );
+}
+
+/// The numeric ids on a /proc/PID/status line (`Uid:`, `Gid:`, `Groups:`).
+fn status_ids(status: &str, key: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The writer child runs with the user's uid, primary gid and every
+/// supplementary group of the group database — none of root's. It is
+/// caught while it runs (stopped the moment its uid is the user's, so what
+/// /proc says of it holds still) and then let go.
+#[test]
+fn the_writer_runs_with_the_users_gid_and_supplementary_groups() {
+    let user = "kc-groups";
+    let (uid, gid, _) = linux_user(user);
+    let group = "kc-extra";
+    let _ = Command::new("groupadd").arg(group).output();
+    let out = Command::new("usermod")
+        .args(["-aG", group, user])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let ids = Command::new("id").args(["-G", user]).output().unwrap();
+    let mut expected: Vec<u32> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    expected.sort_unstable();
+    assert!(expected.len() >= 2, "{expected:?}");
+    let dir = scratch("kc-groups");
+    let env = hook_env(&dir, "kcgroups", "token", "");
+    let tokens = cluster().login("alice");
+    for _ in 0..20 {
+        let mut hook = hook_cmd(user, &env, Some(&tokens)).spawn().unwrap();
+        let mut seen = None;
+        while seen.is_none() && hook.try_wait().unwrap().is_none() {
+            for pid in children_of(hook.id()) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    continue;
+                };
+                if status_ids(&status, "Uid:").first() != Some(&uid) {
+                    continue;
+                }
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+                seen = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            }
+        }
+        let out = hook.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let Some(status) = seen else {
+            continue; // the writer was quicker than the look; again
+        };
+        assert_eq!(status_ids(&status, "Uid:"), [uid; 4], "{status}");
+        assert_eq!(status_ids(&status, "Gid:"), [gid; 4], "{status}");
+        let mut groups = status_ids(&status, "Groups:");
+        groups.sort_unstable();
+        assert_eq!(groups, expected, "{status}");
+        return;
+    }
+    panic!("the writer was never caught running in 20 runs");
+}

@@ -548,6 +548,102 @@ fn doctor_fails_when_hook_env_and_the_dashboards_prefixes_differ() {
     );
 }
 
+// ---- install's opt-in parts, applied and used ---------------------------
+
+/// Removes what `install --prune --uid-gid-policy` added when dropped, so the
+/// tests after this one (and the rest of the suite) run without it.
+struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let c = cluster();
+        for (kind, name) in [
+            ("validatingadmissionpolicybinding", "ood-uid-gid"),
+            ("validatingadmissionpolicy", "ood-uid-gid"),
+            ("clusterrolebinding", "ondemand-prune"),
+            ("clusterrole", "ondemand-prune"),
+        ] {
+            let _ = c.kubectl_as(
+                admin_kubeconfig(),
+                &["delete", kind, name, "--ignore-not-found"],
+            );
+        }
+    }
+}
+
+/// `install --prune --uid-gid-policy`, for real, then used as a site would:
+/// a PRUNE=true run, as the `ondemand` account, deletes the binding that was
+/// switched off; the admission policy refuses a pod as root in the user's
+/// namespace and admits one with the user's own ids.
+#[test]
+fn install_prune_and_uid_gid_policy_are_applied_and_used() {
+    let _lock = exclusive();
+    let c = cluster();
+    let _uninstall = Uninstall;
+    let out = install(&["--prune", "--uid-gid-policy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A user of its own: hook_env's namespace prefix is shared by the file.
+    let user = "inst-used";
+    let (uid, gid, _) = linux_user(user);
+    let dir = scratch("install-used");
+    let ns = format!("{}{user}", common::prefix("setup"));
+    let env = |extra: &str| hook_env(&dir, &format!("PUBLISH_UID_GID=true\n{extra}"));
+    let hook = |env: &Path| {
+        let out = run(
+            ondemand_kubeconfig(),
+            &["--user", user, "--hook-env", env.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    hook(&env("USE_JOB_POD_REAPER=true\n"));
+    let reaper = format!("{user}-job-pod-reaper-rolebinding");
+    assert!(c.get_json(&["rolebinding", "-n", &ns, &reaper]).is_some());
+    let said = hook(&env("USE_JOB_POD_REAPER=false\nPRUNE=true\n"));
+    assert!(said.contains(", 1 deleted"), "{said}");
+    assert!(c.get_json(&["rolebinding", "-n", &ns, &reaper]).is_none());
+
+    let create = |name: &str, sc: &str| {
+        common::pipe(
+            Command::new(c.var("KUBECTL")).args([
+                "--kubeconfig",
+                admin_kubeconfig(),
+                "-n",
+                &ns,
+                "create",
+                "-f",
+                "-",
+            ]),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  securityContext: {sc}\n  \
+                 containers:\n  - name: c\n    image: registry.example/none\n"
+            )
+            .as_bytes(),
+        )
+    };
+    // The policy is in force once the API server's policy cache has it.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = create("as-root", "{runAsUser: 0}");
+        if !out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
+                "{}",
+                text(&out)
+            );
+            break;
+        }
+        c.admin(&["delete", "pod", "-n", &ns, "as-root", "--wait=false"]);
+        assert!(Instant::now() < deadline, "the policy never took effect");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = create(
+        "own-ids",
+        &format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true}}"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 // ---- root-token --------------------------------------------------------
 
 #[test]
@@ -903,4 +999,119 @@ mod idp {
             text(&out)
         );
     }
+}
+
+/// `Key=value` lines of a shipped systemd unit, in order.
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/systemd")
+        .join(unit);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The timer's service as shipped: its ExecStart= (only the binary's path
+/// is the test's) with its Environment= and UMask=, only KUBECONFIG pointed
+/// at a scratch copy of root's kubeconfig. It renews the token for the
+/// duration it names, which outlasts the timer's interval twice over, and
+/// the file stays root's and private.
+#[test]
+fn the_shipped_root_token_service_renews_as_shipped() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _lock = shared();
+    let c = cluster();
+    let granted = install(&["--self-renew"]);
+    assert!(granted.status.success(), "{}", text(&granted));
+    let service = "ood-k8s-bootstrap-root-token.service";
+    let exec = unit_values(service, "ExecStart");
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    let argv: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(argv[0], "/usr/bin/ood-k8s-bootstrap", "{exec:?}");
+    let hours: u64 = argv
+        .windows(2)
+        .find(|w| w[0] == "--duration")
+        .and_then(|w| w[1].strip_suffix('h'))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("no --duration in hours: {exec:?}"));
+    // The timer fires at least twice within the token's lifetime.
+    let calendar = unit_values("ood-k8s-bootstrap-root-token.timer", "OnCalendar");
+    let every: u64 = calendar[0]
+        .rsplit_once('/')
+        .and_then(|(_, h)| h.split(':').next())
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("OnCalendar: {calendar:?}"));
+    assert!(2 * every < hours, "every {every} h, token {hours} h");
+    let env = unit_values(service, "Environment");
+    assert_eq!(env, ["KUBECONFIG=/root/.kube/config"], "{env:?}");
+    let umask = &unit_values(service, "UMask")[0];
+
+    let dir = scratch("root-token-unit");
+    let kc = dir.join("config");
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ondemand",
+        "--duration",
+        "1h",
+    ]);
+    // Root's kubeconfig as the ondemand account has it, with a token of
+    // an hour: the one to renew.
+    let copied = std::fs::read_to_string(ondemand_kubeconfig()).unwrap();
+    let old = stdout(&c.kubectl_as(
+        ondemand_kubeconfig(),
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.users[0].user.token}",
+        ],
+    ));
+    assert!(!old.is_empty() && copied.contains(&old), "{copied}");
+    std::fs::write(&kc, copied.replace(&old, token.trim())).unwrap();
+    std::fs::set_permissions(&kc, PermissionsExt::from_mode(0o600)).unwrap();
+
+    let out = Command::new("sh")
+        .args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+        .arg(common::bin())
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let left = [
+        format!("(in {}h 0m)", hours),
+        format!("(in {}h 59m)", hours - 1),
+    ];
+    assert!(left.iter().any(|l| err.contains(l)), "{}", text(&out));
+    let after = std::fs::read_to_string(&kc).unwrap();
+    assert!(!after.contains(token.trim()), "the token was not replaced");
+    let meta = std::fs::metadata(&kc).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
+    let who = c.kubectl_as(
+        kc.to_str().unwrap(),
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        stdout(&who),
+        "system:serviceaccount:ondemand:ondemand",
+        "{}",
+        text(&who)
+    );
 }
