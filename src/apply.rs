@@ -4,8 +4,9 @@
 //! objects of ours no longer wanted are then deleted (which ones is decided
 //! by the pure `prune` module).
 //!
-//! This is the only module that talks to the API server. It sends one
-//! request per object in a returning user's run (the ServiceAccount's pull
+//! This is the only module that talks to the API server. In a returning
+//! user's run it reads the namespace (whose it is, before anything is
+//! written) and sends one request per object (the ServiceAccount's pull
 //! secret list is read, and written only when our entry is missing, so pull
 //! secrets others added are kept) plus, when pruning, one list per prunable
 //! kind and one delete per object pruned, and turns every failure into an
