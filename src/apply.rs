@@ -639,6 +639,8 @@ impl Cluster {
             let resp = result?;
             let change = if resp.status == StatusCode::CREATED {
                 Change::Created
+            } else if resp.status == StatusCode::CONFLICT {
+                Change::Unchanged // there already: left alone
             } else {
                 match (resource_version(&resp.body), watermark) {
                     (Some(rv), Some(w)) if rv <= w => Change::Unchanged,
@@ -650,8 +652,23 @@ impl Cluster {
                 change,
             });
         }
-        report.extend(ctx.prune(&state.objects, &found?, false).await?);
+        merge(
+            &mut report,
+            ctx.prune(&state.objects, &found?, false).await?,
+        );
         Ok(report)
+    }
+}
+
+/// Adds what pruning did to `report`: an object already listed (the
+/// `default` ServiceAccount whose pruned pull secret reference was dropped)
+/// takes the later change instead of being listed twice.
+fn merge(report: &mut Vec<Applied>, pruned: Vec<Applied>) {
+    for p in pruned {
+        match report.iter_mut().find(|a| a.object == p.object) {
+            Some(a) => a.change = p.change,
+            None => report.push(p),
+        }
     }
 }
 
@@ -672,7 +689,8 @@ impl Owner {
         };
         e.uid_changed.as_ref().map(|(old, new)| {
             format!(
-                "namespace {namespace} was recorded for login {login} with uid {old}; passwd now gives uid {new},                  which is recorded instead (the login is the same Kubernetes user)"
+                "namespace {namespace} was recorded for login {login} with uid {old}; passwd now gives uid {new}, \
+                 which is recorded instead (the login is the same Kubernetes user)"
             )
         })
     }
@@ -1013,8 +1031,31 @@ impl Ctx<'_> {
     /// One object in a normal run.
     async fn write_object(&self, obj: &Object) -> Result<Response, ApplyError> {
         match obj {
+            Object::ServiceAccount(sa) if sa.image_pull_secrets.is_none() => {
+                self.create_if_missing(obj).await
+            }
             Object::ServiceAccount(_) => self.add_pull_secret(obj, false).await,
             _ => self.apply_object(obj, false).await,
+        }
+    }
+
+    /// Creates `obj` (POST) unless it exists: one request either way, and
+    /// nothing of an existing object is read, taken over or changed. An
+    /// existing one answers [`StatusCode::CONFLICT`] (left alone).
+    async fn create_if_missing(&self, obj: &Object) -> Result<Response, ApplyError> {
+        let collection = Target {
+            path: obj.kind().collection_path(self.namespace),
+            ..Target::of(obj)
+        };
+        match self
+            .write(&collection, Write::Create(obj.to_json()), false)
+            .await
+        {
+            Err(ApplyError::Server { status: 409, .. }) => Ok(Response {
+                status: StatusCode::CONFLICT,
+                body: Value::Null,
+            }),
+            other => other,
         }
     }
 
@@ -1263,12 +1304,28 @@ impl Ctx<'_> {
         for r in results {
             report.push(r?);
         }
-        report.extend(self.prune(&state.objects, &found?, true).await?);
+        merge(
+            &mut report,
+            self.prune(&state.objects, &found?, true).await?,
+        );
         Ok(report)
     }
 
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {
         let before = self.read(obj).await?;
+        if let Object::ServiceAccount(sa) = obj
+            && sa.image_pull_secrets.is_none()
+        {
+            // Created if missing, else left alone.
+            return Ok(Applied {
+                object: obj.describe(),
+                change: if before.is_some() {
+                    Change::Unchanged
+                } else {
+                    Change::Created
+                },
+            });
+        }
         let after = match obj {
             Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await,
             _ => self.apply_object(obj, true).await,

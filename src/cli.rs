@@ -34,9 +34,10 @@ pub const VERSION: &str = concat!(
     version = VERSION,
     about = "Bootstraps an Open OnDemand user's Kubernetes namespace, RBAC and kubeconfig",
     long_about = "Bootstraps an Open OnDemand user's Kubernetes tenancy: namespace, network policy, \
-                  RoleBindings, optional job-pod-reaper binding, image pull secret and site \
-                  templates (by server-side apply, optionally pruning what is no longer wanted), \
-                  and the OIDC user entry in the user's ~/.kube/config.\n\n\
+                  RoleBindings, the default ServiceAccount (created when missing), optional \
+                  job-pod-reaper binding, image pull secret and site templates (by server-side \
+                  apply, optionally pruning what is no longer wanted), and the OIDC user entry in \
+                  the user's ~/.kube/config.\n\n\
                   Run as OnDemand's pun_pre_hook_root_cmd: `ood-k8s-bootstrap --user alice`.",
     args_conflicts_with_subcommands = true
 )]

@@ -64,7 +64,11 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
     RoleBinding(RoleBinding),
     Secret(Secret),
-    /// Only the `imagePullSecrets` reference of the `default` ServiceAccount.
+    /// The `default` ServiceAccount: made to exist in every run (the
+    /// controller-manager makes it only when it gets round to it, and a
+    /// pod cannot be created in the namespace until then), and with a pull
+    /// secret configured, our `imagePullSecrets` reference — nothing else
+    /// of it is ours.
     ServiceAccount(ServiceAccount),
     /// An object from a site template.
     Site(SiteObject),
@@ -221,19 +225,26 @@ pub fn desired_state(
             )])),
             ..Default::default()
         }));
-        // Only the reference is ours: other fields and the ServiceAccount
-        // itself belong to the cluster. `imagePullSecrets` is an atomic list,
-        // so the apply layer merges in the entries others added.
-        objects.push(Object::ServiceAccount(ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(DEFAULT_SERVICE_ACCOUNT.into()),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            },
-            image_pull_secrets: Some(vec![LocalObjectReference { name }]),
-            ..Default::default()
-        }));
     }
+    // The `default` ServiceAccount exists when the run ends, so the user's
+    // first pod is admitted at once. Only the pull secret's reference is
+    // ours: other fields and the account itself belong to the cluster.
+    // `imagePullSecrets` is an atomic list, so the apply layer merges in
+    // the entries others added; without a pull secret it only creates the
+    // account if it is missing.
+    objects.push(Object::ServiceAccount(ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(DEFAULT_SERVICE_ACCOUNT.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        image_pull_secrets: settings.image_pull.as_ref().map(|pull| {
+            vec![LocalObjectReference {
+                name: pull.secret_name.to_string(),
+            }]
+        }),
+        ..Default::default()
+    }));
     let mut site = settings.templates.instantiate(&UserValues {
         user,
         namespace,
@@ -438,6 +449,7 @@ mod tests {
                 "NetworkPolicy/deny-from-other-namespaces",
                 "RoleBinding/first.last-ood-user",
                 "RoleBinding/first.last-ood-initializer",
+                "ServiceAccount/default",
             ]
         );
         let ns = d.objects[0].to_json();
@@ -559,6 +571,22 @@ mod tests {
             serde_json::json!([{"name": "regcred"}])
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_service_account_is_always_there_and_only_references_are_ours() {
+        let d = state("", "alice");
+        let sa: Vec<_> = d
+            .objects
+            .iter()
+            .filter(|o| o.kind() == Kind::ServiceAccount)
+            .map(Object::to_json)
+            .collect();
+        assert_eq!(sa.len(), 1);
+        assert_eq!(sa[0]["metadata"]["name"], "default");
+        assert_eq!(sa[0]["metadata"]["namespace"], d.namespace.as_str());
+        assert!(sa[0].get("imagePullSecrets").is_none(), "{}", sa[0]);
+        assert!(sa[0]["metadata"].get("labels").is_none(), "{}", sa[0]);
     }
 
     fn with_templates(text: &str, extra: &str) -> Settings {

@@ -286,7 +286,7 @@ fn second_run_changes_only_the_annotation() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("0 created, 1 changed, 4 unchanged"),
+        stderr.contains("0 created, 1 changed, 5 unchanged"),
         "{stderr}"
     );
 }
@@ -532,7 +532,7 @@ fn dry_run_reports_without_changing() {
     let out = hook("alice", &env, &["--dry-run"]);
     assert_ok(&out);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("would be 4 created"),
+        String::from_utf8_lossy(&out.stderr).contains("would be 5 created"),
         "{}",
         text(&out)
     );
@@ -761,8 +761,24 @@ fn reconcile_many_users_continues_past_failures() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reconciled 41 of 42 users"), "{stderr}");
+    // Five objects per user, all new but the `default` ServiceAccounts the
+    // controller made first (left alone: unchanged).
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("reconciled 41 of 42 users"))
+        .unwrap_or_default();
+    let count = |what: &str| -> u32 {
+        summary
+            .split(&format!(" {what}"))
+            .next()
+            .and_then(|before| before.rsplit(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no \"{what}\" count: {stderr}"))
+    };
     assert!(
-        stderr.contains("164 created") && stderr.contains("1 failed"),
+        count("created") >= 4 * 41
+            && count("created") + count("unchanged") == 5 * 41
+            && stderr.contains("1 failed"),
         "{stderr}"
     );
     assert!(stderr.contains("failed: Bad_Name:"), "{stderr}");
@@ -1470,5 +1486,117 @@ mod local {
             c.get_json(&["namespace", &format!("{}alice", common::prefix("bad"))])
                 .is_none()
         );
+    }
+
+    /// Issue 20: right after a burst of namespace creations (the API
+    /// server's own, 1,500 at once, as a site's first bulk reconcile makes)
+    /// the controller-manager makes `default` ServiceAccounts minutes late.
+    /// A fresh user's first pod, of the shape the dashboard submits (SPEC
+    /// §12: no serviceAccountName, so `default`), created by the user's own
+    /// kubectl the moment the hook returns, is admitted all the same.
+    #[test]
+    fn a_fresh_users_first_pod_is_admitted_right_after_a_burst_of_namespaces() {
+        let c = cluster();
+        let user = "bob";
+        let (uid, gid, _) = linux_user(user);
+        let prefix = common::prefix("burst");
+        let dir = scratch("burst");
+        let env = c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX=\"{prefix}\"\nK8S_CLUSTER_NAME=\"burst\"\nK8S_SERVER=\"{}\"\n\
+                 K8S_CA_FILE=\"{}\"\nK8S_CREDENTIALS=token\n",
+                c.var("K8S_SERVER"),
+                common::user_tools().1.display(),
+            ),
+        );
+        // 1,500 namespaces at once: 15 kubectl processes of 100 each.
+        let creators: Vec<_> = (0..15)
+            .map(|part| {
+                let items: String = (0..100)
+                    .map(|i| {
+                        format!(
+                            "- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: {prefix}fill-{part}-{i}\n"
+                        )
+                    })
+                    .collect();
+                std::thread::spawn(move || {
+                    let c = cluster();
+                    common::pipe(
+                        Command::new(c.var("KUBECTL")).args([
+                            "--kubeconfig",
+                            c.var("KUBECONFIG_ADMIN"),
+                            "create",
+                            "-f",
+                            "-",
+                        ]),
+                        format!("apiVersion: v1\nkind: List\nitems:\n{items}").as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        for creator in creators {
+            let out = creator.join().unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let ns = format!("{prefix}{user}");
+        let started = Instant::now();
+        let out = c
+            .hook()
+            .args(["--user", user, "--hook-env"])
+            .arg(&env)
+            .env("OOD_OIDC_ACCESS_TOKEN", &c.login(user).access)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: first-job\n  namespace: {ns}\n  labels:\n    \
+             job: first-job\n    app.kubernetes.io/name: first-job\n    \
+             app.kubernetes.io/managed-by: open-ondemand\n  annotations:\n    \
+             pod.kubernetes.io/lifetime: 01h00m00s\nspec:\n  restartPolicy: Never\n  \
+             hostNetwork: false\n  hostIPC: false\n  hostPID: false\n  securityContext:\n    \
+             runAsUser: {uid}\n    runAsGroup: {gid}\n    runAsNonRoot: true\n    \
+             supplementalGroups: [{gid}]\n    fsGroup: {gid}\n  containers:\n  - name: job\n    \
+             image: registry.example/none\n    command: [\"true\"]\n"
+        );
+        let file = common::user_tools()
+            .0
+            .with_file_name(format!("pod-{prefix}.yaml"));
+        std::fs::write(&file, pod).unwrap();
+        let created = common::kubectl_as_user(
+            user,
+            &["--context", "burst", "create", "-f", file.to_str().unwrap()],
+        );
+        let after = started.elapsed();
+        let _ = std::fs::remove_file(&file);
+        // Cleanup, not waited for (the namespace controller takes its time).
+        let names: Vec<String> = (0..15)
+            .flat_map(|part| (0..100).map(move |i| (part, i)))
+            .map(|(part, i)| format!("{prefix}fill-{part}-{i}"))
+            .collect();
+        let deleters: Vec<_> = names
+            .chunks(100)
+            .map(|chunk| {
+                let mut args = vec![
+                    "--kubeconfig".to_owned(),
+                    c.var("KUBECONFIG_ADMIN").to_owned(),
+                    "delete".into(),
+                    "namespace".into(),
+                    "--wait=false".into(),
+                ];
+                args.extend(chunk.iter().cloned());
+                Command::new(c.var("KUBECTL")).args(args).spawn().unwrap()
+            })
+            .collect();
+        for mut d in deleters {
+            let _ = d.wait();
+        }
+        assert!(
+            created.status.success(),
+            "the first pod, {} ms after the hook started: {}",
+            after.as_millis(),
+            text(&created)
+        );
+        c.admin(&["delete", "pod", "-n", &ns, "first-job", "--wait=false"]);
     }
 }

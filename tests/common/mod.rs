@@ -828,7 +828,8 @@ pub fn prefix(tag: &str) -> String {
 }
 
 /// Number of (non-dry-run) writes the `ondemand` ServiceAccount has made to
-/// namespaces starting with `prefix`, from the API server's audit log.
+/// namespaces starting with `prefix`, from the API server's audit log. A
+/// create answered "already exists" (409) wrote nothing and is not counted.
 pub fn ondemand_writes(prefix: &str) -> usize {
     let log = std::fs::read_to_string(cluster().var("AUDIT_LOG")).expect("audit log");
     log.lines()
@@ -846,6 +847,7 @@ pub fn ondemand_writes(prefix: &str) -> usize {
                 .unwrap_or_default()
                 .contains("dryRun")
         })
+        .filter(|e| !(e["verb"] == "create" && e["responseStatus"]["code"] == 409))
         .filter(|e| {
             let r = &e["objectRef"];
             let ns = r["namespace"]
