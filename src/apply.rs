@@ -660,6 +660,19 @@ impl Cluster {
     }
 }
 
+/// `obj`'s line in a dry run that cannot ask the API server: created if
+/// it was not there (`before`), else `existing`.
+fn planned(obj: &Object, before: &Option<Value>, existing: Change) -> Applied {
+    Applied {
+        object: obj.describe(),
+        change: if before.is_some() {
+            existing
+        } else {
+            Change::Created
+        },
+    }
+}
+
 /// Adds what pruning did to `report`: an object already listed (the
 /// `default` ServiceAccount whose pruned pull secret reference was dropped)
 /// takes the later change instead of being listed twice.
@@ -1317,14 +1330,7 @@ impl Ctx<'_> {
             && sa.image_pull_secrets.is_none()
         {
             // Created if missing, else left alone.
-            return Ok(Applied {
-                object: obj.describe(),
-                change: if before.is_some() {
-                    Change::Unchanged
-                } else {
-                    Change::Created
-                },
-            });
+            return Ok(planned(obj, &before, Change::Unchanged));
         }
         let after = match obj {
             Object::ServiceAccount(_) => self.add_pull_secret(obj, true).await,
@@ -1335,14 +1341,7 @@ impl Ctx<'_> {
             // The Role it binds is not there yet (the real run makes it
             // first), so the API server cannot check the binding now.
             Err(ApplyError::Server { status: 404, .. }) if obj.binds_a_role() => {
-                return Ok(Applied {
-                    object: obj.describe(),
-                    change: if before.is_some() {
-                        Change::Changed
-                    } else {
-                        Change::Created
-                    },
-                });
+                return Ok(planned(obj, &before, Change::Changed));
             }
             Err(e) => return Err(e),
         };

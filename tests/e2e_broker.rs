@@ -1042,19 +1042,6 @@ fn a_flood_of_refusals_is_one_log_line_with_a_count() {
     );
 }
 
-/// `Key=value` lines of a systemd unit file, in order.
-fn unit_values(unit: &str, key: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packaging/systemd")
-        .join(unit);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The shipped units, started as shipped: the socket unit's ExecStartPre
 /// makes the directory, its ListenStream= (the path a hook.env without
 /// BROKER_SOCKET uses) is where the service's ExecStart= answers, with the
@@ -1066,7 +1053,7 @@ fn unit_values(unit: &str, key: &str) -> Vec<String> {
 fn the_shipped_broker_units_serve_a_user_on_the_default_socket() {
     let user = "brk-units";
     fresh_home(user);
-    let listen = unit_values("ood-k8s-bootstrap-broker.socket", "ListenStream");
+    let listen = common::unit_values("ood-k8s-bootstrap-broker.socket", "ListenStream");
     assert_eq!(listen.len(), 1, "{listen:?}");
     let socket = PathBuf::from(&listen[0]);
     // The default hook.env names the same socket.
@@ -1079,16 +1066,16 @@ fn the_shipped_broker_units_serve_a_user_on_the_default_socket() {
         "ListenStream={} is not the default BROKER_SOCKET",
         socket.display()
     );
-    let mode = unit_values("ood-k8s-bootstrap-broker.socket", "SocketMode");
+    let mode = common::unit_values("ood-k8s-bootstrap-broker.socket", "SocketMode");
     let mode = u32::from_str_radix(&mode[0], 8).unwrap();
     assert_eq!(mode & 0o006, 0o006, "users must be able to connect");
     // ExecStartPre, as written (its own path and arguments).
-    for pre in unit_values("ood-k8s-bootstrap-broker.socket", "ExecStartPre") {
+    for pre in common::unit_values("ood-k8s-bootstrap-broker.socket", "ExecStartPre") {
         let argv: Vec<&str> = pre.split_whitespace().collect();
         let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
         assert!(out.status.success(), "{pre}: {}", text(&out));
     }
-    let dir_mode = unit_values("ood-k8s-bootstrap-broker.socket", "DirectoryMode");
+    let dir_mode = common::unit_values("ood-k8s-bootstrap-broker.socket", "DirectoryMode");
     let meta = std::fs::metadata(socket.parent().unwrap()).unwrap();
     assert_eq!(
         format!("{:04o}", meta.permissions().mode() & 0o7777),
@@ -1107,7 +1094,7 @@ fn the_shipped_broker_units_serve_a_user_on_the_default_socket() {
         .collect();
     std::fs::write(&b.env, defaulted).unwrap();
     b.socket = socket.clone();
-    let exec = unit_values("ood-k8s-bootstrap-broker.service", "ExecStart");
+    let exec = common::unit_values("ood-k8s-bootstrap-broker.service", "ExecStart");
     let argv: Vec<&str> = exec[0].split_whitespace().collect();
     assert_eq!(
         argv[1..],

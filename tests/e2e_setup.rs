@@ -1001,19 +1001,6 @@ mod idp {
     }
 }
 
-/// `Key=value` lines of a shipped systemd unit, in order.
-fn unit_values(unit: &str, key: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packaging/systemd")
-        .join(unit);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The timer's service as shipped: its ExecStart= (only the binary's path
 /// is the test's) with its Environment= and UMask=, only KUBECONFIG pointed
 /// at a scratch copy of root's kubeconfig. It renews the token for the
@@ -1027,7 +1014,7 @@ fn the_shipped_root_token_service_renews_as_shipped() {
     let granted = install(&["--self-renew"]);
     assert!(granted.status.success(), "{}", text(&granted));
     let service = "ood-k8s-bootstrap-root-token.service";
-    let exec = unit_values(service, "ExecStart");
+    let exec = common::unit_values(service, "ExecStart");
     assert_eq!(exec.len(), 1, "{exec:?}");
     let argv: Vec<&str> = exec[0].split_whitespace().collect();
     assert_eq!(argv[0], "/usr/bin/ood-k8s-bootstrap", "{exec:?}");
@@ -1038,16 +1025,16 @@ fn the_shipped_root_token_service_renews_as_shipped() {
         .and_then(|h| h.parse().ok())
         .unwrap_or_else(|| panic!("no --duration in hours: {exec:?}"));
     // The timer fires at least twice within the token's lifetime.
-    let calendar = unit_values("ood-k8s-bootstrap-root-token.timer", "OnCalendar");
+    let calendar = common::unit_values("ood-k8s-bootstrap-root-token.timer", "OnCalendar");
     let every: u64 = calendar[0]
         .rsplit_once('/')
         .and_then(|(_, h)| h.split(':').next())
         .and_then(|h| h.parse().ok())
         .unwrap_or_else(|| panic!("OnCalendar: {calendar:?}"));
     assert!(2 * every < hours, "every {every} h, token {hours} h");
-    let env = unit_values(service, "Environment");
+    let env = common::unit_values(service, "Environment");
     assert_eq!(env, ["KUBECONFIG=/root/.kube/config"], "{env:?}");
-    let umask = &unit_values(service, "UMask")[0];
+    let umask = &common::unit_values(service, "UMask")[0];
 
     let dir = scratch("root-token-unit");
     let kc = dir.join("config");

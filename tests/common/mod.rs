@@ -699,6 +699,20 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
+/// `Key=value` lines of a shipped systemd unit (`packaging/systemd/UNIT`),
+/// in order: the tests start what the units start, as they say it.
+pub fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/systemd")
+        .join(unit);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Runs `cmd` with `input` on stdin.
 pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
     let mut child = cmd
