@@ -11,7 +11,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use common::{cluster, linux_user, ondemand_writes, scratch, text};
 use serde_json::{Value, json};
@@ -487,21 +486,9 @@ fn uid_gid_policy_admits_only_the_users_own_pods() {
     };
     let good_sc = format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true}}");
     // The binding takes effect once the API server's policy cache has it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = create(&simple_pod("probe-root", "{runAsUser: 0}", "{}"));
-        if !out.status.success() {
-            assert!(
-                String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
-                "{}",
-                text(&out)
-            );
-            break;
-        }
-        c.admin(&["delete", "pod", "-n", &ns, "probe-root", "--wait=false"]);
-        assert!(Instant::now() < deadline, "the policy never took effect");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    common::until_uid_gid_policy_refuses(&ns, |name| {
+        create(&simple_pod(name, "{runAsUser: 0}", "{}"))
+    });
 
     // The user's own uid/gid: admitted.
     let out = create(&simple_pod(

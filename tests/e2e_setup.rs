@@ -61,6 +61,25 @@ fn install(extra: &[&str]) -> Output {
     run(admin_kubeconfig(), &args)
 }
 
+/// `kubeconfig` authenticates as the `ondemand` ServiceAccount.
+fn assert_is_the_ondemand_account(kubeconfig: &str) {
+    let who = cluster().kubectl_as(
+        kubeconfig,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        stdout(&who),
+        "system:serviceaccount:ondemand:ondemand",
+        "{}",
+        text(&who)
+    );
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -622,21 +641,7 @@ fn install_prune_and_uid_gid_policy_are_applied_and_used() {
         )
     };
     // The policy is in force once the API server's policy cache has it.
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let out = create("as-root", "{runAsUser: 0}");
-        if !out.status.success() {
-            assert!(
-                String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
-                "{}",
-                text(&out)
-            );
-            break;
-        }
-        c.admin(&["delete", "pod", "-n", &ns, "as-root", "--wait=false"]);
-        assert!(Instant::now() < deadline, "the policy never took effect");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    common::until_uid_gid_policy_refuses(&ns, |name| create(name, "{runAsUser: 0}"));
     let out = create(
         "own-ids",
         &format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true}}"),
@@ -704,21 +709,7 @@ fn root_token_replaces_the_token_and_nothing_else() {
         "the token was printed"
     );
     // The new token works, as the same account, for the next 48 h.
-    let who = c.kubectl_as(
-        kc_s,
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    );
-    assert_eq!(
-        stdout(&who),
-        "system:serviceaccount:ondemand:ondemand",
-        "{}",
-        text(&who)
-    );
+    assert_is_the_ondemand_account(kc_s);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("(in 47h 59m)") || err.contains("(in 48h 0m)"),
@@ -790,21 +781,7 @@ fn root_token_gives_a_new_kubeconfig_its_first_token_then_renews_it() {
         "{}",
         text(&out)
     );
-    let who = c.kubectl_as(
-        kc_s,
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    );
-    assert_eq!(
-        stdout(&who),
-        "system:serviceaccount:ondemand:ondemand",
-        "{}",
-        text(&who)
-    );
+    assert_is_the_ondemand_account(kc_s);
     assert_eq!(std::fs::metadata(&kc).unwrap().mode() & 0o7777, 0o600);
 
     // From now on the timer's plain `root-token` renews it by itself.
@@ -1086,19 +1063,5 @@ fn the_shipped_root_token_service_renews_as_shipped() {
     assert!(!after.contains(token.trim()), "the token was not replaced");
     let meta = std::fs::metadata(&kc).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
-    let who = c.kubectl_as(
-        kc.to_str().unwrap(),
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    );
-    assert_eq!(
-        stdout(&who),
-        "system:serviceaccount:ondemand:ondemand",
-        "{}",
-        text(&who)
-    );
+    assert_is_the_ondemand_account(kc.to_str().unwrap());
 }

@@ -713,6 +713,31 @@ pub fn unit_values(unit: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits (at most 30 s) until the API server's policy cache has the
+/// `ood-uid-gid` admission policy in force in `ns`: `create_as_root(name)`
+/// creates a pod running as root, which is retried (and deleted) until the
+/// policy refuses it. Panics if it is refused for another reason.
+pub fn until_uid_gid_policy_refuses(ns: &str, create_as_root: impl Fn(&str) -> Output) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = create_as_root("probe-root");
+        if !out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
+                "{}",
+                text(&out)
+            );
+            return;
+        }
+        cluster().admin(&["delete", "pod", "-n", ns, "probe-root", "--wait=false"]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy never took effect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 /// Runs `cmd` with `input` on stdin.
 pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
     let mut child = cmd
