@@ -55,6 +55,9 @@ pub struct Manifest {
     pub describe: String,
     pub namespace: Option<String>,
     pub body: Value,
+    /// Created if missing, never changed after: the site's own settings
+    /// (a ConfigMap an admin edits), which a later install must keep.
+    pub create_only: bool,
 }
 
 #[derive(Debug, Error)]
@@ -197,6 +200,10 @@ pub struct Connect {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The UID of the FlowSchema that classified the request
+    /// (`X-Kubernetes-PF-FlowSchema-UID`; none with API Priority and
+    /// Fairness off).
+    pub flow_schema: Option<String>,
 }
 
 impl Reply {
@@ -309,6 +316,11 @@ impl Cluster {
         };
         let (status, version) = (response.status(), response.version());
         let retry_after = retry_after(response.headers());
+        let flow_schema = response
+            .headers()
+            .get(FLOW_SCHEMA_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let limited = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
         let bytes = match tokio::time::timeout_at(deadline, limited.collect()).await {
             Ok(Ok(body)) => body.to_bytes(),
@@ -335,6 +347,7 @@ impl Cluster {
             status,
             version,
             retry_after,
+            flow_schema,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         })
     }
@@ -368,6 +381,7 @@ impl Cluster {
         Ok(Reply {
             status: answer.status.as_u16(),
             body: answer.body,
+            flow_schema: answer.flow_schema,
         })
     }
 
@@ -411,6 +425,7 @@ impl Cluster {
             };
             let change = match &before {
                 None if in_new => Change::Created,
+                Some(_) if m.create_only => Change::Unchanged,
                 _ => {
                     let after = ctx
                         .write(&target, Write::Apply(m.body.clone()), dry_run)
@@ -807,12 +822,18 @@ struct Response {
     body: Value,
 }
 
+/// The answer header naming the FlowSchema (by UID) that classified a
+/// request under API Priority and Fairness.
+const FLOW_SCHEMA_HEADER: &str = "x-kubernetes-pf-flowschema-uid";
+
 /// A complete answer from the API server.
 struct Answer {
     status: StatusCode,
     version: http::Version,
     /// The `Retry-After` header, in whole seconds as the API server sends it.
     retry_after: Option<Duration>,
+    /// The `X-Kubernetes-PF-FlowSchema-UID` header.
+    flow_schema: Option<String>,
     /// The JSON body (Null if not JSON).
     body: Value,
 }

@@ -148,13 +148,30 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Delete the OnDemand namespaces of idle and departed users.
+    ///
+    /// Looks at every namespace labelled app.kubernetes.io/name=open-ondemand
+    /// with hook.env's NAMESPACE_PREFIX (no other is ever touched) and
+    /// deletes, with everything in it, one whose user has not logged in for
+    /// REAP_IDLE_DAYS and runs no pod, and, with REAP_DEPARTED=true, one
+    /// whose owner login is gone from passwd or has another uid (and that
+    /// login's stored broker tokens). Namespaces holding
+    /// PersistentVolumeClaims are kept unless --include-pvcs. If more than
+    /// REAP_MAX_PER_RUN qualify, none is deleted (exit 75): a broken NSS
+    /// must not wipe a cluster. Each deletion is guarded by the version it
+    /// was judged at, so a user logging in meanwhile keeps the namespace.
+    /// Prints one line per deletion and a summary; needs `install --reap`.
+    /// Run daily by ood-k8s-bootstrap-reap.timer or hooks/reap-cronjob.yaml.
+    Reap(ReapArgs),
     /// Set up a cluster for OnDemand: server-side-apply the cluster-wide
     /// prerequisites with a cluster admin's kubeconfig.
     ///
     /// Applies, from manifests built into this binary: namespace and
     /// ServiceAccount `ondemand` (root's identity on the web nodes), its
     /// ClusterRole and ClusterRoleBinding, and the ClusterRoles `ood-user`
-    /// and `ood-initializer` the hook binds per user. Opt-in parts add more.
+    /// and `ood-initializer` the hook binds per user, and the FlowSchema and
+    /// PriorityLevelConfiguration `ondemand` that keep logins' share of the
+    /// API server in a login storm. Opt-in parts add more.
     /// Idempotent: a second run reports every object unchanged. Prints one
     /// line per object (created, changed, unchanged).
     Install(InstallArgs),
@@ -163,7 +180,8 @@ pub enum Command {
     /// Checks hook.env and the files it names, root's kubeconfig and token
     /// (whose, expiry, next renewal), the API server and its version, every
     /// permission a hook run needs (asked of the API server), the
-    /// ClusterRoles and the job-pod-reaper's objects, the IdP's OIDC
+    /// ClusterRoles and the job-pod-reaper's objects, the login-storm
+    /// FlowSchema (which classifies root's requests), the IdP's OIDC
     /// discovery; with --user and a token, what the API server sees for
     /// that user; with --clusters-d, the dashboard's cluster config. Exit
     /// status 0 when nothing failed (warnings do not fail), 1 when a check
@@ -215,20 +233,48 @@ pub struct InstallArgs {
     pub prune: bool,
 
     /// Also the ValidatingAdmissionPolicy that admits pods in OnDemand
-    /// namespaces only as their user (for PUBLISH_UID_GID=true).
+    /// namespaces only as their user, in their groups and with a bounded
+    /// pod.kubernetes.io/lifetime (for PUBLISH_UID_GID=true); its maximum,
+    /// the ConfigMap ondemand/ood-pod-policy, is created only if missing.
     #[arg(long)]
     pub uid_gid_policy: bool,
+
+    /// Also let the `ondemand` ServiceAccount list and delete OnDemand
+    /// namespaces and see their pods and claims (for `reap`).
+    #[arg(long)]
+    pub reap: bool,
 
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// List each namespace that would be deleted, and each kept one that
+    /// qualified by age or departure, with the reason; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also delete namespaces holding PersistentVolumeClaims (their data
+    /// goes with them).
+    #[arg(long)]
+    pub include_pvcs: bool,
+
+    /// This run's cap instead of REAP_MAX_PER_RUN (after checking that so
+    /// many users really left).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_run: Option<u32>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
 impl InstallArgs {
     /// The manifests the flags select, base first.
     pub fn parts(&self) -> Vec<crate::install::Part> {
         use crate::install::Part;
-        let mut parts = vec![Part::Base];
+        let mut parts = vec![Part::Base, Part::Apf];
         if self.job_pod_reaper {
             parts.push(Part::JobPodReaper);
         }
@@ -240,6 +286,9 @@ impl InstallArgs {
         }
         if self.uid_gid_policy {
             parts.push(Part::UidGidPolicy);
+        }
+        if self.reap {
+            parts.push(Part::Reap);
         }
         parts
     }
@@ -543,7 +592,11 @@ mod tests {
         };
         assert_eq!(
             a.parts(),
-            [crate::install::Part::Base, crate::install::Part::SelfRenew]
+            [
+                crate::install::Part::Base,
+                crate::install::Part::Apf,
+                crate::install::Part::SelfRenew
+            ]
         );
         let c = cli(&["doctor", "--user", "alice", "--output", "json"]);
         assert!(matches!(c.command, Some(Command::Doctor(ref d)) if d.output == Output::Json));

@@ -55,7 +55,8 @@ impl Exit {
             Exit::Software => "A bug or an unexpected answer.",
             Exit::CantCreate => "A file could not be written.",
             Exit::TempFail => {
-                "Temporary: try again (deadline, throttling, namespace being deleted)."
+                "Temporary: try again (deadline, throttling, namespace being deleted); for \
+                 `reap`, more namespaces qualify than REAP_MAX_PER_RUN (none deleted)."
             }
             Exit::NoPerm => "Not allowed: RBAC denial, unsafe file ownership, not root.",
             Exit::Config => "Bad hook.env (the message names file, line and key).",

@@ -18,11 +18,14 @@ use crate::apply::{Applied, ApplyError, Change, Cluster, Connect, Manifest, Mode
 use crate::exit::Exit;
 use crate::run::{PROG, fail, runtime};
 
-/// A piece of the prerequisites; [`Part::Base`] always, the rest by flag.
+/// A piece of the prerequisites; [`Part::Base`] and [`Part::Apf`] always, the rest by flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     /// `hooks/ondemand.yaml`: what every site needs.
     Base,
+    /// `hooks/ondemand-apf.yaml`, always: the FlowSchema and priority level
+    /// that keep logins' share of the API server in a storm.
+    Apf,
     /// `--job-pod-reaper`: the ClusterRole the reaper RoleBinding names.
     JobPodReaper,
     /// `--self-renew`: `create` on the `ondemand` ServiceAccount's own
@@ -33,6 +36,8 @@ pub enum Part {
     /// `--uid-gid-policy`: the ValidatingAdmissionPolicy that pods run as
     /// their user, for `PUBLISH_UID_GID=true`.
     UidGidPolicy,
+    /// `--reap`: list and delete OnDemand namespaces, for `reap`.
+    Reap,
 }
 
 impl Part {
@@ -40,6 +45,10 @@ impl Part {
     pub fn manifest(self) -> (&'static str, &'static str) {
         match self {
             Self::Base => ("ondemand.yaml", include_str!("../hooks/ondemand.yaml")),
+            Self::Apf => (
+                "ondemand-apf.yaml",
+                include_str!("../hooks/ondemand-apf.yaml"),
+            ),
             Self::JobPodReaper => (
                 "job-pod-reaper.yaml",
                 include_str!("../hooks/job-pod-reaper.yaml"),
@@ -49,6 +58,10 @@ impl Part {
                 "ondemand-prune.yaml",
                 include_str!("../hooks/ondemand-prune.yaml"),
             ),
+            Self::Reap => (
+                "ondemand-reap.yaml",
+                include_str!("../hooks/ondemand-reap.yaml"),
+            ),
             Self::UidGidPolicy => (
                 "uid-gid-policy.yaml",
                 include_str!("../hooks/uid-gid-policy.yaml"),
@@ -56,6 +69,9 @@ impl Part {
         }
     }
 }
+
+/// The FlowSchema (and priority level) of hooks/ondemand-apf.yaml.
+pub const FLOW_SCHEMA: &str = "ondemand";
 
 /// What the admin asked for.
 #[derive(Debug, Clone)]
@@ -153,8 +169,14 @@ fn target(doc: Value) -> Result<Manifest, String> {
     let name = field("/metadata/name").ok_or(format!("a {kind} without a name"))?;
     let namespace = field("/metadata/namespace");
     let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    let flowcontrol = "/apis/flowcontrol.apiserver.k8s.io/v1";
     let (collection, namespaced) = match kind.as_str() {
         "Namespace" => ("/api/v1/namespaces".to_owned(), false),
+        "FlowSchema" => (format!("{flowcontrol}/flowschemas"), false),
+        "PriorityLevelConfiguration" => {
+            (format!("{flowcontrol}/prioritylevelconfigurations"), false)
+        }
+        "ConfigMap" => ("/api/v1/{ns}/configmaps".to_owned(), true),
         "ServiceAccount" => ("/api/v1/{ns}/serviceaccounts".to_owned(), true),
         "ClusterRole" => (format!("{rbac}/clusterroles"), false),
         "ClusterRoleBinding" => (format!("{rbac}/clusterrolebindings"), false),
@@ -180,6 +202,9 @@ fn target(doc: Value) -> Result<Manifest, String> {
         path: format!("{path}/{name}"),
         describe: format!("{kind}/{name}"),
         namespace,
+        // A ConfigMap holds the site's settings (the pod policy's maximum
+        // lifetime): shipped with a default, then the site's to change.
+        create_only: kind == "ConfigMap",
         body: doc,
     })
 }
@@ -337,7 +362,7 @@ mod tests {
 
     #[test]
     fn issue_11s_manifests_are_parts_too() {
-        let t = targets(&[Part::Prune, Part::UidGidPolicy]).unwrap();
+        let t = targets(&[Part::Prune, Part::UidGidPolicy, Part::Apf, Part::Reap]).unwrap();
         let names: Vec<&str> = t.iter().map(|t| t.describe.as_str()).collect();
         assert_eq!(
             names,
@@ -346,8 +371,20 @@ mod tests {
                 "ClusterRoleBinding/ondemand-prune",
                 "ValidatingAdmissionPolicy/ood-uid-gid",
                 "ValidatingAdmissionPolicyBinding/ood-uid-gid",
+                "ConfigMap/ood-pod-policy",
+                "PriorityLevelConfiguration/ondemand",
+                "FlowSchema/ondemand",
+                "ClusterRole/ondemand-reap",
+                "ClusterRoleBinding/ondemand-reap",
             ]
         );
+        // The site's setting is created once, then the site's.
+        let created_only: Vec<&str> = t
+            .iter()
+            .filter(|m| m.create_only)
+            .map(|m| m.describe.as_str())
+            .collect();
+        assert_eq!(created_only, ["ConfigMap/ood-pod-policy"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod oneline;
 pub mod outage;
 pub mod owner;
 pub mod prune;
+pub mod reap;
 pub mod reconcile;
 pub mod render;
 pub mod root_kubeconfig;

@@ -10,7 +10,7 @@ use clap::Parser;
 use ood_k8s_bootstrap::cli::{self, Command, Hidden};
 use ood_k8s_bootstrap::run::{init_logging, unix_now};
 use ood_k8s_bootstrap::{
-    broker, config, credential, docs, doctor, hook, install, kubeconfig, reconcile, render,
+    broker, config, credential, docs, doctor, hook, install, kubeconfig, reap, reconcile, render,
     root_token,
 };
 
@@ -66,6 +66,19 @@ fn main() -> ExitCode {
                 prune,
             };
             reconcile::main(source, &common.hook_env, options).into()
+        }
+        Some(Command::Reap(args)) => {
+            init_logging(args.common.verbose);
+            reap::main(
+                &args.common.hook_env,
+                &reap::Options {
+                    dry_run: args.dry_run,
+                    include_pvcs: args.include_pvcs,
+                    max_per_run: args.max_per_run.map(|n| n as usize),
+                    verbose: args.common.verbose,
+                },
+            )
+            .into()
         }
         Some(Command::Install(args)) => {
             init_logging(0);

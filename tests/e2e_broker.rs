@@ -1234,3 +1234,61 @@ fn a_refresh_while_the_idp_hangs_or_is_down_is_bounded_and_survived() {
     assert!(out.status.success(), "{}\n{}", text(&out), b.log_text());
     assert_eq!(refreshes(&b) - before, 1, "{}", b.log_text());
 }
+
+/// Issue 18 (1): `reap` with REAP_DEPARTED=true deletes a departed login's
+/// namespace and, with it, the broker's stored token set for that login's
+/// old uid; another login's namespace and set stay.
+#[test]
+fn reap_deletes_a_departed_logins_namespace_and_stored_tokens() {
+    let (gone, stays) = ("brk-reap-gone", "brk-reap-stays");
+    let _ = Command::new("userdel").args(["-r", gone]).output();
+    let (gone_uid, _) = fresh_home(gone);
+    let (stays_uid, _) = fresh_home(stays);
+    let c = cluster();
+    c.admin(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &format!("{}/hooks/ondemand-reap.yaml", env!("CARGO_MANIFEST_DIR")),
+    ]);
+    let b = Broker::start("brkreap", "REAP_DEPARTED=true\n");
+    let tokens = c.login("alice");
+    for user in [gone, stays] {
+        let out = b.hook(user, Some(&tokens));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let set = |uid: u32| b.state.join(format!("{uid}.json"));
+    assert!(set(gone_uid).exists() && set(stays_uid).exists());
+
+    let out = Command::new("userdel").args(["-r", gone]).output().unwrap();
+    assert!(out.status.success(), "userdel: {}", text(&out));
+    let out = c
+        .hook()
+        .arg("reap")
+        .arg("--hook-env")
+        .arg(&b.env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let ns = |u: &str| format!("{}{u}", prefix("brkreap"));
+    for want in [
+        format!(
+            "deleted      {}: departed: {gone} is no longer in passwd",
+            ns(gone)
+        ),
+        format!("deleted      stored token set of uid {gone_uid} ({gone})"),
+    ] {
+        assert!(said.contains(&want), "no {want:?} in:\n{}", text(&out));
+    }
+    assert!(!set(gone_uid).exists(), "the departed login's set is kept");
+    assert!(set(stays_uid).exists(), "the other login's set is gone");
+    let gone_ns = c.get_json(&["namespace", &ns(gone)]);
+    assert!(
+        gone_ns.is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null()),
+        "{}",
+        text(&out)
+    );
+    let stays_ns = c.get_json(&["namespace", &ns(stays)]).expect("kept");
+    assert!(stays_ns["metadata"]["deletionTimestamp"].is_null());
+}

@@ -385,6 +385,27 @@ fn a_run_uses_one_http2_connection() {
     }
 }
 
+/// Login storms: every request of a hook run is classified by the
+/// FlowSchema `ondemand` (hooks/ondemand-apf.yaml, which the local cluster
+/// has as a site's would), as the API server says in each answer's
+/// `X-Kubernetes-PF-FlowSchema-UID` header — not by the built-in
+/// `service-accounts` schema shared with every other workload.
+#[test]
+fn the_hooks_requests_are_classified_by_the_ondemand_flow_schema() {
+    let case = Case::new("ch-apf");
+    let proxy = Proxy::start(&case.dir, json!({ "rules": [] }));
+    let schema = cluster()
+        .get_json(&["flowschema", "ondemand"])
+        .expect("FlowSchema ondemand (tests/cluster/up applies hooks/ondemand-apf.yaml)");
+    let uid = schema["metadata"]["uid"].as_str().expect("its uid");
+    case.run(&proxy.kubeconfig).succeeded(&case);
+    let answers = proxy.events("answer");
+    assert!(answers.len() >= 5, "{answers:?}");
+    for a in &answers {
+        assert_eq!(a["flow_schema"], uid, "{a}");
+    }
+}
+
 /// An answer far larger than any real one (64 MiB, streamed) is not read
 /// whole: the run stops at the cap with a clear, final error (no retries),
 /// well within the deadline, and its memory stays bounded; a clean run

@@ -11,6 +11,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{cluster, linux_user, ondemand_writes, scratch, text};
 use serde_json::{Value, json};
@@ -332,7 +333,7 @@ metadata:
     app.kubernetes.io/name: jupyter
     app.kubernetes.io/managed-by: open-ondemand
   annotations:
-    pod.kubernetes.io/lifetime: 1h0m0s
+    pod.kubernetes.io/lifetime: 01h00m00s
 spec:
   restartPolicy: Never
   securityContext:
@@ -417,8 +418,22 @@ data:
 }
 
 fn simple_pod(name: &str, pod_sc: &str, container_sc: &str) -> String {
+    pod_with_lifetime(name, pod_sc, container_sc, Some("01h00m00s"))
+}
+
+/// A pod with `lifetime` as its `pod.kubernetes.io/lifetime` (none: no
+/// annotation).
+fn pod_with_lifetime(
+    name: &str,
+    pod_sc: &str,
+    container_sc: &str,
+    lifetime: Option<&str>,
+) -> String {
+    let annotations = lifetime.map_or(String::new(), |l| {
+        format!(", annotations: {{pod.kubernetes.io/lifetime: '{l}'}}")
+    });
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  securityContext: {pod_sc}\n  containers:\n  - name: c\n    image: registry.example/none\n    securityContext: {container_sc}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}{annotations}}}\nspec:\n  securityContext: {pod_sc}\n  containers:\n  - name: c\n    image: registry.example/none\n    securityContext: {container_sc}\n"
     )
 }
 
@@ -454,19 +469,26 @@ fn uid_gid_policy_admits_only_the_users_own_pods() {
     // OnDemand namespace; here it is narrowed to this test's namespace so
     // the tests running alongside are not affected.
     let docs = manifest("uid-gid-policy.yaml");
-    let (policy, binding) = (&docs[0], &docs[1]);
+    let (policy, binding, settings) = (&docs[0], &docs[1], &docs[2]);
     assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
     assert_eq!(
         binding["spec"]["matchResources"]["namespaceSelector"],
         json!({"matchLabels": {"app.kubernetes.io/name": "open-ondemand"}})
     );
     assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(settings["data"]["maxLifetime"], "24h");
+    // Its parameter too, with a maximum of this test's own.
+    let mut params = settings.clone();
+    let params_name = format!("{prefix}pod-policy");
+    params["metadata"]["name"] = json!(params_name);
+    params["data"]["maxLifetime"] = json!("2h");
     let mut narrowed = binding.clone();
     let binding_name = format!("{prefix}uid-gid");
     narrowed["metadata"]["name"] = json!(binding_name);
+    narrowed["spec"]["paramRef"]["name"] = json!(params_name);
     narrowed["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] =
         json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [&ns]}]);
-    admin_apply(&[policy.clone(), narrowed]);
+    admin_apply(&[policy.clone(), params, narrowed]);
 
     let kc = user_kubeconfig(&dir, "dave", &ns);
     let create = |manifest: &str| {
@@ -497,8 +519,32 @@ fn uid_gid_policy_admits_only_the_users_own_pods() {
         "{allowPrivilegeEscalation: false}",
     ));
     assert!(out.status.success(), "{}", text(&out));
-    // Another uid (on the container), or root: refused, saying why.
+    // Another uid (on the container), or root, a foreign group, no or too
+    // long a lifetime: refused, saying why.
     let other = uid + 1;
+    let lifetime = |name: &str, lifetime: Option<&str>| {
+        create(&pod_with_lifetime(name, &good_sc, "{}", lifetime))
+    };
+    for (name, out, why) in [
+        ("no-lifetime", lifetime("no-lifetime", None), "none given"),
+        (
+            "long-lifetime",
+            lifetime("long-lifetime", Some("03h00m00s")),
+            "at most 2h",
+        ),
+        (
+            "bad-lifetime",
+            lifetime("bad-lifetime", Some("-1h")),
+            "-1h given",
+        ),
+    ] {
+        assert!(!out.status.success(), "{name} was admitted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("ood-uid-gid") && stderr.contains(why),
+            "{name}: {stderr}"
+        );
+    }
     for (name, pod_sc, container_sc, why) in [
         (
             "other-uid",
@@ -526,6 +572,12 @@ fn uid_gid_policy_admits_only_the_users_own_pods() {
             "{}".to_owned(),
             "supplementalGroups".to_owned(),
         ),
+        (
+            "root-fs-group",
+            &*format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true, fsGroup: 0}}"),
+            "{}".to_owned(),
+            "fsGroup".to_owned(),
+        ),
     ] {
         let out = create(&simple_pod(name, pod_sc, &container_sc));
         assert!(!out.status.success(), "{name} was admitted");
@@ -540,7 +592,38 @@ fn uid_gid_policy_admits_only_the_users_own_pods() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(c.get_json(&["pod", "-n", &ns, "jupyter-abc123"]).is_some());
 
+    // The site raises its maximum once, in the parameter: a 3 h pod is
+    // admitted as soon as the API server has the new value.
+    c.admin(&[
+        "-n",
+        "ondemand",
+        "patch",
+        "configmap",
+        &params_name,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"maxLifetime":"4h"}}"#,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = lifetime("three-hours", Some("03h00m00s"));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("at most 2h"),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new maximum never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     c.admin(&["delete", "validatingadmissionpolicybinding", &binding_name]);
+    c.admin(&["-n", "ondemand", "delete", "configmap", &params_name]);
 }
 
 // ---- pruning ----------------------------------------------------------
@@ -776,4 +859,221 @@ fn pruning_without_the_grant_says_what_to_apply() {
         "{stderr}"
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+// ---- reaping ----------------------------------------------------------
+
+/// `reap` as root with the `ondemand` account (granted by
+/// hooks/ondemand-reap.yaml).
+fn reap(hook_env: &Path, extra: &[&str]) -> Output {
+    cluster()
+        .hook()
+        .arg("reap")
+        .arg("--hook-env")
+        .arg(hook_env)
+        .args(extra)
+        .output()
+        .expect("run reap")
+}
+
+/// Deleted: gone, or being deleted (the namespace controller empties it).
+fn deleted(ns: &str) -> bool {
+    cluster()
+        .get_json(&["namespace", ns])
+        .is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null())
+}
+
+/// A Linux account made afresh (so its uid is its own this run).
+fn fresh_account(name: &str) -> u32 {
+    let _ = Command::new("userdel").args(["-r", name]).output();
+    linux_user(name).0
+}
+
+/// Deletes a Linux account (and its home, if it has one).
+fn userdel(name: &str) {
+    if Command::new("userdel")
+        .args(["-r", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        return;
+    }
+    let out = Command::new("userdel").arg(name).output().unwrap();
+    assert!(out.status.success(), "userdel {name}: {}", text(&out));
+}
+
+/// Issue 18 (1): of six users' namespaces, `reap` deletes exactly the idle
+/// one (no login for 40 days, nothing running) and the two departed ones
+/// (login gone from passwd; login now with another uid), and keeps the
+/// active one, an idle one with a pending pod and an idle one holding a
+/// PersistentVolumeClaim (until --include-pvcs), and another prefix's. The
+/// dry run lists each with its reason and deletes nothing; more than the
+/// cap deletes nothing and exits 75.
+#[test]
+fn reap_deletes_exactly_the_idle_and_departed_namespaces() {
+    let c = cluster();
+    admin_apply(&manifest("ondemand-reap.yaml"));
+    let dir = scratch("reap");
+    let prefix = common::prefix("reap");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nREAP_IDLE_DAYS=30\nREAP_DEPARTED=true\nREAP_MAX_PER_RUN=3\n"
+        ),
+    );
+    let other_prefix = common::prefix("reapother");
+    let other_env = c.hook_env(
+        &scratch("reap-other"),
+        &format!("NAMESPACE_PREFIX={other_prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    let users = [
+        "rp-idle",
+        "rp-active",
+        "rp-busy",
+        "rp-data",
+        "rp-gone",
+        "rp-moved",
+    ];
+    let mut uids = std::collections::BTreeMap::new();
+    for u in users {
+        uids.insert(u, fresh_account(u));
+        assert_ok(&hook(u, &env, &["--cluster-only"]));
+    }
+    assert_ok(&hook("rp-idle", &other_env, &["--cluster-only"]));
+    let ns = |u: &str| format!("{prefix}{u}");
+    // 40 days without a login for three of them.
+    let long_ago = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 40 * 86_400)
+        .to_string();
+    for u in ["rp-idle", "rp-busy", "rp-data"] {
+        c.admin(&[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            &ns(u),
+            &format!("openondemand.org/last-hook-execution={long_ago}"),
+        ]);
+    }
+    c.admin(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        &format!("{other_prefix}rp-idle"),
+        &format!("openondemand.org/last-hook-execution={long_ago}"),
+    ]);
+    // A pod that has not finished (no kubelet here: it stays Pending), a claim.
+    common::pipe(
+        Command::new(c.var("KUBECTL"))
+            .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN"), "-n", &ns("rp-busy")])
+            .args(["create", "-f", "-"]),
+        b"apiVersion: v1\nkind: Pod\nmetadata: {name: job}\nspec:\n  containers:\n  - {name: c, image: registry.example/none}\n",
+    );
+    common::pipe(
+        Command::new(c.var("KUBECTL"))
+            .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN"), "-n", &ns("rp-data")])
+            .args(["create", "-f", "-"]),
+        b"apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n",
+    );
+    // rp-gone leaves; rp-moved's login comes back with another uid.
+    userdel("rp-gone");
+    userdel("rp-moved");
+    let new_uid = uids["rp-moved"] + 1000;
+    let out = Command::new("useradd")
+        .args(["-u", &new_uid.to_string(), "-M", "rp-moved"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "useradd: {}", text(&out));
+
+    // The dry run: each with its reason, nothing deleted.
+    let out = reap(&env, &["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for want in [
+        format!("would delete {}: idle: no login for 40 days", ns("rp-idle")),
+        format!(
+            "would delete {}: departed: rp-gone is no longer in passwd",
+            ns("rp-gone")
+        ),
+        format!(
+            "would delete {}: departed: rp-moved is uid {new_uid} in passwd, the namespace was made for uid {}",
+            ns("rp-moved"),
+            uids["rp-moved"]
+        ),
+        format!(
+            "kept         {}: idle, but a pod is still running or pending",
+            ns("rp-busy")
+        ),
+        format!(
+            "kept         {}: holds PersistentVolumeClaims",
+            ns("rp-data")
+        ),
+    ] {
+        assert!(said.contains(&want), "no {want:?} in:\n{}", text(&out));
+    }
+    assert!(!said.contains("rp-active"), "{said}");
+    assert!(!said.contains(&other_prefix), "{said}");
+    assert!(users.iter().all(|u| !deleted(&ns(u))));
+
+    // Over the cap: nothing deleted, exit 75, saying why.
+    let out = reap(&env, &["--max-per-run", "2"]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "3 namespaces qualify (2 of them departed), more than REAP_MAX_PER_RUN=2: deleted none"
+        ),
+        "{err}"
+    );
+    assert!(users.iter().all(|u| !deleted(&ns(u))));
+
+    // The real run, as the shipped daily timer's service runs it: exactly
+    // the three.
+    let exec = common::unit_values("ood-k8s-bootstrap-reap.service", "ExecStart");
+    assert_eq!(exec, ["/usr/bin/ood-k8s-bootstrap reap"]);
+    let environment = common::unit_values("ood-k8s-bootstrap-reap.service", "Environment");
+    assert_eq!(environment, ["KUBECONFIG=/root/.kube/config"]);
+    let calendar = common::unit_values("ood-k8s-bootstrap-reap.timer", "OnCalendar");
+    assert_eq!(calendar, ["*-*-* 03:17:00"]);
+    let out = reap(&env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("reap: 3 deleted (1 idle, 2 departed), 3 kept, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    for u in ["rp-idle", "rp-gone", "rp-moved"] {
+        assert!(deleted(&ns(u)), "{u} kept:\n{}", text(&out));
+    }
+    for u in ["rp-active", "rp-busy", "rp-data"] {
+        assert!(!deleted(&ns(u)), "{u} deleted:\n{}", text(&out));
+    }
+    assert!(!deleted(&format!("{other_prefix}rp-idle")));
+
+    // With --include-pvcs the idle namespace holding a claim goes too.
+    let out = reap(&env, &["--include-pvcs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(deleted(&ns("rp-data")), "{}", text(&out));
+    assert!(!deleted(&ns("rp-busy")) && !deleted(&ns("rp-active")));
+    userdel("rp-moved");
+
+    // The CronJob manifest for sites that let the cluster run it is valid
+    // as shipped (the API server's own validation; there is no kubelet
+    // here to run it).
+    let out = c.kubectl_as(
+        c.var("KUBECONFIG_ADMIN"),
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            &format!("{REPO}/hooks/reap-cronjob.yaml"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }

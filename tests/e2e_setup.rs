@@ -258,13 +258,14 @@ fn install_creates_missing_prerequisites_then_changes_nothing_and_the_hook_works
 
     let out = install(&[]);
     assert!(out.status.success(), "{}", text(&out));
+    // The base's six and the login-storm FlowSchema and priority level.
     assert_eq!(
         stdout(&out).matches("unchanged").count(),
-        6,
+        8,
         "second run:\n{}",
         text(&out)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("0 created, 0 changed, 6 unchanged"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 created, 0 changed, 8 unchanged"));
     eprintln!("install: first run {} ms", first.as_millis());
 
     // The hook, as root with a token minted for the installed account.
@@ -382,6 +383,7 @@ fn doctor_passes_on_the_healthy_setup() {
         "✓ ClusterRole ood-initializer:",
         "✓ ClusterRole job-pod-reaper:",
         "✓ job-pod-reaper: ServiceAccount job-pod-reaper/job-pod-reaper exists",
+        "✓ login storms: the ondemand account's requests are classified by FlowSchema ondemand",
     ] {
         assert!(ok.contains(want), "no {want:?}:\n{}", text(&out));
     }
@@ -504,6 +506,48 @@ fn doctor_fails_when_cluster_role_ood_user_is_missing_and_install_fixes_it() {
     assert!(out.status.success(), "after install:\n{}", text(&out));
 }
 
+/// Without the login-storm FlowSchema logins work, but share the API
+/// server with every other workload: a warning naming the fix, which
+/// works.
+#[test]
+fn doctor_warns_without_the_login_storm_flow_schema_and_install_restores_it() {
+    let _lock = exclusive();
+    let _restore = Restore;
+    let c = cluster();
+    let dir = scratch("doctor-no-apf");
+    let env = hook_env(&dir, "");
+    c.admin(&["delete", "flowschema", "ondemand"]);
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        lines(&out, "⚠").iter().any(|l| l
+            .contains("login storms: there is no FlowSchema ondemand")
+            && l.contains("ood-k8s-bootstrap install")),
+        "{}",
+        text(&out)
+    );
+    let fixed = install(&[]);
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(
+        stdout(&fixed).contains("created      FlowSchema/ondemand"),
+        "{}",
+        text(&fixed)
+    );
+    assert!(
+        stdout(&fixed).contains("unchanged    PriorityLevelConfiguration/ondemand"),
+        "{}",
+        text(&fixed)
+    );
+    let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+    assert!(
+        lines(&out, "✓")
+            .iter()
+            .any(|l| l.contains("login storms: the ondemand account's requests are classified")),
+        "after install:\n{}",
+        text(&out)
+    );
+}
+
 /// Logins work without the reaper (a RoleBinding may name a missing
 /// ServiceAccount); only pods are not reaped: a warning, exit 0.
 #[test]
@@ -587,6 +631,17 @@ impl Drop for Uninstall {
                 &["delete", kind, name, "--ignore-not-found"],
             );
         }
+        let _ = c.kubectl_as(
+            admin_kubeconfig(),
+            &[
+                "-n",
+                "ondemand",
+                "delete",
+                "configmap",
+                "ood-pod-policy",
+                "--ignore-not-found",
+            ],
+        );
     }
 }
 
@@ -634,8 +689,8 @@ fn install_prune_and_uid_gid_policy_are_applied_and_used() {
                 "-",
             ]),
             format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  securityContext: {sc}\n  \
-                 containers:\n  - name: c\n    image: registry.example/none\n"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{pod.kubernetes.io/lifetime: 01h00m00s}}\n\
+                 spec:\n  securityContext: {sc}\n  containers:\n  - name: c\n    image: registry.example/none\n"
             )
             .as_bytes(),
         )
@@ -647,6 +702,29 @@ fn install_prune_and_uid_gid_policy_are_applied_and_used() {
         &format!("{{runAsUser: {uid}, runAsGroup: {gid}, runAsNonRoot: true}}"),
     );
     assert!(out.status.success(), "{}", text(&out));
+
+    // The policy's maximum is the site's: a later install keeps it.
+    c.admin(&[
+        "-n",
+        "ondemand",
+        "patch",
+        "configmap",
+        "ood-pod-policy",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"maxLifetime":"48h"}}"#,
+    ]);
+    let again = install(&["--uid-gid-policy"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .lines()
+            .any(|l| l.starts_with("unchanged") && l.ends_with("ConfigMap/ood-pod-policy")),
+        "{}",
+        text(&again)
+    );
+    let kept = c.get_json(&["configmap", "-n", "ondemand", "ood-pod-policy"]);
+    assert_eq!(kept.unwrap()["data"]["maxLifetime"], "48h");
 }
 
 // ---- root-token --------------------------------------------------------

@@ -131,6 +131,25 @@ impl Store {
         self.path.join(Self::name(uid))
     }
 
+    /// The uids something is stored for (files `UID.json`), for `reap`.
+    pub fn uids(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let mut uids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let uid = name.to_str()?.strip_suffix(".json")?;
+                uid.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| uid.parse().ok())?
+            })
+            .collect();
+        uids.sort_unstable();
+        uids
+    }
+
     /// The set stored for `uid`, if any, of this format.
     pub fn read(&self, uid: u32) -> Result<Option<TokenSet>, StoreError> {
         match self.find(uid)? {

@@ -31,6 +31,7 @@ pub fn all(f: &Facts) -> Vec<Check> {
         out.extend(permissions(c));
         out.extend(cluster_roles(c, settings));
         out.extend(reaper(c));
+        out.push(login_storms(c));
     }
     out.extend(renewal(f));
     if let Some(i) = &f.issuer {
@@ -500,6 +501,55 @@ fn reaper(c: &ClusterFacts) -> Vec<Check> {
             }
         })
         .collect()
+}
+
+/// Are the account's requests classified by FlowSchema `ondemand`, so that
+/// logins keep their share of the API server in a storm?
+fn login_storms(c: &ClusterFacts) -> Check {
+    let name = "login storms";
+    let fix = "run `ood-k8s-bootstrap install` with a cluster admin's kubeconfig (it applies hooks/ondemand-apf.yaml)";
+    let storm = "in a login storm the hook's requests queue behind every other ServiceAccount's (priority level workload-low)";
+    let Ok(flow) = &c.flow else {
+        let why = c.flow.as_ref().err().map_or("", String::as_str);
+        return Check::found(
+            Finding::FlowSchemaMissing,
+            name,
+            format!("cannot read FlowSchema ondemand: {why}"),
+            "",
+        );
+    };
+    match (flow.status, &flow.uid, &flow.classified_by) {
+        (200, Some(uid), Some(by)) if uid == by => Check::ok(
+            name,
+            "the ondemand account's requests are classified by FlowSchema ondemand: logins keep their own share of the API server",
+        ),
+        (200, Some(_), Some(by)) => Check::found(
+            Finding::FlowSchemaMissing,
+            name,
+            format!(
+                "FlowSchema ondemand exists, but another one (uid {by}) classifies the ondemand account's requests first: {storm}"
+            ),
+            "give FlowSchema ondemand a lower matchingPrecedence than the one with that uid (`kubectl get flowschemas`)",
+        ),
+        (_, _, None) => Check::found(
+            Finding::FlowSchemaMissing,
+            name,
+            "the API server does not classify requests (API Priority and Fairness is off)",
+            "",
+        ),
+        (404, _, _) => Check::found(
+            Finding::FlowSchemaMissing,
+            name,
+            format!("there is no FlowSchema ondemand: {storm}"),
+            fix,
+        ),
+        (s, _, _) => Check::found(
+            Finding::FlowSchemaMissing,
+            name,
+            format!("reading FlowSchema ondemand answered {s}"),
+            fix,
+        ),
+    }
 }
 
 fn renewal(f: &Facts) -> Vec<Check> {

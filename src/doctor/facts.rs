@@ -124,6 +124,22 @@ pub struct ClusterFacts {
     pub reaper: Vec<ObjectFact>,
     /// May root's account renew its own token (install --self-renew)?
     pub self_renew: Option<Access>,
+    /// Login storms: the `ondemand` FlowSchema and what classified root's
+    /// own request for it.
+    pub flow: Result<FlowFact, String>,
+}
+
+/// A GET of FlowSchema `ondemand` (hooks/ondemand-apf.yaml) as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowFact {
+    /// 200, 404, 403, ...
+    pub status: u16,
+    /// Its UID, when it was read.
+    pub uid: Option<String>,
+    /// The UID the API server named in that answer's
+    /// `X-Kubernetes-PF-FlowSchema-UID` (none: API Priority and Fairness
+    /// is off).
+    pub classified_by: Option<String>,
 }
 
 /// An OIDC discovery document's interesting part.

@@ -56,6 +56,7 @@ findings! {
     RoleMissing: Fail, "a ClusterRole the hook binds does not exist";
     RoleNotBindable: Fail, "root may not bind a ClusterRole the hook binds, or whether it may cannot be checked";
     ReaperMissing: Warn, "USE_JOB_POD_REAPER=true but the job-pod-reaper's namespace or ServiceAccount is missing or unreadable (logins work; pods are not reaped)";
+    FlowSchemaMissing: Warn, "the ondemand account's requests are not classified by FlowSchema ondemand, or whether they are cannot be read (logins work; in a login storm they queue behind other workloads)";
     SelfRenewDenied: Warn, "root may not renew its own token";
     RenewalNotScheduled: Warn, "nothing renews root's token (the systemd timer is not active, or there is no systemd)";
     IssuerWrong: Fail, "OIDC discovery at IDP_ISSUER_URL fails or names another issuer";

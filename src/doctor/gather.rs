@@ -223,6 +223,7 @@ async fn cluster_facts(
             binds: Vec::new(),
             reaper: Vec::new(),
             self_renew: None,
+            flow: Err("the API server did not answer".into()),
         };
     }
     // Bindings are dry-run in a namespace that exists: the user's, root's
@@ -258,7 +259,7 @@ async fn cluster_facts(
             ]
         })
         .unwrap_or_default();
-    let (whoami, access, binds, reaper, self_renew) = futures::join!(
+    let (whoami, access, binds, reaper, self_renew, flow) = futures::join!(
         root_token::who_am_i(c),
         futures::future::join_all(access.into_iter().map(|a| review(c, a))),
         futures::future::join_all(
@@ -278,6 +279,7 @@ async fn cluster_facts(
                 None => None,
             }
         },
+        flow_schema(c),
     );
     ClusterFacts {
         server: c.server().to_owned(),
@@ -287,7 +289,28 @@ async fn cluster_facts(
         binds,
         reaper,
         self_renew,
+        flow,
     }
+}
+
+/// Reads FlowSchema `ondemand`; the answer's header says which FlowSchema
+/// classified this very request of root's account.
+async fn flow_schema(c: &Cluster) -> Result<FlowFact, String> {
+    let path = format!(
+        "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/{}",
+        crate::install::FLOW_SCHEMA
+    );
+    let r = call(c, Method::GET, &path, None).await?;
+    Ok(FlowFact {
+        status: r.status,
+        uid: r
+            .body
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|_| r.status == 200)
+            .map(str::to_owned),
+        classified_by: r.flow_schema,
+    })
 }
 
 /// Asks a SelfSubjectAccessReview and records the answer in `a`.

@@ -88,6 +88,9 @@ pub struct Draft {
     pub broker_max_connections: usize,
     pub broker_requests_per_minute: u32,
     pub broker_max_session_hours: u32,
+    pub reap_idle_days: Option<u32>,
+    pub reap_departed: bool,
+    pub reap_max_per_run: usize,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -655,6 +658,51 @@ pub const KEYS: &[Key] = &[
         parse: |v, d| match v.parse::<u32>() {
             Ok(n @ 1..=100_000) => {
                 d.broker_requests_per_minute = n;
+                Ok(())
+            }
+            _ => Err("expected a whole number from 1 to 100000".into()),
+        },
+    },
+    Key {
+        name: "REAP_IDLE_DAYS",
+        section: Section::New,
+        doc: "`reap`: delete an OnDemand namespace whose user has not logged in for this many               days (its openondemand.org/last-hook-execution annotation) and that runs no pod               (every pod Succeeded or Failed). Empty: never by age.",
+        value: "1-36500 or empty",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            if v.is_empty() {
+                d.reap_idle_days = None;
+                return Ok(());
+            }
+            match v.parse::<u32>() {
+                Ok(n @ 1..=36_500) => {
+                    d.reap_idle_days = Some(n);
+                    Ok(())
+                }
+                _ => Err("expected a whole number of days from 1 to 36500, or nothing".into()),
+            }
+        },
+    },
+    Key {
+        name: "REAP_DEPARTED",
+        section: Section::New,
+        doc: "`reap`: \"true\" also deletes the namespace of a login that is no longer in passwd               (NSS), or whose uid is no longer the one recorded on the namespace, and the               broker's stored tokens of such logins. Only namespaces with the hook's owner               record (openondemand.org/user and openondemand.org/uid) are judged.",
+        value: "true|false",
+        default: "false",
+        example: "false",
+        parse: |v, d| boolean(v).map(|b| d.reap_departed = b),
+    },
+    Key {
+        name: "REAP_MAX_PER_RUN",
+        section: Section::New,
+        doc: "`reap`: the most namespaces one run deletes. If more qualify (a broken NSS makes               every user look departed), it deletes none, says how many and why, and exits 75.",
+        value: "1-100000",
+        default: "50",
+        example: "50",
+        parse: |v, d| match v.parse::<usize>() {
+            Ok(n @ 1..=100_000) => {
+                d.reap_max_per_run = n;
                 Ok(())
             }
             _ => Err("expected a whole number from 1 to 100000".into()),

@@ -250,6 +250,17 @@ pub struct BrokerSettings {
     pub max_session_hours: u32,
 }
 
+/// `reap` (the `REAP_*` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReapSettings {
+    /// `REAP_IDLE_DAYS`: idle this long = reaped; None = never by age.
+    pub idle_days: Option<u32>,
+    /// `REAP_DEPARTED`: reap the namespaces of logins gone from passwd.
+    pub departed: bool,
+    /// `REAP_MAX_PER_RUN`: more than this qualifying = delete none.
+    pub max_per_run: usize,
+}
+
 /// Everything hook.env says, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -281,6 +292,7 @@ pub struct Settings {
     pub exchange: Option<ExchangeSettings>,
     pub kubeconfig: KubeconfigSettings,
     pub broker: BrokerSettings,
+    pub reap: ReapSettings,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -543,6 +555,11 @@ impl Checked<'_> {
                 max_connections: d.broker_max_connections,
                 requests_per_minute: d.broker_requests_per_minute,
                 max_session_hours: d.broker_max_session_hours,
+            },
+            reap: ReapSettings {
+                idle_days: d.reap_idle_days,
+                departed: d.reap_departed,
+                max_per_run: d.reap_max_per_run,
             },
             warnings,
         })

@@ -184,6 +184,9 @@ type Event struct {
 	Path   string `json:"path,omitempty"`
 	Fault  string `json:"fault"` // "none" when forwarded untouched
 	Status int    `json:"status,omitempty"`
+	// For an answer: the FlowSchema (UID) that classified the request,
+	// from the API server's X-Kubernetes-PF-FlowSchema-UID header.
+	FlowSchema string `json:"flow_schema,omitempty"`
 }
 
 type proxy struct {
@@ -328,6 +331,9 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusBadGateway, "", "chaos-proxy: upstream: "+err.Error())
 		return
 	}
+	answer := Event{Kind: "answer", Conn: ev.Conn, Method: r.Method, Path: r.URL.Path, Fault: fault,
+		Status: resp.StatusCode, FlowSchema: resp.Header.Get("X-Kubernetes-PF-FlowSchema-UID")}
+	p.event(answer)
 	for k, vs := range resp.Header {
 		if !hopByHop(k) {
 			w.Header()[k] = vs

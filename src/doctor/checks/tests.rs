@@ -65,6 +65,11 @@ fn healthy() -> Facts {
                 .collect(),
             reaper: Vec::new(),
             self_renew: None,
+            flow: Ok(FlowFact {
+                status: 200,
+                uid: Some("uid-ondemand".into()),
+                classified_by: Some("uid-ondemand".into()),
+            }),
         }),
         issuer: Some(IssuerFacts {
             configured: "https://idp.example/realms/ood".into(),
@@ -609,4 +614,46 @@ fn pruning_needs_list_and_delete_on_every_prunable_kind() {
         )
     );
     assert!(!deletes.iter().any(|d| d.contains("persistentvolumeclaims")));
+}
+
+#[test]
+fn login_storms_need_the_ondemand_flow_schema_to_classify_roots_requests() {
+    let storms = |flow: Result<FlowFact, String>| {
+        let mut f = healthy();
+        if let Ok(c) = &mut f.cluster {
+            c.flow = flow;
+        }
+        all(&f)
+            .into_iter()
+            .find(|c| c.check == "login storms")
+            .unwrap()
+    };
+    let fact = |status, uid: Option<&str>, by: Option<&str>| {
+        Ok(FlowFact {
+            status,
+            uid: uid.map(str::to_owned),
+            classified_by: by.map(str::to_owned),
+        })
+    };
+    assert_eq!(storms(fact(200, Some("a"), Some("a"))).status, Status::Ok);
+    let missing = storms(fact(404, None, Some("sa-schema")));
+    assert_eq!(missing.status, Status::Warn);
+    assert!(
+        missing.detail.contains("there is no FlowSchema ondemand"),
+        "{missing:?}"
+    );
+    assert!(missing.fix.unwrap().contains("ood-k8s-bootstrap install"));
+    let shadowed = storms(fact(200, Some("a"), Some("b")));
+    assert_eq!(shadowed.status, Status::Warn);
+    assert!(
+        shadowed.detail.contains("another one (uid b)"),
+        "{shadowed:?}"
+    );
+    assert!(shadowed.fix.unwrap().contains("matchingPrecedence"));
+    let off = storms(fact(200, Some("a"), None));
+    assert!(
+        off.detail.contains("Priority and Fairness is off"),
+        "{off:?}"
+    );
+    assert_eq!(storms(Err("timeout".into())).status, Status::Warn);
 }
