@@ -364,6 +364,12 @@ pub struct RootTokenArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
+
+    /// The hook configuration, read only for where the run's record goes
+    /// (LOG_TARGET, SYSLOG_SOCKET, METRICS_FILE); if it does not load, the
+    /// record goes to the system log and the renewal goes on.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HOOK_ENV)]
+    pub hook_env: PathBuf,
 }
 
 /// `ondemand/ondemand` → (namespace, name), both DNS labels.

@@ -10,6 +10,7 @@ use crate::cli::HookArgs;
 use crate::desired::DesiredState;
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
+use crate::record::{self, Counts, Run};
 use crate::run::{PROG, fail, load, runtime, unix_now};
 use crate::settings::ExchangeSettings;
 use crate::settings::Settings;
@@ -17,6 +18,14 @@ use crate::{desired, exchange, kubeconfig, outage};
 
 /// Runs the hook for `args.user`; every failure is already printed.
 pub fn run_hook(args: &HookArgs) -> Exit {
+    let mut run = Run::start(record::Command::Hook);
+    let exit = hook(args, &mut run);
+    run.finish(exit);
+    exit
+}
+
+/// The hook run; what it learns goes into `run`'s record.
+fn hook(args: &HookArgs, run: &mut Run) -> Exit {
     let started = Instant::now();
     let Some(user) = args.user.as_deref() else {
         return fail(
@@ -24,10 +33,14 @@ pub fn run_hook(args: &HookArgs) -> Exit {
             "no user given; usage: ood-k8s-bootstrap --user USERNAME (see --help)",
         );
     };
+    run.record.user = Some(user.to_owned());
     let (settings, user, namespace) = match load(user, &args.common.hook_env) {
         Ok(v) => v,
         Err(exit) => return exit,
     };
+    run.configured(&settings);
+    run.record.namespace = Some(namespace.to_string());
+    run.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
     let account = match Account::lookup(&user) {
         Ok(a) => a,
         Err(e) => return fail(e.exit(), e),
@@ -122,6 +135,9 @@ pub fn run_hook(args: &HookArgs) -> Exit {
             })))
         })
     });
+    if let Ok(a) = &applied {
+        run.record.counts = Counts::of(a);
+    }
     let applied = match applied {
         Ok(a) => a,
         // Each side says what happened to it: a failed kubeconfig on a

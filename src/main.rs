@@ -97,13 +97,16 @@ fn main() -> ExitCode {
         }
         Some(Command::RootToken(args)) => {
             init_logging(0);
-            root_token::main(&root_token::Options {
-                kubeconfig: args.kubeconfig,
-                using: args.using,
-                service_account: args.service_account,
-                duration: args.duration,
-                timeout: Duration::from_secs(args.timeout),
-            })
+            root_token::recorded_main(
+                &root_token::Options {
+                    kubeconfig: args.kubeconfig,
+                    using: args.using,
+                    service_account: args.service_account,
+                    duration: args.duration,
+                    timeout: Duration::from_secs(args.timeout),
+                },
+                &args.hook_env,
+            )
             .into()
         }
         None => {

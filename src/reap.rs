@@ -19,6 +19,7 @@ use crate::desired::{
     LAST_HOOK_ANNOTATION, NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION,
 };
 use crate::exit::Exit;
+use crate::record::{self, Record, Run};
 use crate::run::{PROG, fail, runtime, unix_now};
 use crate::settings::{ReapSettings, Settings};
 
@@ -257,15 +258,23 @@ pub fn plan<T>(qualifying: Doomed<T>, max: usize) -> Result<Doomed<T>, (TooMany,
 
 /// Runs `reap`; every failure is already printed.
 pub fn main(hook_env: &std::path::Path, options: &Options) -> Exit {
+    let mut recorded = Run::start(record::Command::Reap);
     let (settings, rt) = match crate::run::load_settings(hook_env).and_then(|s| Ok((s, runtime()?)))
     {
         Ok(v) => v,
-        Err(exit) => return exit,
+        Err(exit) => {
+            recorded.finish(exit);
+            return exit;
+        }
     };
-    rt.block_on(run(&settings, options))
+    recorded.configured(&settings);
+    recorded.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
+    let exit = rt.block_on(run(&settings, options, &mut recorded));
+    recorded.finish(exit);
+    exit
 }
 
-async fn run(settings: &Settings, options: &Options) -> Exit {
+async fn run(settings: &Settings, options: &Options, recorded: &mut Run) -> Exit {
     let started = Instant::now();
     let deadline = started + settings.timeout.max(Duration::from_secs(60));
     let cluster = match Cluster::connect(settings.timeout).await {
@@ -325,6 +334,9 @@ async fn run(settings: &Settings, options: &Options) -> Exit {
         Err((too_many, _)) => return fail(Exit::TempFail, format!("reap: {too_many}")),
     };
     let deleted = delete_all(&cluster, &doomed, options, deadline).await;
+    if !options.dry_run {
+        record_deletions(&doomed, &deleted, recorded);
+    }
     let tokens = if settings.reap.departed && !options.dry_run {
         reap_token_sets(settings)
     } else {
@@ -472,6 +484,37 @@ async fn delete(cluster: &Cluster, ns: &Namespace, deadline: Instant) -> Deleted
             s => Deleted::Failed(format!("answered {s}: {}", r.message())),
         },
     }
+}
+
+/// One record per deletion in the log, and the run's counts.
+fn record_deletions(doomed: &[(Namespace, Reason)], results: &[Deleted], recorded: &mut Run) {
+    let (mut idle, mut departed) = (0, 0);
+    for ((ns, reason), result) in doomed.iter().zip(results) {
+        if !matches!(result, Deleted::Done) {
+            continue;
+        }
+        if reason.departed() {
+            departed += 1;
+        } else {
+            idle += 1;
+        }
+        let mut one = Record::new(record::Command::Reap);
+        one.user = ns.user.clone();
+        one.namespace = Some(ns.name.clone());
+        one.cluster = recorded.record.cluster.clone();
+        one.counts.deleted = 1;
+        one.extra.push(("reason", reason.to_string()));
+        one.send(&recorded.sink);
+    }
+    recorded.record.counts.deleted = idle + departed;
+    recorded
+        .record
+        .extra
+        .push(("deleted_idle", idle.to_string()));
+    recorded
+        .record
+        .extra
+        .push(("deleted_departed", departed.to_string()));
 }
 
 /// What passwd says of `login`.

@@ -18,6 +18,7 @@ use crate::apply::{Applied, ApplyError, Change, Cluster, Mode};
 use crate::desired::{self, NAME_LABEL, NAME_LABEL_VALUE, USER_ANNOTATION};
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
+use crate::record::{self, Counts, Record, Run};
 use crate::settings::Settings;
 
 /// Where the user names come from.
@@ -40,21 +41,36 @@ pub struct Options {
 }
 
 pub fn main(source: Source<'_>, hook_env: &Path, options: Options) -> Exit {
+    let mut recorded = Run::start(record::Command::Reconcile);
     let (mut settings, runtime) =
         match crate::load_settings(hook_env).and_then(|s| Ok((s, crate::runtime()?))) {
             Ok(v) => v,
-            Err(exit) => return exit,
+            Err(exit) => {
+                recorded.finish(exit);
+                return exit;
+            }
         };
     settings.prune |= options.prune;
-    runtime.block_on(run(
+    recorded.configured(&settings);
+    recorded.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
+    let exit = runtime.block_on(run(
         source,
         &settings,
         options.concurrency.max(1),
         options.dry_run,
-    ))
+        &mut recorded.record,
+    ));
+    recorded.finish(exit);
+    exit
 }
 
-async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_run: bool) -> Exit {
+async fn run(
+    source: Source<'_>,
+    settings: &Settings,
+    concurrency: usize,
+    dry_run: bool,
+    record: &mut Record,
+) -> Exit {
     let started = Instant::now();
     let cluster = match Cluster::connect(settings.timeout).await {
         Ok(c) => c,
@@ -88,6 +104,7 @@ async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_ru
     while let Some((name, result)) = results.next().await {
         match result {
             Ok(applied) => {
+                record.counts.add(Counts::of(&applied));
                 for a in applied {
                     *counts.entry(change_word(a.change)).or_default() += 1;
                 }
@@ -116,6 +133,14 @@ async fn run(source: Source<'_>, settings: &Settings, concurrency: usize, dry_ru
     );
     for f in &failures {
         eprintln!("  failed: {f}");
+    }
+    record.extra.push(("users", total.to_string()));
+    record.extra.push(("failed", failures.len().to_string()));
+    if let Some(first) = failures.first() {
+        record.error = Some(format!(
+            "{} of {total} users failed; the first: {first}",
+            failures.len()
+        ));
     }
     if failures.is_empty() {
         Exit::Ok

@@ -259,6 +259,19 @@ fn read_token_file(path: &Path) -> Result<Secret, RootTokenError> {
 }
 
 /// Runs `root-token`; every failure is already printed.
+/// [`main`], leaving a record of the run where hook.env's LOG_TARGET
+/// says (the system log when hook.env does not load).
+pub fn recorded_main(opts: &Options, hook_env: &Path) -> Exit {
+    let mut recorded = crate::record::Run::start(crate::record::Command::RootToken);
+    if let Ok(settings) = crate::settings::Settings::load(hook_env) {
+        recorded.configured(&settings);
+        recorded.record.mode = None;
+    }
+    let exit = main(opts);
+    recorded.finish(exit);
+    exit
+}
+
 pub fn main(opts: &Options) -> Exit {
     let started = Instant::now();
     let cur = match current(opts.kubeconfig.as_deref(), opts.service_account.as_ref()) {

@@ -13,7 +13,9 @@ pub const PROG: &str = "ood-k8s-bootstrap";
 
 /// Prints an error the way nginx_stage will log it: one line, prefixed.
 pub fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
-    eprintln!("{PROG}: error: {msg}");
+    let line = msg.to_string();
+    eprintln!("{PROG}: error: {line}");
+    crate::record::note_error(&line);
     exit
 }
 

@@ -877,7 +877,12 @@ fn a_reused_uid_does_not_get_the_old_owners_token() {
     let _ = Command::new("userdel").args(["-r", a]).output();
     let _ = std::fs::remove_dir_all(format!("/home/{a}"));
     let (uid, home) = fresh_home(a);
-    let b = Broker::start("brkreuse", "");
+    let logs = scratch("brkreuse-log");
+    let syslog = common::SyslogListener::bind(&logs, "log.sock");
+    let b = Broker::start(
+        "brkreuse",
+        &format!("SYSLOG_SOCKET={}\n", syslog.path.display()),
+    );
     let tokens = cluster().login("alice");
     let out = b.hook(a, Some(&tokens));
     assert!(out.status.success(), "{}", text(&out));
@@ -920,6 +925,20 @@ fn a_reused_uid_does_not_get_the_old_owners_token() {
         "{log}"
     );
     assert!(!log.contains(&token));
+    // The refusal's record (issue 18): the uid and what ended the session.
+    let refusals: Vec<_> = syslog
+        .received()
+        .iter()
+        .filter_map(|d| common::rfc5424_fields(d))
+        .filter(|r| r["command"] == "broker-refusal")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["uid"], uid.to_string());
+    assert!(
+        refusals[0]["error"].contains("session ended"),
+        "{refusals:?}"
+    );
+    assert!(!format!("{refusals:?}").contains(&token));
 }
 
 /// The exec plugin as the broker entry runs it, for a user whose
@@ -1124,7 +1143,18 @@ fn refreshes(b: &Broker) -> usize {
 fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
     let user = "erin";
     let (uid, _) = fresh_home(user);
-    let b = Broker::start("brkburst", "");
+    // Its records (issue 18): a log and a metrics file of the test's own.
+    let logs = scratch("brkburst-log");
+    let log = common::SyslogListener::bind(&logs, "log.sock");
+    let metrics_file = logs.join("ood.prom");
+    let b = Broker::start(
+        "brkburst",
+        &format!(
+            "SYSLOG_SOCKET={}\nMETRICS_FILE={}\n",
+            log.path.display(),
+            metrics_file.display()
+        ),
+    );
     // Dex keeps one refresh token per user and client: a login of its own.
     let out = b.hook(user, Some(&cluster().login("erin")));
     assert!(out.status.success(), "{}", text(&out));
@@ -1160,6 +1190,44 @@ fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
             "round {round}: not rotated"
         );
         assert!(set["expiry"].as_u64().unwrap() > now());
+    }
+    // One record per refresh, with the login and no token; and counted.
+    let records: Vec<_> = log
+        .received()
+        .iter()
+        .filter_map(|d| common::rfc5424_fields(d))
+        .filter(|r| r["command"] == "broker-refresh")
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for r in &records {
+        assert_eq!(
+            (r["user"].as_str(), r["exit"].as_str()),
+            ("erin", "0"),
+            "{r:?}"
+        );
+        assert_eq!(r["uid"], uid.to_string());
+    }
+    let set = b.stored(uid);
+    for secret in ["access_token", "refresh_token"] {
+        let value = set[secret].as_str().unwrap();
+        assert!(
+            !format!("{records:?}").contains(value),
+            "{secret} in a record"
+        );
+    }
+    // The metrics file is written by a blocking task after the answer.
+    let want = "ood_k8s_bootstrap_broker_refreshes_total{result=\"ok\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&metrics_file)
+        .unwrap_or_default()
+        .contains(want)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} in {}",
+            metrics_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1245,12 +1313,7 @@ fn reap_deletes_a_departed_logins_namespace_and_stored_tokens() {
     let (gone_uid, _) = fresh_home(gone);
     let (stays_uid, _) = fresh_home(stays);
     let c = cluster();
-    c.admin(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &format!("{}/hooks/ondemand-reap.yaml", env!("CARGO_MANIFEST_DIR")),
-    ]);
+    let reaper = common::reaper_kubeconfig(&scratch("brkreap-reaper"));
     let b = Broker::start("brkreap", "REAP_DEPARTED=true\n");
     let tokens = c.login("alice");
     for user in [gone, stays] {
@@ -1264,6 +1327,7 @@ fn reap_deletes_a_departed_logins_namespace_and_stored_tokens() {
     assert!(out.status.success(), "userdel: {}", text(&out));
     let out = c
         .hook()
+        .env("KUBECONFIG", &reaper)
         .arg("reap")
         .arg("--hook-env")
         .arg(&b.env)

@@ -863,11 +863,13 @@ fn pruning_without_the_grant_says_what_to_apply() {
 
 // ---- reaping ----------------------------------------------------------
 
-/// `reap` as root with the `ondemand` account (granted by
-/// hooks/ondemand-reap.yaml).
+/// `reap` as root, with the shipped CronJob's account (`reaper_kubeconfig`).
 fn reap(hook_env: &Path, extra: &[&str]) -> Output {
+    static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let kubeconfig = KUBECONFIG.get_or_init(|| common::reaper_kubeconfig(&scratch("reaper")));
     cluster()
         .hook()
+        .env("KUBECONFIG", kubeconfig)
         .arg("reap")
         .arg("--hook-env")
         .arg(hook_env)
@@ -914,7 +916,6 @@ fn userdel(name: &str) {
 #[test]
 fn reap_deletes_exactly_the_idle_and_departed_namespaces() {
     let c = cluster();
-    admin_apply(&manifest("ondemand-reap.yaml"));
     let dir = scratch("reap");
     let prefix = common::prefix("reap");
     let env = c.hook_env(
@@ -1076,4 +1077,306 @@ fn reap_deletes_exactly_the_idle_and_departed_namespaces() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
+}
+
+// ---- run records and metrics -------------------------------------------
+
+/// The records `log` received, parsed (every datagram must be one).
+fn records(log: &common::SyslogListener) -> Vec<std::collections::BTreeMap<String, String>> {
+    log.received()
+        .iter()
+        .map(|d| {
+            common::rfc5424_fields(d).unwrap_or_else(|| panic!("not an RFC 5424 record: {d:?}"))
+        })
+        .collect()
+}
+
+/// A metrics file's samples; panics unless every line is a comment or
+/// `name{labels} value` with a number (what node-exporter accepts).
+fn metrics(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        assert!(
+            series.starts_with("ood_k8s_bootstrap_")
+                && (!series.contains('{') || series.ends_with('}')),
+            "{line:?}"
+        );
+        out.insert(series.to_owned(), value);
+    }
+    out
+}
+
+/// Issue 18 (2): the hook (a success and a failure), `reconcile`, `reap`
+/// and `root-token` each leave one record on the syslog socket with the
+/// fields, and never the token; the metrics count them; `doctor --user`
+/// shows the user's last run.
+#[test]
+fn every_command_leaves_one_record_and_the_metrics_count_it() {
+    let c = cluster();
+    admin_apply(&manifest("self-renew.yaml"));
+    let dir = scratch("records");
+    let log = common::SyslogListener::bind(&dir, "log.sock");
+    let prefix = common::prefix("rec");
+    let metrics_file = dir.join("ood.prom");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=token\nSYSLOG_SOCKET={}\nMETRICS_FILE={}\nLAST_RUN_DIR={}\n",
+            log.path.display(),
+            metrics_file.display(),
+            dir.join("last-run").display()
+        ),
+    );
+    let (uid, _, _) = linux_user("dave");
+    let tokens = c.login("dave");
+    let out = cluster()
+        .hook()
+        .env("OOD_OIDC_ACCESS_TOKEN", &tokens.access)
+        .env("OOD_OIDC_REFRESH_TOKEN", &tokens.refresh)
+        .args(["--user", "dave", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let failed = hook("no-such-user-here", &env, &[]);
+    assert_eq!(failed.status.code(), Some(67), "{}", text(&failed));
+    let list = dir.join("users");
+    std::fs::write(&list, "dave\n").unwrap();
+    let out = c
+        .hook()
+        .arg("reconcile")
+        .arg("--users")
+        .arg(&list)
+        .arg("--hook-env")
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = reap(&env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let kubeconfig = dir.join("root.kubeconfig");
+    std::fs::copy(c.var("KUBECONFIG_ONDEMAND"), &kubeconfig).unwrap();
+    let out = c
+        .hook()
+        .arg("root-token")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--hook-env")
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let got = records(&log);
+    let commands: Vec<&str> = got.iter().map(|r| r["command"].as_str()).collect();
+    assert_eq!(
+        commands,
+        ["hook", "hook", "reconcile", "reap", "root-token"],
+        "{got:#?}"
+    );
+    let ns = format!("{prefix}dave");
+    let hook_ok = &got[0];
+    for (k, v) in [
+        ("user", "dave"),
+        ("namespace", ns.as_str()),
+        ("mode", "token"),
+        ("exit", "0"),
+        ("deleted", "0"),
+        ("pri", "86"),
+    ] {
+        assert_eq!(
+            hook_ok.get(k).map(String::as_str),
+            Some(v),
+            "{k}: {hook_ok:?}"
+        );
+    }
+    let created: usize = hook_ok["created"].parse().unwrap();
+    let unchanged: usize = hook_ok["unchanged"].parse().unwrap();
+    assert!(created + unchanged >= 5, "{hook_ok:?}");
+    assert!(
+        hook_ok.contains_key("cluster") && hook_ok.contains_key("duration_ms"),
+        "{hook_ok:?}"
+    );
+    let hook_failed = &got[1];
+    assert_eq!(hook_failed["exit"], "67");
+    assert!(
+        hook_failed["error"].contains("no-such-user-here"),
+        "{hook_failed:?}"
+    );
+    assert_eq!(got[2]["users"], "1");
+    assert_eq!(got[4]["exit"], "0");
+    for d in log.received().iter().chain(got.iter().map(|r| &r["msg"])) {
+        assert!(!d.contains(&tokens.access) && !d.contains(&tokens.refresh));
+    }
+    let all = format!("{got:?}");
+    assert!(!all.contains(&tokens.access) && !all.contains(&tokens.refresh));
+
+    let m = metrics(&metrics_file);
+    for (series, want) in [
+        (
+            "ood_k8s_bootstrap_runs_total{command=\"hook\",exit=\"0\"}",
+            1.0,
+        ),
+        (
+            "ood_k8s_bootstrap_runs_total{command=\"hook\",exit=\"67\"}",
+            1.0,
+        ),
+        (
+            "ood_k8s_bootstrap_runs_total{command=\"reconcile\",exit=\"0\"}",
+            1.0,
+        ),
+        (
+            "ood_k8s_bootstrap_runs_total{command=\"reap\",exit=\"0\"}",
+            1.0,
+        ),
+        (
+            "ood_k8s_bootstrap_runs_total{command=\"root-token\",exit=\"0\"}",
+            1.0,
+        ),
+        (
+            "ood_k8s_bootstrap_run_duration_seconds_count{command=\"hook\"}",
+            2.0,
+        ),
+    ] {
+        assert_eq!(m.get(series), Some(&want), "{series}: {m:#?}");
+    }
+    assert!(m.contains_key("ood_k8s_bootstrap_last_success_timestamp_seconds{command=\"hook\"}"));
+
+    // doctor --user: the last run, as recorded.
+    let out = c
+        .hook()
+        .args(["doctor", "--user", "dave", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.lines().any(|l| l.contains("last run: time=")
+            && l.contains("command=\"hook\" user=\"dave\"")
+            && l.contains("exit=\"0\"")),
+        "{}",
+        text(&out)
+    );
+    let _ = uid;
+}
+
+/// Issue 18 (2): 50 hooks at once: the metrics count exactly 50, and the
+/// file parses whenever it is read meanwhile.
+#[test]
+fn fifty_concurrent_hooks_are_counted_exactly_and_the_file_always_parses() {
+    let c = cluster();
+    let dir = scratch("metrics50");
+    let prefix = common::prefix("m50");
+    let metrics_file = dir.join("ood.prom");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\nMETRICS_FILE={}\n",
+            metrics_file.display()
+        ),
+    );
+    linux_user("dave");
+    assert_ok(&hook("dave", &env, &["--cluster-only"]));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (done, path) = (done.clone(), metrics_file.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = metrics(&path);
+                assert!(!m.is_empty(), "an empty metrics file");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let runs: Vec<_> = (0..50)
+        .map(|_| {
+            let env = env.clone();
+            std::thread::spawn(move || hook("dave", &env, &["--cluster-only"]))
+        })
+        .collect();
+    for r in runs {
+        assert_ok(&r.join().unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    let m = metrics(&metrics_file);
+    let ok = "ood_k8s_bootstrap_runs_total{command=\"hook\",exit=\"0\"}";
+    assert_eq!(m.get(ok), Some(&51.0), "{m:#?}");
+    assert_eq!(
+        m.get("ood_k8s_bootstrap_run_duration_seconds_bucket{command=\"hook\",le=\"+Inf\"}"),
+        Some(&51.0)
+    );
+    assert!(reads > 0);
+}
+
+/// Issue 18 (2): a log socket that is missing or full never fails a login
+/// (a blocking send to the full one would hang the hook: the test would
+/// not end); with journald owning the socket, the record goes to
+/// journald's native socket beside it, every field its own.
+#[test]
+fn a_missing_or_full_log_socket_never_fails_a_login_and_journald_gets_fields() {
+    let c = cluster();
+    let dir = scratch("logsock");
+    let prefix = common::prefix("logsock");
+    linux_user("dave");
+    let env_with = |socket: &Path| {
+        let d = dir.join(format!(
+            "env-{}",
+            socket.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        c.hook_env(
+            &d,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nSYSLOG_SOCKET={}\n",
+                socket.display()
+            ),
+        )
+    };
+    assert_ok(&hook(
+        "dave",
+        &env_with(&dir.join("missing.sock")),
+        &["--cluster-only"],
+    ));
+
+    let full = common::SyslogListener::bind(&dir, "full.sock");
+    let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while filler.send_to(&[b'x'; 1024], &full.path).is_ok() {
+        sent += 1;
+        assert!(sent < 1_000_000, "the socket never filled");
+    }
+    assert_ok(&hook("dave", &env_with(&full.path), &["--cluster-only"]));
+
+    // journald's layout: /dev/log a link to …/journal/dev-log, its native
+    // socket `socket` beside it.
+    let journal = dir.join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let native = common::SyslogListener::bind(&journal, "socket");
+    let _dev_log = common::SyslogListener::bind(&journal, "dev-log");
+    let link = dir.join("dev-log-link");
+    std::os::unix::fs::symlink(journal.join("dev-log"), &link).unwrap();
+    assert_ok(&hook("dave", &env_with(&link), &["--cluster-only"]));
+    let got = native.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let fields: Vec<&str> = got[0].lines().collect();
+    for want in [
+        "SYSLOG_IDENTIFIER=ood-k8s-bootstrap",
+        "OOD_COMMAND=hook",
+        "OOD_USER=dave",
+        "OOD_EXIT=0",
+        "PRIORITY=6",
+    ] {
+        assert!(fields.contains(&want), "no {want} in {fields:?}");
+    }
+    assert!(_dev_log.received().is_empty());
 }

@@ -27,6 +27,7 @@ use super::session::{self, End, Lookup, Verdict};
 use super::store::{Found, Replaced, Store, StoreError};
 use super::tokenset::{RefreshError, TokenSet};
 use crate::exit::Exit;
+use crate::record::{Command, Record, Sink};
 use crate::run::{PROG, fail, load_settings, unix_now};
 
 /// Time a client has to send its request line.
@@ -125,6 +126,8 @@ struct Broker {
     /// `BROKER_MAX_SESSION_HOURS`.
     max_session_hours: u32,
     verbose: bool,
+    /// Where refresh and refusal records go (`LOG_TARGET`, `METRICS_FILE`).
+    sink: Sink,
 }
 
 impl Broker {
@@ -141,6 +144,24 @@ impl Broker {
                 "uid {uid}: {line} [and {n} more refusals of this uid not logged since its last line]"
             )),
             None => {}
+        }
+        // The record, at the same limited rate, counts the unlogged ones.
+        if let Some(n) = admitted {
+            let mut r = Record::new(Command::BrokerRefusal);
+            r.exit = 1;
+            r.error = Some(line.to_string());
+            r.extra = vec![("uid", uid.to_string()), ("refusals", (n + 1).to_string())];
+            self.record(&r, usize::try_from(n + 1).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// Sends `r` to the log and adds it `times` times to the metrics (off
+    /// the async thread: the update takes a lock and fsyncs).
+    fn record(&self, r: &Record, times: usize) {
+        r.send(&self.sink);
+        if let Some(path) = self.sink.metrics.clone() {
+            let r = r.clone();
+            tokio::task::spawn_blocking(move || crate::metrics::count_times(&path, &r, times));
         }
     }
 }
@@ -179,6 +200,7 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         log_limit: Mutex::new(LogLimit::new(LOG_EVERY)),
         max_session_hours: b.max_session_hours,
         verbose: verbose > 0,
+        sink: Sink::of(Some(&settings)),
     });
     files_for(b.max_connections);
     // A few blocking threads for the token store's fsyncs, no more.
@@ -625,6 +647,15 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
     let started = Instant::now();
     let answer = broker.idp.refresh(&set.refresh, &used).await;
     let took = started.elapsed();
+    let mut r = Record::new(Command::BrokerRefresh);
+    r.user = Some(set.user.clone());
+    r.duration_ms = took.as_millis() as u64;
+    r.extra = vec![("uid", set.uid.to_string())];
+    if let Err(e) = &answer {
+        r.exit = 1;
+        r.error = Some(e.to_string());
+    }
+    broker.record(&r, 1);
     let fresh = match answer.and_then(|a| set.refreshed(&a, unix_now())) {
         Ok(fresh) => fresh,
         Err(RefreshError::Refused(why)) => {

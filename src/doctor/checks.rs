@@ -730,7 +730,30 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     }
     out.push(user_objects(&name, &ns, &u.objects));
     out.push(user_kubeconfig(&name, &u.kubeconfig, s, &u.user));
+    out.push(last_run(&name, &u.last_run));
     out
+}
+
+/// The user's last hook run, as the hook kept it (`LAST_RUN_DIR`).
+fn last_run(name: &str, last: &Result<Option<String>, String>) -> Check {
+    match last {
+        Ok(Some(line)) if line.contains(" exit=\"0\"") => {
+            Check::ok(name, format!("last run: {line}"))
+        }
+        Ok(Some(line)) => Check::found(
+            Finding::UserLastRunFailed,
+            name,
+            format!("last run failed: {line}"),
+            "the error field says what failed and what to do",
+        ),
+        Ok(None) => Check::ok(name, "last run: none recorded on this node"),
+        Err(e) => Check::found(
+            Finding::UserLastRunFailed,
+            name,
+            format!("last run: cannot read its record: {e}"),
+            "",
+        ),
+    }
 }
 
 fn token_claims(

@@ -188,6 +188,9 @@ pub struct UserFacts {
     /// answer, or why this login would be refused. None without a cluster.
     pub owner: Option<Result<String, String>>,
     pub kubeconfig: Result<UserKubeconfig, String>,
+    /// The user's last hook run as kept in `LAST_RUN_DIR` (`key="value"`
+    /// fields); None when none is kept, or `LAST_RUN_DIR` is empty.
+    pub last_run: Result<Option<String>, String>,
 }
 
 /// One Kubernetes cluster of the dashboard (`clusters.d/*.yml`,

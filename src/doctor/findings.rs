@@ -73,6 +73,7 @@ findings! {
     UserNamespaceTaken: Fail, "--user: the user's namespace belongs to another login (the dashboard maps `.` and `@` to `-`), or whose it is cannot be checked";
     UserObjectsMissing: Warn, "--user: the user's namespace or objects are not there yet (the next login makes them)";
     UserKubeconfigIncomplete: Warn, "--user: the user's kubeconfig cannot be read or has no entry yet";
+    UserLastRunFailed: Warn, "--user: the user's last hook run on this node failed (its record says why), or its record cannot be read";
     DashboardBroken: Fail, "--clusters-d: a cluster config does not parse, disagrees with hook.env, or has a config_file starting with ~";
     DashboardIncomplete: Warn, "--clusters-d: no Kubernetes cluster config, or its auth.type makes the dashboard write no context";
 }

@@ -484,6 +484,12 @@ async fn user(
         kubeconfig: settings
             .ok_or_else(|| "hook.env does not load".to_owned())
             .and_then(|s| user_kubeconfig(user, s)),
+        last_run: match settings.and_then(|s| s.log.last_run_dir.as_deref()) {
+            Some(dir) if crate::names::Username::parse(user).is_ok() => {
+                crate::record::read_last(dir, user)
+            }
+            _ => Ok(None),
+        },
     }
 }
 

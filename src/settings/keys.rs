@@ -91,6 +91,10 @@ pub struct Draft {
     pub reap_idle_days: Option<u32>,
     pub reap_departed: bool,
     pub reap_max_per_run: usize,
+    pub log_target: super::LogTarget,
+    pub syslog_socket: PathBuf,
+    pub metrics_file: Option<PathBuf>,
+    pub last_run_dir: Option<PathBuf>,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -706,6 +710,74 @@ pub const KEYS: &[Key] = &[
                 Ok(())
             }
             _ => Err("expected a whole number from 1 to 100000".into()),
+        },
+    },
+    Key {
+        name: "LOG_TARGET",
+        section: Section::New,
+        doc: "Where every run of the hook, reconcile, reap and root-token, and every broker \
+              refresh or refusal, leaves one record (user, namespace, cluster, counts, credential \
+              mode, duration, exit status, the error line; never a token): \"syslog\" (identifier \
+              ood-k8s-bootstrap, journald's own protocol where journald owns SYSLOG_SOCKET, else \
+              RFC 5424), \"stderr\" or \"none\". A missing or full log socket never fails or \
+              slows a login.",
+        value: "syslog|stderr|none",
+        default: "syslog",
+        example: "syslog",
+        parse: |v, d| {
+            d.log_target = match v {
+                "syslog" => super::LogTarget::Syslog,
+                "stderr" => super::LogTarget::Stderr,
+                "none" => super::LogTarget::None,
+                _ => return Err("expected syslog, stderr or none".into()),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "SYSLOG_SOCKET",
+        section: Section::New,
+        doc: "The system log's socket for LOG_TARGET=syslog.",
+        value: "absolute path",
+        default: super::DEFAULT_SYSLOG_SOCKET,
+        example: super::DEFAULT_SYSLOG_SOCKET,
+        parse: |v, d| {
+            d.syslog_socket = abs_path(v)?.ok_or("expected an absolute path")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "METRICS_FILE",
+        section: Section::New,
+        doc: "Prometheus metrics in node-exporter's textfile format, updated by every run \
+              (runs by command and exit status, durations, objects changed, last success, \
+              broker refreshes and refusals, reap deletions), e.g. \
+              /var/lib/node_exporter/textfile_collector/ood_k8s_bootstrap.prom. Empty: off.",
+        value: "absolute path ending in .prom, or empty",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.metrics_file = abs_path(v)?;
+            if d.metrics_file
+                .as_ref()
+                .is_some_and(|p| p.extension().is_none_or(|e| e != "prom"))
+            {
+                return Err("node-exporter reads only files ending in .prom".into());
+            }
+            Ok(())
+        },
+    },
+    Key {
+        name: "LAST_RUN_DIR",
+        section: Section::New,
+        doc: "Where the hook keeps each user's last run's record (root-only, one file per \
+              user), which `doctor --user` shows. Empty: not kept.",
+        value: "absolute path, or empty",
+        default: "/var/lib/ood-k8s-bootstrap/last-run",
+        example: "/var/lib/ood-k8s-bootstrap/last-run",
+        parse: |v, d| {
+            d.last_run_dir = abs_path(v)?;
+            Ok(())
         },
     },
 ];

@@ -27,6 +27,28 @@ use crate::trusted::{self, TrustError};
 use envfile::EnvFile;
 use keys::{Draft, KEYS};
 
+/// The system log's socket.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Where run records go (`LOG_TARGET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogTarget {
+    #[default]
+    Syslog,
+    Stderr,
+    None,
+}
+
+/// Run records and metrics (`LOG_TARGET`, `SYSLOG_SOCKET`, `METRICS_FILE`,
+/// `LAST_RUN_DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub target: LogTarget,
+    pub socket: PathBuf,
+    pub metrics_file: Option<PathBuf>,
+    pub last_run_dir: Option<PathBuf>,
+}
+
 /// Where OnDemand keeps the hook's configuration.
 pub const DEFAULT_HOOK_ENV: &str = "/etc/ood/config/hook.env";
 
@@ -293,6 +315,7 @@ pub struct Settings {
     pub kubeconfig: KubeconfigSettings,
     pub broker: BrokerSettings,
     pub reap: ReapSettings,
+    pub log: LogSettings,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -560,6 +583,12 @@ impl Checked<'_> {
                 idle_days: d.reap_idle_days,
                 departed: d.reap_departed,
                 max_per_run: d.reap_max_per_run,
+            },
+            log: LogSettings {
+                target: d.log_target,
+                socket: d.syslog_socket,
+                metrics_file: d.metrics_file,
+                last_run_dir: d.last_run_dir,
             },
             warnings,
         })

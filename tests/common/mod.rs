@@ -87,7 +87,6 @@ impl Cluster {
         out
     }
 
-    /// kubectl with the given kubeconfig; returns the output, checked or not.
     /// Writes a root-only kubeconfig at `path` for this cluster whose one
     /// user entry, `entry`, holds `token`.
     pub fn token_kubeconfig(&self, path: &Path, entry: &str, token: &str) {
@@ -107,6 +106,7 @@ impl Cluster {
             .expect("chmod 600 the token kubeconfig");
     }
 
+    /// kubectl with the given kubeconfig; returns the output, checked or not.
     pub fn kubectl_as(&self, kubeconfig: &str, args: &[&str]) -> Output {
         Command::new(self.var("KUBECTL"))
             .arg("--kubeconfig")
@@ -986,4 +986,117 @@ pub fn audit_settled() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A system log of the test's own: a datagram socket the binary's records
+/// go to (hook.env `SYSLOG_SOCKET`), read back as they arrive.
+pub struct SyslogListener {
+    pub path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl SyslogListener {
+    /// Binds `dir/name`.
+    pub fn bind(dir: &Path, name: &str) -> Self {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the log socket");
+        socket.set_nonblocking(true).unwrap();
+        Self { path, socket }
+    }
+
+    /// Every datagram received so far, as text.
+    pub fn received(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+/// An RFC 5424 record of ood-k8s-bootstrap: its structured-data fields
+/// (`run@32473`) and `msg`, or None if `line` is not one.
+pub fn rfc5424_fields(line: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let rest = line.strip_prefix('<')?;
+    let (pri, rest) = rest.split_once(">1 ")?;
+    let mut parts = rest.splitn(5, ' ');
+    let (_time, _host, app, _pid) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if app != "ood-k8s-bootstrap" {
+        return None;
+    }
+    let rest = parts.next()?.strip_prefix("- [run@32473")?;
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("pri".to_owned(), pri.to_owned());
+    let mut chars = rest.chars().peekable();
+    loop {
+        match chars.next()? {
+            ']' => break,
+            ' ' => {
+                let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+                if chars.next()? != '"' {
+                    return None;
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next()? {
+                        '\\' => value.push(chars.next()?),
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                fields.insert(key, value);
+            }
+            _ => return None,
+        }
+    }
+    let msg: String = chars.collect();
+    fields.insert("msg".to_owned(), msg.trim_start().to_owned());
+    Some(fields)
+}
+
+/// A kubeconfig for `reap` as the shipped CronJob runs it: ServiceAccount
+/// ondemand/ood-reaper bound to the ClusterRole of hooks/ondemand-reap.yaml
+/// (hooks/reap-cronjob.yaml). The `ondemand` account itself is not granted
+/// it here: other tests check that it cannot list or delete namespaces.
+pub fn reaper_kubeconfig(dir: &Path) -> PathBuf {
+    let c = cluster();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks");
+    let docs = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(repo.join(file))
+            .unwrap()
+            .split("\n---\n")
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut objects: Vec<String> = docs("ondemand-reap.yaml")
+        .into_iter()
+        .filter(|d| d.contains("\nkind: ClusterRole\n"))
+        .collect();
+    objects.extend(docs("reap-cronjob.yaml").into_iter().filter(|d| {
+        d.contains("\nkind: ServiceAccount\n") || d.contains("\nkind: ClusterRoleBinding\n")
+    }));
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    for doc in objects {
+        let out = pipe(
+            Command::new(c.var("KUBECTL"))
+                .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN")])
+                .args(["apply", "--server-side", "--force-conflicts", "-f", "-"]),
+            doc.as_bytes(),
+        );
+        assert!(out.status.success(), "apply {doc}: {}", text(&out));
+    }
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ood-reaper",
+        "--duration",
+        "1h",
+    ]);
+    let path = dir.join("reaper.kubeconfig");
+    c.token_kubeconfig(&path, "ood-reaper", token.trim());
+    path
 }

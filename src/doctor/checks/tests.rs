@@ -380,7 +380,34 @@ fn user_facts(seen: &str) -> UserFacts {
             entry: Some("auth-provider".into()),
             context: None,
         }),
+        last_run: Ok(Some("time=\"t\" command=\"hook\" user=\"alice\" exit=\"0\"".into())),
     }
+}
+
+#[test]
+fn the_users_last_run_is_shown_and_a_failed_one_warns() {
+    let last = |run: Result<Option<String>, String>| {
+        let mut f = healthy();
+        let mut u = user_facts("alice");
+        u.last_run = run;
+        f.user = Some(u);
+        all(&f)
+            .into_iter()
+            .find(|c| c.detail.starts_with("last run"))
+            .unwrap()
+    };
+    let ok = last(Ok(Some("command=\"hook\" exit=\"0\"".into())));
+    assert_eq!(ok.status, Status::Ok);
+    assert_eq!(ok.detail, "last run: command=\"hook\" exit=\"0\"");
+    let failed = last(Ok(Some(
+        "command=\"hook\" exit=\"69\" error=\"down\"".into(),
+    )));
+    assert_eq!(failed.status, Status::Warn);
+    assert!(failed.detail.contains("error=\"down\""), "{failed:?}");
+    assert_eq!(
+        last(Ok(None)).detail,
+        "last run: none recorded on this node"
+    );
 }
 
 #[test]
