@@ -242,9 +242,17 @@ impl Cluster {
         let kubeconfig_error = |detail: String| ApplyError::Kubeconfig { detail };
         let options = kube::config::KubeConfigOptions::default();
         let mut config = match &how.kubeconfig {
-            None => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| kubeconfig_error(e.to_string()))?,
+            None => match kube::Config::from_kubeconfig(&options).await {
+                Ok(config) => config,
+                // No kubeconfig, in a pod (reap's CronJob): the pod's own
+                // ServiceAccount.
+                Err(e) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                    kube::Config::incluster().map_err(|pod| {
+                        kubeconfig_error(format!("{e}; and as a pod's ServiceAccount: {pod}"))
+                    })?
+                }
+                Err(e) => return Err(kubeconfig_error(e.to_string())),
+            },
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(path)
                     .map_err(|e| kubeconfig_error(format!("{}: {e}", path.display())))?;

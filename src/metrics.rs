@@ -10,7 +10,6 @@
 //! [`Metrics::render`]); the families are defined once in [`FAMILIES`].
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -259,17 +258,8 @@ fn update(path: &Path, change: impl FnOnce(&mut Metrics)) -> std::io::Result<()>
         Err(e) => return Err(e),
     };
     change(&mut metrics);
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)?;
-    file.write_all(metrics.render().as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // node-exporter reads it as another user.
+    crate::record::replace_file(path, metrics.render().as_bytes(), 0o644)
 }
 
 #[cfg(test)]

@@ -372,8 +372,7 @@ impl Run {
 /// Keeps `record` as `user`'s last run: `DIR/USER`, root-only, replaced
 /// atomically. `user` is a validated login (no `/`, no leading dot).
 fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -387,16 +386,32 @@ fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
         ));
     }
     let line = format!("time=\"{}\" {}\n", now_rfc3339(), record.logfmt());
-    let tmp = dir.join(format!(".{user}.{}.tmp", std::process::id()));
+    replace_file(&dir.join(user), line.as_bytes(), 0o600)
+}
+
+/// Replaces `path` with `bytes` atomically: a new file of `mode` beside
+/// it (never through a symlink), synced, renamed over it.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("not a file path"));
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&tmp)?;
-    f.write_all(line.as_bytes())?;
-    std::fs::rename(&tmp, dir.join(user))
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `user`'s last hook run, as kept in `dir` (for `doctor --user`).

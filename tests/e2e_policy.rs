@@ -1079,6 +1079,90 @@ fn reap_deletes_exactly_the_idle_and_departed_namespaces() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The CronJob's way: no kubeconfig, in a pod — the binary takes the pod's
+/// ServiceAccount (its token and CA where the kubelet puts them, the API
+/// server from KUBERNETES_SERVICE_HOST/PORT) and reaps as `nobody`, as the
+/// shipped manifest runs it. The pod's file system is a private tmpfs on
+/// /run (a mount namespace of its own), so the host's is not touched.
+#[test]
+fn reap_runs_in_a_pod_as_the_cronjobs_service_account() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster();
+    let _ = common::reaper_kubeconfig(&scratch("reap-pod-rbac"));
+    let prefix = common::prefix("reappod");
+    // World-readable, root-owned, as a ConfigMap volume is.
+    let dir = PathBuf::from(format!("/tmp/ood-e2e-pod-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sa")).unwrap();
+    for d in [&dir, &dir.join("sa")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // The hook.env of the shipped ConfigMap, with this test's prefix.
+    let shipped = manifest("reap-cronjob.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the ConfigMap");
+    let hook_env_text = shipped["data"]["hook.env"].as_str().unwrap();
+    assert!(hook_env_text.contains("NAMESPACE_PREFIX=\"ood-\"\n"));
+    let env = dir.join("hook.env");
+    std::fs::write(
+        &env,
+        hook_env_text.replace(
+            "NAMESPACE_PREFIX=\"ood-\"",
+            &format!("NAMESPACE_PREFIX={prefix}"),
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("sa/token"), common::reaper_token()).unwrap();
+    std::fs::copy(c.var("K8S_CA_FILE"), dir.join("sa/ca.crt")).unwrap();
+    std::fs::write(dir.join("sa/namespace"), "ondemand").unwrap();
+    for f in ["hook.env", "sa/token", "sa/ca.crt", "sa/namespace"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    linux_user("dave");
+    let user_env = c.hook_env(
+        &scratch("reap-pod"),
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    assert_ok(&hook("dave", &user_env, &["--cluster-only"]));
+    let ns = format!("{prefix}dave");
+    c.admin(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        &ns,
+        "openondemand.org/last-hook-execution=1000000000",
+    ]);
+    let port = c.var("K8S_SERVER").rsplit(':').next().unwrap().to_owned();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
+         && cp {sa}/token {sa}/ca.crt {sa}/namespace /run/secrets/kubernetes.io/serviceaccount/ \
+         && chmod 755 /run/secrets /run/secrets/kubernetes.io /run/secrets/kubernetes.io/serviceaccount \
+         && chmod 644 /run/secrets/kubernetes.io/serviceaccount/* \
+         && exec setpriv --reuid 65534 --regid 65534 --clear-groups {bin} reap --hook-env {env}",
+        sa = dir.join("sa").display(),
+        bin = common::bin().display(),
+        env = env.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/nonexistent")
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("deleted      {ns}: idle")),
+        "{}",
+        text(&out)
+    );
+    assert!(deleted(&ns));
+}
+
 // ---- run records and metrics -------------------------------------------
 
 /// The records `log` received, parsed (every datagram must be one).

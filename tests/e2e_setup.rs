@@ -625,6 +625,7 @@ impl Drop for Uninstall {
             ("validatingadmissionpolicy", "ood-uid-gid"),
             ("clusterrolebinding", "ondemand-prune"),
             ("clusterrole", "ondemand-prune"),
+            ("clusterrolebinding", "ondemand-reap"),
         ] {
             let _ = c.kubectl_as(
                 admin_kubeconfig(),
@@ -654,7 +655,7 @@ fn install_prune_and_uid_gid_policy_are_applied_and_used() {
     let _lock = exclusive();
     let c = cluster();
     let _uninstall = Uninstall;
-    let out = install(&["--prune", "--uid-gid-policy"]);
+    let out = install(&["--prune", "--uid-gid-policy", "--reap"]);
     assert!(out.status.success(), "{}", text(&out));
     // A user of its own: hook_env's namespace prefix is shared by the file.
     let user = "inst-used";
@@ -725,6 +726,19 @@ fn install_prune_and_uid_gid_policy_are_applied_and_used() {
     );
     let kept = c.get_json(&["configmap", "-n", "ondemand", "ood-pod-policy"]);
     assert_eq!(kept.unwrap()["data"]["maxLifetime"], "48h");
+
+    // --reap: root's own account may now reap, as the daily timer runs it
+    // (a dry run: other tests' namespaces are not this test's to delete).
+    let out = run(
+        ondemand_kubeconfig(),
+        &["reap", "--dry-run", "--hook-env", env("").to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reap: dry run: would be 0 deleted"),
+        "{}",
+        text(&out)
+    );
 }
 
 // ---- root-token --------------------------------------------------------

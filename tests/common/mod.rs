@@ -1087,7 +1087,15 @@ pub fn reaper_kubeconfig(dir: &Path) -> PathBuf {
         );
         assert!(out.status.success(), "apply {doc}: {}", text(&out));
     }
-    let token = c.admin(&[
+    let path = dir.join("reaper.kubeconfig");
+    c.token_kubeconfig(&path, "ood-reaper", &reaper_token());
+    path
+}
+
+/// A token of the reap CronJob's ServiceAccount (ondemand/ood-reaper), as
+/// its pod would have it.
+pub fn reaper_token() -> String {
+    let token = cluster().admin(&[
         "-n",
         "ondemand",
         "create",
@@ -1096,7 +1104,5 @@ pub fn reaper_kubeconfig(dir: &Path) -> PathBuf {
         "--duration",
         "1h",
     ]);
-    let path = dir.join("reaper.kubeconfig");
-    c.token_kubeconfig(&path, "ood-reaper", token.trim());
-    path
+    token.trim().to_owned()
 }
