@@ -259,7 +259,7 @@ fn update(path: &Path, change: impl FnOnce(&mut Metrics)) -> std::io::Result<()>
     };
     change(&mut metrics);
     // node-exporter reads it as another user.
-    crate::record::replace_file(path, metrics.render().as_bytes(), 0o644)
+    crate::record::replace_file(path, metrics.render().as_bytes(), 0o644, true)
 }
 
 #[cfg(test)]

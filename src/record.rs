@@ -386,12 +386,15 @@ fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
         ));
     }
     let line = format!("time=\"{}\" {}\n", now_rfc3339(), record.logfmt());
-    replace_file(&dir.join(user), line.as_bytes(), 0o600)
+    // Not synced: a record lost in a crash costs nothing, a login's
+    // fsync would cost every login.
+    replace_file(&dir.join(user), line.as_bytes(), 0o600, false)
 }
 
 /// Replaces `path` with `bytes` atomically: a new file of `mode` beside
-/// it (never through a symlink), synced, renamed over it.
-pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+/// it (never through a symlink), synced to disk first when `durable`,
+/// renamed over it.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -410,7 +413,9 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
