@@ -63,7 +63,7 @@ pub struct Manifest {
 #[derive(Debug, Error)]
 pub enum ApplyError {
     #[error(
-        "cannot load root's kubeconfig ({detail}); set KUBECONFIG or create ~/.kube/config for the ondemand ServiceAccount"
+        "cannot load root's kubeconfig ({detail}); set ROOT_KUBECONFIG (and ROOT_CONTEXT) in hook.env or KUBECONFIG, or create ~/.kube/config for the ondemand ServiceAccount"
     )]
     Kubeconfig { detail: String },
     #[error("user {user}: the Kubernetes API server {server} is unreachable: {detail}")]
@@ -193,6 +193,20 @@ pub struct Connect {
     pub kubeconfig: Option<std::path::PathBuf>,
     /// This bearer token instead of the kubeconfig's credentials.
     pub bearer: Option<crate::secret::Secret>,
+    /// This context instead of the kubeconfig's current one.
+    pub context: Option<String>,
+}
+
+impl Connect {
+    /// Root's own credentials, as hook.env names them (`ROOT_KUBECONFIG`,
+    /// `ROOT_CONTEXT`; kubectl's defaults where unset).
+    pub fn root(root: &crate::settings::RootSettings) -> Self {
+        Self {
+            kubeconfig: root.kubeconfig.clone(),
+            bearer: None,
+            context: root.context.clone(),
+        }
+    }
 }
 
 /// A status and JSON body (Null when the body is not JSON).
@@ -226,11 +240,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Loads `KUBECONFIG` (or `~/.kube/config`) without any discovery
-    /// request. The client speaks HTTP/2 when the API server offers it (it
-    /// does), so the concurrent writes share one TLS connection.
-    pub async fn connect(timeout: Duration) -> Result<Self, ApplyError> {
-        Self::connect_with(&Connect::default(), timeout).await
+    /// Loads root's kubeconfig (`ROOT_KUBECONFIG` and `ROOT_CONTEXT`, else
+    /// `KUBECONFIG` or `~/.kube/config` and its current context) without
+    /// any discovery request. The client speaks HTTP/2 when the API server
+    /// offers it (it does), so the concurrent writes share one TLS
+    /// connection.
+    pub async fn connect(
+        root: &crate::settings::RootSettings,
+        timeout: Duration,
+    ) -> Result<Self, ApplyError> {
+        Self::connect_with(&Connect::root(root), timeout).await
     }
 
     /// Like [`Cluster::connect`], with another kubeconfig file and/or a
@@ -240,7 +259,10 @@ impl Cluster {
         use kube::client::ConfigExt;
 
         let kubeconfig_error = |detail: String| ApplyError::Kubeconfig { detail };
-        let options = kube::config::KubeConfigOptions::default();
+        let options = kube::config::KubeConfigOptions {
+            context: how.context.clone(),
+            ..Default::default()
+        };
         let mut config = match &how.kubeconfig {
             None => match kube::Config::from_kubeconfig(&options).await {
                 Ok(config) => config,

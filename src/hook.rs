@@ -285,7 +285,7 @@ impl ClusterSide {
             secs: settings.timeout.as_secs_f64(),
             last: "no answer".into(),
         };
-        let connect = Cluster::connect(settings.timeout);
+        let connect = Cluster::connect(&settings.root, settings.timeout);
         let cluster = match tokio::time::timeout_at(deadline.into(), connect).await {
             Ok(c) => c.map_err(ClusterError::Apply)?,
             Err(_) => return Err(ClusterError::Apply(timed_out("(root's kubeconfig)"))),

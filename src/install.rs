@@ -236,7 +236,7 @@ pub fn main(opts: &Options) -> Exit {
     let result = rt.block_on(async {
         let how = Connect {
             kubeconfig: opts.kubeconfig.clone(),
-            bearer: None,
+            ..Connect::default()
         };
         let work = async {
             let cluster = Cluster::connect_with(&how, opts.timeout).await?;

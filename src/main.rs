@@ -100,6 +100,7 @@ fn main() -> ExitCode {
             root_token::recorded_main(
                 &root_token::Options {
                     kubeconfig: args.kubeconfig,
+                    context: None,
                     using: args.using,
                     service_account: args.service_account,
                     duration: args.duration,

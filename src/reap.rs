@@ -277,7 +277,7 @@ pub fn main(hook_env: &std::path::Path, options: &Options) -> Exit {
 async fn run(settings: &Settings, options: &Options, recorded: &mut Run) -> Exit {
     let started = Instant::now();
     let deadline = started + settings.timeout.max(Duration::from_secs(60));
-    let cluster = match Cluster::connect(settings.timeout).await {
+    let cluster = match Cluster::connect(&settings.root, settings.timeout).await {
         Ok(c) => c,
         Err(e) => return fail(e.exit(), e),
     };

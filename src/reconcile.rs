@@ -72,7 +72,7 @@ async fn run(
     record: &mut Record,
 ) -> Exit {
     let started = Instant::now();
-    let cluster = match Cluster::connect(settings.timeout).await {
+    let cluster = match Cluster::connect(&settings.root, settings.timeout).await {
         Ok(c) => c,
         Err(e) => return crate::fail(e.exit(), e),
     };

@@ -143,21 +143,28 @@ fn entry<'a>(
         .map(|e| e.get(body).unwrap_or(&Value::Null))
 }
 
-/// The current context, the file defining it and the user it names,
-/// by kubectl's merge rules (the first file to set a value wins).
-pub fn current_user(files: &[File]) -> Result<(PathBuf, String, String), RootKubeconfigError> {
+/// The context (`context`, else the current one), the file defining it
+/// and the user it names, by kubectl's merge rules (the first file to set
+/// a value wins).
+pub fn current_user(
+    files: &[File],
+    context: Option<&str>,
+) -> Result<(PathBuf, String, String), RootKubeconfigError> {
     let names = file_names(files);
-    let context = files
-        .iter()
-        .find_map(|(_, t)| {
-            t.get("current-context")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        })
-        .ok_or_else(|| RootKubeconfigError::NoCurrentContext {
-            files: names.clone(),
-        })?
-        .to_owned();
+    let context = match context {
+        Some(c) => c.to_owned(),
+        None => files
+            .iter()
+            .find_map(|(_, t)| {
+                t.get("current-context")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            })
+            .ok_or_else(|| RootKubeconfigError::NoCurrentContext {
+                files: names.clone(),
+            })?
+            .to_owned(),
+    };
     let (file, ctx) = files
         .iter()
         .find_map(|(p, t)| entry(t, "contexts", &context, "context").map(|c| (p, c)))
@@ -181,10 +188,10 @@ fn file_names(files: &[File]) -> String {
         .join(", ")
 }
 
-/// Follows kubectl's merge rules from the current context to its user
-/// entry and the credentials in it.
-pub fn resolve(files: &[File]) -> Result<Resolved, RootKubeconfigError> {
-    let (_, context, user) = current_user(files)?;
+/// Follows kubectl's merge rules from the context (`context`, else the
+/// current one) to its user entry and the credentials in it.
+pub fn resolve(files: &[File], context: Option<&str>) -> Result<Resolved, RootKubeconfigError> {
+    let (_, context, user) = current_user(files, context)?;
     let (file, body) = files
         .iter()
         .find_map(|(p, t)| entry(t, "users", &user, "user").map(|b| (p, b)))
@@ -328,7 +335,7 @@ users:
 
     #[test]
     fn resolves_the_current_users_token() {
-        let r = resolve(&[(PathBuf::from("/root/.kube/config"), tree(CONFIG))]).unwrap();
+        let r = resolve(&[(PathBuf::from("/root/.kube/config"), tree(CONFIG))], None).unwrap();
         assert_eq!(r.user, "ondemand@kubernetes");
         assert_eq!(
             r.credential,
@@ -340,7 +347,7 @@ users:
     fn first_file_wins_like_kubectl() {
         let a = tree("current-context: c\ncontexts:\n- name: c\n  context: {user: u}\n");
         let b = tree("current-context: other\nusers:\n- name: u\n  user: {tokenFile: /run/t}\n");
-        let r = resolve(&[(PathBuf::from("/a"), a), (PathBuf::from("/b"), b)]).unwrap();
+        let r = resolve(&[(PathBuf::from("/a"), a), (PathBuf::from("/b"), b)], None).unwrap();
         assert_eq!(r.file, PathBuf::from("/b"));
         assert_eq!(r.context, "c");
         assert_eq!(r.credential, Credential::TokenFile(PathBuf::from("/run/t")));
@@ -348,18 +355,21 @@ users:
 
     #[test]
     fn missing_pieces_are_named() {
-        let e = resolve(&[(PathBuf::from("/a"), tree("kind: Config\n"))]).unwrap_err();
+        let e = resolve(&[(PathBuf::from("/a"), tree("kind: Config\n"))], None).unwrap_err();
         assert!(matches!(e, RootKubeconfigError::NoCurrentContext { .. }));
-        let e = resolve(&[(
-            PathBuf::from("/a"),
-            tree("current-context: c\ncontexts:\n- name: c\n  context: {user: u}\n"),
-        )])
+        let e = resolve(
+            &[(
+                PathBuf::from("/a"),
+                tree("current-context: c\ncontexts:\n- name: c\n  context: {user: u}\n"),
+            )],
+            None,
+        )
         .unwrap_err();
         assert!(e.to_string().contains("user \"u\""), "{e}");
         let cert = tree(
             "current-context: c\ncontexts:\n- name: c\n  context: {user: u}\nusers:\n- name: u\n  user: {client-certificate: /c, client-key: /k}\n",
         );
-        let r = resolve(&[(PathBuf::from("/a"), cert)]).unwrap();
+        let r = resolve(&[(PathBuf::from("/a"), cert)], None).unwrap();
         assert_eq!(r.credential, Credential::Other("a client certificate"));
     }
 

@@ -39,6 +39,9 @@ pub const TIMER: &str = "ood-k8s-bootstrap-root-token.timer";
 #[derive(Debug, Clone)]
 pub struct Options {
     pub kubeconfig: Option<PathBuf>,
+    /// The context of root's kubeconfig (hook.env's ROOT_CONTEXT); None:
+    /// its current context.
+    pub context: Option<String>,
     pub using: Option<PathBuf>,
     /// (namespace, name): mint for this account rather than the current
     /// token's (and give an entry without a token its first one).
@@ -175,12 +178,13 @@ impl Current {
 /// `account`, an entry without a token is accepted (it gets its first).
 pub fn current(
     explicit: Option<&Path>,
+    context: Option<&str>,
     account: Option<&(String, String)>,
 ) -> Result<Current, RootTokenError> {
     let paths = root_kubeconfig::candidate_files(explicit);
     let files = root_kubeconfig::load(&paths, explicit.is_some())?;
-    let (context_file, context, user) = root_kubeconfig::current_user(&files)?;
-    let resolved = match root_kubeconfig::resolve(&files) {
+    let (context_file, context, user) = root_kubeconfig::current_user(&files, context)?;
+    let resolved = match root_kubeconfig::resolve(&files, Some(&context)) {
         Ok(r) => Some(r),
         Err(RootKubeconfigError::NoUser { .. }) if account.is_some() => None,
         Err(e) => return Err(e.into()),
@@ -263,18 +267,28 @@ fn read_token_file(path: &Path) -> Result<Secret, RootTokenError> {
 /// says (the system log when hook.env does not load).
 pub fn recorded_main(opts: &Options, hook_env: &Path) -> Exit {
     let mut recorded = crate::record::Run::start(crate::record::Command::RootToken);
+    let mut opts = opts.clone();
     if let Ok(settings) = crate::settings::Settings::load(hook_env) {
         recorded.configured(&settings);
         recorded.record.mode = None;
+        // hook.env's ROOT_KUBECONFIG and ROOT_CONTEXT, unless --kubeconfig.
+        if opts.kubeconfig.is_none() {
+            opts.kubeconfig = settings.root.kubeconfig.clone();
+            opts.context = settings.root.context.clone();
+        }
     }
-    let exit = main(opts);
+    let exit = main(&opts);
     recorded.finish(exit);
     exit
 }
 
 pub fn main(opts: &Options) -> Exit {
     let started = Instant::now();
-    let cur = match current(opts.kubeconfig.as_deref(), opts.service_account.as_ref()) {
+    let cur = match current(
+        opts.kubeconfig.as_deref(),
+        opts.context.as_deref(),
+        opts.service_account.as_ref(),
+    ) {
         Ok(c) => c,
         Err(e) => return fail(e.exit(), e),
     };
@@ -333,15 +347,16 @@ async fn mint(opts: &Options, cur: &Current) -> Result<(Secret, u64), RootTokenE
     let root = Connect {
         kubeconfig: opts.kubeconfig.clone(),
         bearer: None,
+        context: opts.context.clone(),
     };
     let how = match &opts.using {
         Some(admin) => Connect {
             kubeconfig: Some(admin.clone()),
-            bearer: None,
+            ..Connect::default()
         },
         None => Connect {
-            kubeconfig: opts.kubeconfig.clone(),
             bearer: Some(cur.token.clone().ok_or(RootTokenError::NoTokenYet)?),
+            ..root.clone()
         },
     };
     let by = opts.using.as_ref().map_or_else(

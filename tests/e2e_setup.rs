@@ -1157,3 +1157,101 @@ fn the_shipped_root_token_service_renews_as_shipped() {
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
     assert_is_the_ondemand_account(kc.to_str().unwrap());
 }
+
+/// Issue 17's ROOT_KUBECONFIG and ROOT_CONTEXT, in one cluster: root's
+/// credentials named in hook.env, in a file of two contexts whose current
+/// one points at nothing. The hook, doctor and root-token all use the named
+/// context (KUBECONFIG pointing nowhere); without ROOT_CONTEXT the hook
+/// goes to the current context and fails.
+#[test]
+fn root_kubeconfig_and_context_come_from_hook_env() {
+    use std::os::unix::fs::PermissionsExt;
+    let _lock = shared();
+    let c = cluster();
+    let granted = install(&["--self-renew"]);
+    assert!(granted.status.success(), "{}", text(&granted));
+    let dir = scratch("root-context");
+    let token = c.admin(&[
+        "-n",
+        "ondemand",
+        "create",
+        "token",
+        "ondemand",
+        "--duration",
+        "1h",
+    ]);
+    let token = token.trim();
+    let kc = dir.join("root.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\nclusters:\n\
+             - name: real\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+             - name: nowhere\n  cluster: {{server: \"https://127.0.0.1:1\"}}\n\
+             contexts:\n- name: elsewhere\n  context: {{cluster: nowhere, user: other}}\n\
+             - name: ood\n  context: {{cluster: real, user: ondemand}}\n\
+             users:\n- name: other\n  user: {{token: \"not-a-jwt-but-kept\"}}\n\
+             - name: ondemand\n  user: {{token: \"{token}\"}}\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nowhere = "/nonexistent/kubeconfig";
+    let user = "inst-used";
+    linux_user(user);
+    let with_context = hook_env(
+        &dir,
+        &format!("ROOT_KUBECONFIG=\"{}\"\nROOT_CONTEXT=ood\n", kc.display()),
+    );
+    let env = with_context.to_str().unwrap();
+    let out = run(
+        nowhere,
+        &["--user", user, "--hook-env", env, "--cluster-only"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = run(nowhere, &["doctor", "--hook-env", env]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("root's token: ServiceAccount ondemand/ondemand"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(nowhere, &["root-token", "--hook-env", env]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = std::fs::read_to_string(&kc).unwrap();
+    assert!(
+        !after.contains(token),
+        "the token was not renewed:\n{after}"
+    );
+    assert!(after.contains("not-a-jwt-but-kept"), "{after}");
+
+    // Without ROOT_CONTEXT: the file's current context, which leads nowhere.
+    let dir2 = scratch("root-context-current");
+    let without = hook_env(
+        &dir2,
+        &format!(
+            "ROOT_KUBECONFIG=\"{}\"\nHOOK_TIMEOUT_SECONDS=2\n",
+            kc.display()
+        ),
+    );
+    let out = run(
+        nowhere,
+        &[
+            "--user",
+            user,
+            "--hook-env",
+            without.to_str().unwrap(),
+            "--cluster-only",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "{}",
+        text(&out)
+    );
+}

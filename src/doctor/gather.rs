@@ -27,7 +27,17 @@ const CALL: Duration = Duration::from_secs(5);
 /// Gathers everything `args` asks about, at Unix time `now`.
 pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
     let mut hook_env = hook_env(&args.common.hook_env);
-    let root = root(args.kubeconfig.as_deref());
+    // Root's credentials: --kubeconfig, else hook.env's ROOT_KUBECONFIG and
+    // ROOT_CONTEXT, else kubectl's defaults.
+    let root_settings = match (&args.kubeconfig, hook_env.settings.as_ref()) {
+        (Some(k), _) => crate::settings::RootSettings {
+            kubeconfig: Some(k.clone()),
+            context: None,
+        },
+        (None, Ok(s)) => s.root.clone(),
+        (None, Err(_)) => crate::settings::RootSettings::default(),
+    };
+    let root = root(&root_settings);
     // Root's kubeconfig holds the token: checked like hook.env's files.
     if let Ok(r) = &root {
         hook_env.files.push(FileFact {
@@ -44,10 +54,7 @@ pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
         .as_deref()
         .and_then(|u| user_namespace(u, settings).ok());
     let root_account = root.as_ref().ok().and_then(|r| r.account.clone());
-    let connect = Connect {
-        kubeconfig: args.kubeconfig.clone(),
-        bearer: None,
-    };
+    let connect = Connect::root(&root_settings);
     let cluster = Cluster::connect_with(&connect, CALL)
         .await
         .map_err(|e| e.to_string());
@@ -63,7 +70,17 @@ pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
         issuer(&hook_env),
         async {
             match &args.user {
-                Some(u) => Some(user(args, u, settings, cluster.as_ref().ok(), now).await),
+                Some(u) => Some(
+                    user(
+                        args,
+                        &root_settings,
+                        u,
+                        settings,
+                        cluster.as_ref().ok(),
+                        now,
+                    )
+                    .await,
+                ),
                 None => None,
             }
         },
@@ -142,10 +159,11 @@ fn file_meta(path: &Path) -> Result<FileMeta, String> {
     })
 }
 
-fn root(explicit: Option<&Path>) -> Result<RootFacts, String> {
+fn root(how: &crate::settings::RootSettings) -> Result<RootFacts, String> {
+    let explicit = how.kubeconfig.as_deref();
     let paths = root_kubeconfig::candidate_files(explicit);
     let files = root_kubeconfig::load(&paths, explicit.is_some()).map_err(|e| e.to_string())?;
-    let r = root_kubeconfig::resolve(&files).map_err(|e| e.to_string())?;
+    let r = root_kubeconfig::resolve(&files, how.context.as_deref()).map_err(|e| e.to_string())?;
     let token = match &r.credential {
         Credential::Token(t) => Some(t.clone()),
         Credential::TokenFile(p) => std::fs::read_to_string(p)
@@ -432,6 +450,7 @@ async fn issuer(h: &HookEnvFacts) -> Option<IssuerFacts> {
 
 async fn user(
     args: &DoctorArgs,
+    root_settings: &crate::settings::RootSettings,
     user: &str,
     settings: Option<&Settings>,
     root: Option<&Cluster>,
@@ -455,8 +474,8 @@ async fn user(
     let review = match &token {
         Some(Ok(t)) => {
             let how = Connect {
-                kubeconfig: args.kubeconfig.clone(),
                 bearer: Some(t.clone()),
+                ..Connect::root(root_settings)
             };
             Some(match Cluster::connect_with(&how, CALL).await {
                 Ok(c) => root_token::who_am_i(&c).await,

@@ -95,6 +95,8 @@ pub struct Draft {
     pub syslog_socket: PathBuf,
     pub metrics_file: Option<PathBuf>,
     pub last_run_dir: Option<PathBuf>,
+    pub root_kubeconfig: Option<PathBuf>,
+    pub root_context: Option<String>,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -710,6 +712,36 @@ pub const KEYS: &[Key] = &[
                 Ok(())
             }
             _ => Err("expected a whole number from 1 to 100000".into()),
+        },
+    },
+    Key {
+        name: "ROOT_KUBECONFIG",
+        section: Section::New,
+        doc: "Root's kubeconfig for this cluster (the ondemand ServiceAccount's token), used by \
+              the hook, reconcile, reap, doctor and root-token. Empty: as kubectl finds it \
+              (KUBECONFIG, then ~/.kube/config).",
+        value: "absolute path, or empty",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.root_kubeconfig = abs_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ROOT_CONTEXT",
+        section: Section::New,
+        doc: "The context of root's kubeconfig to use for this cluster. Empty: the file's \
+              current context.",
+        value: "context name, or empty",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err("a context name has no spaces or control characters".into());
+            }
+            d.root_context = non_empty(v);
+            Ok(())
         },
     },
     Key {

@@ -272,6 +272,15 @@ pub struct BrokerSettings {
     pub max_session_hours: u32,
 }
 
+/// Root's credentials for the cluster (`ROOT_KUBECONFIG`, `ROOT_CONTEXT`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootSettings {
+    /// The kubeconfig file; None: `KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The context in it; None: its current context.
+    pub context: Option<String>,
+}
+
 /// `reap` (the `REAP_*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReapSettings {
@@ -316,6 +325,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub reap: ReapSettings,
     pub log: LogSettings,
+    pub root: RootSettings,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -583,6 +593,10 @@ impl Checked<'_> {
                 idle_days: d.reap_idle_days,
                 departed: d.reap_departed,
                 max_per_run: d.reap_max_per_run,
+            },
+            root: RootSettings {
+                kubeconfig: d.root_kubeconfig,
+                context: d.root_context,
             },
             log: LogSettings {
                 target: d.log_target,
