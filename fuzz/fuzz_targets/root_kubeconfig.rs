@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(tree) = merge::parse(text) else { return };
     let path = PathBuf::from("/root/.kube/config");
     let files = vec![(path.clone(), tree)];
-    let resolved = match resolve(&files) {
+    let resolved = match resolve(&files, None) {
         Ok(r) => r,
         Err(e) => {
             assert!(is_one_line(&e.to_string()), "{e:?}");
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(text.matches(old).count(), 1);
             assert_eq!(edited, text.replacen(old, NEW, 1));
             let again = merge::parse(&edited).expect("the edit parses");
-            let r = resolve(&[(path, again)]).expect("the edit resolves");
+            let r = resolve(&[(path, again)], None).expect("the edit resolves");
             assert!(matches!(&r.credential, Credential::Token(t) if t.expose() == NEW));
             assert_eq!((r.context, r.user), (resolved.context, resolved.user));
         }
