@@ -98,8 +98,19 @@ fn parse_error(e: &serde_saphyr::Error) -> MergeError {
             e.location().map_or(0, |l| l.column())
         ))
         .map_or(first, |(_, rest)| rest);
-    let kind = kind.split(':').next().unwrap_or(kind);
-    let kind = crate::oneline::clean(kind, 60);
+    // Only the leading words: the detail may quote the file, in backquotes
+    // or bare (`non-finite float \`1111…\``).
+    let words: Vec<&str> = kind
+        .split(|c: char| !(c.is_ascii_alphabetic() || c == ' ' || c == '-'))
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(4)
+        .collect();
+    let kind = match words.join(" ") {
+        k if k.is_empty() => "not valid YAML".to_owned(),
+        k => crate::oneline::clean(&k, 60),
+    };
     MergeError::Parse(match e.location() {
         Some(l) => format!("line {}, column {}: {kind}", l.line(), l.column()),
         None => kind,
@@ -284,6 +295,15 @@ fn entry_object<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        // Found by fuzzing: the parser's detail quoted a long number.
+        let text = format!("ess: {}e9{}\n", "1".repeat(80), "1".repeat(20));
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(!e.contains("1111111111"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
     use super::*;
     use serde_json::json;
 
