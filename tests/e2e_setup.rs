@@ -270,17 +270,9 @@ fn install_creates_missing_prerequisites_then_changes_nothing_and_the_hook_works
 
     // The hook, as root with a token minted for the installed account.
     let dir = scratch("install-hook");
-    let token = c.admin(&[
-        "-n",
-        "ondemand",
-        "create",
-        "token",
-        "ondemand",
-        "--duration",
-        "1h",
-    ]);
+    let token = common::service_account_token("ondemand");
     let kc = dir.join("ondemand.kubeconfig");
-    c.token_kubeconfig(&kc, "ondemand", token.trim());
+    c.token_kubeconfig(&kc, "ondemand", &token);
     linux_user("dave");
     let env = hook_env(&dir, "");
     let out = bin(kc.to_str().unwrap(), &["--user", "dave", "--hook-env"])
@@ -751,16 +743,8 @@ fn root_token_replaces_the_token_and_nothing_else() {
     let granted = install(&["--self-renew"]);
     assert!(granted.status.success(), "{}", text(&granted));
     let dir = scratch("root-token");
-    let token = c.admin(&[
-        "-n",
-        "ondemand",
-        "create",
-        "token",
-        "ondemand",
-        "--duration",
-        "1h",
-    ]);
-    let token = token.trim();
+    let token = common::service_account_token("ondemand");
+    let token = token.as_str();
     // Root's kubeconfig as a site has it: comments, other entries, quoting.
     let original = format!(
         "# root's kubeconfig on the web node\napiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    \
@@ -891,18 +875,9 @@ fn root_token_gives_a_new_kubeconfig_its_first_token_then_renews_it() {
 #[test]
 fn root_token_refuses_a_symlinked_kubeconfig() {
     let _lock = shared();
-    let c = cluster();
     let dir = scratch("root-token-symlink");
-    let token = c.admin(&[
-        "-n",
-        "ondemand",
-        "create",
-        "token",
-        "ondemand",
-        "--duration",
-        "1h",
-    ]);
-    let real = kubeconfig_with_token(&dir, token.trim());
+    let token = common::service_account_token("ondemand");
+    let real = kubeconfig_with_token(&dir, &token);
     let before = std::fs::read_to_string(&real).unwrap();
     let link = dir.join("config");
     std::os::unix::fs::symlink(&real, &link).unwrap();
@@ -1107,15 +1082,7 @@ fn the_shipped_root_token_service_renews_as_shipped() {
 
     let dir = scratch("root-token-unit");
     let kc = dir.join("config");
-    let token = c.admin(&[
-        "-n",
-        "ondemand",
-        "create",
-        "token",
-        "ondemand",
-        "--duration",
-        "1h",
-    ]);
+    let token = common::service_account_token("ondemand");
     // Root's kubeconfig as the ondemand account has it, with a token of
     // an hour: the one to renew.
     let copied = std::fs::read_to_string(ondemand_kubeconfig()).unwrap();
@@ -1131,7 +1098,7 @@ fn the_shipped_root_token_service_renews_as_shipped() {
         ],
     ));
     assert!(!old.is_empty() && copied.contains(&old), "{copied}");
-    std::fs::write(&kc, copied.replace(&old, token.trim())).unwrap();
+    std::fs::write(&kc, copied.replace(&old, &token)).unwrap();
     std::fs::set_permissions(&kc, PermissionsExt::from_mode(0o600)).unwrap();
 
     let out = Command::new("sh")
@@ -1152,7 +1119,10 @@ fn the_shipped_root_token_service_renews_as_shipped() {
     ];
     assert!(left.iter().any(|l| err.contains(l)), "{}", text(&out));
     let after = std::fs::read_to_string(&kc).unwrap();
-    assert!(!after.contains(token.trim()), "the token was not replaced");
+    assert!(
+        !after.contains(token.as_str()),
+        "the token was not replaced"
+    );
     let meta = std::fs::metadata(&kc).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o600));
     assert_is_the_ondemand_account(kc.to_str().unwrap());
@@ -1171,16 +1141,8 @@ fn root_kubeconfig_and_context_come_from_hook_env() {
     let granted = install(&["--self-renew"]);
     assert!(granted.status.success(), "{}", text(&granted));
     let dir = scratch("root-context");
-    let token = c.admin(&[
-        "-n",
-        "ondemand",
-        "create",
-        "token",
-        "ondemand",
-        "--duration",
-        "1h",
-    ]);
-    let token = token.trim();
+    let token = common::service_account_token("ondemand");
+    let token = token.as_str();
     let kc = dir.join("root.kubeconfig");
     std::fs::write(
         &kc,

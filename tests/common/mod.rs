@@ -1095,12 +1095,18 @@ pub fn reaper_kubeconfig(dir: &Path) -> PathBuf {
 /// A token of the reap CronJob's ServiceAccount (ondemand/ood-reaper), as
 /// its pod would have it.
 pub fn reaper_token() -> String {
+    service_account_token("ood-reaper")
+}
+
+/// A fresh one-hour token of ServiceAccount `name` in namespace
+/// `ondemand`, minted by the admin (TokenRequest).
+pub fn service_account_token(name: &str) -> String {
     let token = cluster().admin(&[
         "-n",
         "ondemand",
         "create",
         "token",
-        "ood-reaper",
+        name,
         "--duration",
         "1h",
     ]);
