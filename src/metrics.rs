@@ -136,20 +136,14 @@ impl Metrics {
         );
         let secs = r.duration_ms as f64 / 1000.0;
         let h = "ood_k8s_bootstrap_run_duration_seconds";
+        // Every bucket is written (0 too), so the histogram is complete.
         for le in BUCKETS {
-            if secs <= le {
-                self.add(
-                    &format!("{h}_bucket"),
-                    &format!("command=\"{cmd}\",le=\"{le}\""),
-                    1.0,
-                );
-            } else {
-                self.add(
-                    &format!("{h}_bucket"),
-                    &format!("command=\"{cmd}\",le=\"{le}\""),
-                    0.0,
-                );
-            }
+            let within = if secs <= le { 1.0 } else { 0.0 };
+            self.add(
+                &format!("{h}_bucket"),
+                &format!("command=\"{cmd}\",le=\"{le}\""),
+                within,
+            );
         }
         self.add(
             &format!("{h}_bucket"),
