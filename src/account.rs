@@ -96,4 +96,29 @@ impl Account {
             groups,
         })
     }
+
+    /// The names of every group the user is in (the primary one included),
+    /// as NSS reports them: what `ALLOWED_GROUPS`/`DENIED_GROUPS` name. A
+    /// group without a name is left out.
+    pub fn group_names(&self, user: &Username) -> Result<Vec<String>, AccountError> {
+        let name = CString::new(user.as_str()).unwrap_or_default();
+        let gids = getgrouplist(&name, self.gid).map_err(|source| AccountError::Groups {
+            user: user.to_string(),
+            source,
+        })?;
+        let mut names = Vec::new();
+        for gid in gids {
+            match nix::unistd::Group::from_gid(gid) {
+                Ok(Some(g)) => names.push(g.name),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(AccountError::Groups {
+                        user: user.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(names)
+    }
 }

@@ -60,6 +60,15 @@ pub struct Common {
     pub verbose: u8,
 }
 
+/// Which of the clusters of `CLUSTERS_D` a command works on.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterChoice {
+    /// With CLUSTERS_D: only the cluster of this clusters.d id (file name
+    /// without .yml); default: every Kubernetes cluster there.
+    #[arg(long, value_name = "ID")]
+    pub cluster: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct HookArgs {
     /// The OnDemand user to bootstrap.
@@ -77,6 +86,9 @@ pub struct HookArgs {
     pub cluster_only: bool,
 
     #[command(flatten)]
+    pub choice: ClusterChoice,
+
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -92,6 +104,8 @@ pub enum Command {
         /// Unix time for the last-hook-execution annotation (default: now).
         #[arg(long, value_name = "SECONDS")]
         time: Option<u64>,
+        #[command(flatten)]
+        choice: ClusterChoice,
         #[command(flatten)]
         common: Common,
     },
@@ -145,6 +159,8 @@ pub enum Command {
         /// PRUNE=true does; needs the grant in hooks/ondemand-prune.yaml).
         #[arg(long)]
         prune: bool,
+        #[command(flatten)]
+        choice: ClusterChoice,
         #[command(flatten)]
         common: Common,
     },
@@ -247,6 +263,14 @@ pub struct InstallArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub timeout: u64,
+
+    /// hook.env, read with --cluster: the cluster's API server
+    /// (job.server.endpoint) picks the admin kubeconfig's context for it.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HOOK_ENV)]
+    pub hook_env: PathBuf,
+
+    #[command(flatten)]
+    pub choice: ClusterChoice,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +289,9 @@ pub struct ReapArgs {
     /// many users really left).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_run: Option<u32>,
+
+    #[command(flatten)]
+    pub choice: ClusterChoice,
 
     #[command(flatten)]
     pub common: Common,
@@ -331,6 +358,9 @@ pub struct DoctorArgs {
     pub output: Output,
 
     #[command(flatten)]
+    pub choice: ClusterChoice,
+
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -370,6 +400,9 @@ pub struct RootTokenArgs {
     /// record goes to the system log and the renewal goes on.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_HOOK_ENV)]
     pub hook_env: PathBuf,
+
+    #[command(flatten)]
+    pub choice: ClusterChoice,
 }
 
 /// `ondemand/ondemand` → (namespace, name), both DNS labels.
@@ -480,6 +513,7 @@ fn legacy_form(args: &[OsString]) -> Option<Cli> {
             user: Some(user.to_owned()),
             dry_run: false,
             cluster_only: false,
+            choice: ClusterChoice::default(),
             common: Common {
                 hook_env: PathBuf::from(hook_env),
                 verbose: 0,

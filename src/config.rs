@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::exit::Exit;
-use crate::run::{PROG, fail, load_settings};
+use crate::run::{PROG, fail, load_site};
 use crate::settings::keys;
 
 /// Prints the example, or checks `hook_env` and says what it found.
@@ -18,23 +18,46 @@ pub fn main(example: bool, hook_env: &Path) -> Exit {
             Err(e) => fail(Exit::CantCreate, format!("cannot write to stdout: {e}")),
         };
     }
-    match load_settings(hook_env) {
-        Ok(s) => {
-            let templates = match s.templates.len() {
-                0 => String::new(),
-                n => format!(
-                    ", {n} site template object{}",
-                    if n == 1 { "" } else { "s" }
-                ),
-            };
-            eprintln!(
-                "{PROG}: {}: ok ({} warning{}{templates})",
-                hook_env.display(),
-                s.warnings.len(),
-                if s.warnings.len() == 1 { "" } else { "s" }
-            );
-            Exit::Ok
+    let site = match load_site(hook_env) {
+        Ok(site) => site,
+        Err(exit) => return exit,
+    };
+    let warnings = site.warnings.len();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut what = Vec::new();
+    for s in &site.clusters {
+        let templates = match s.templates.len() {
+            0 => String::new(),
+            n => format!("{n} site template object{}", plural(n)),
+        };
+        match &s.cluster_id {
+            Some(id) => what.push(format!(
+                "cluster {id}: namespaces {}USER, ~/.kube/{}{}{}",
+                s.namespace_prefix,
+                s.kubeconfig.file,
+                if s.groups.is_open() {
+                    ""
+                } else {
+                    ", group-gated"
+                },
+                if templates.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {templates}")
+                }
+            )),
+            None if !templates.is_empty() => what.push(templates),
+            None => {}
         }
-        Err(exit) => exit,
     }
+    let what = match what.is_empty() {
+        true => String::new(),
+        false => format!(", {}", what.join("; ")),
+    };
+    eprintln!(
+        "{PROG}: {}: ok ({warnings} warning{}{what})",
+        hook_env.display(),
+        plural(warnings)
+    );
+    Exit::Ok
 }

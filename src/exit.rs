@@ -64,6 +64,36 @@ impl Exit {
     }
 }
 
+impl Exit {
+    /// The more serious of two statuses, for a run over several clusters:
+    /// what needs an admin's fix (a bug, bad configuration, a denial) before
+    /// what passes (an unreachable server, a deadline), success last.
+    pub fn worst(self, other: Exit) -> Exit {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Partial => 1,
+            Exit::TempFail => 2,
+            Exit::Unavailable => 3,
+            Exit::Usage => 4,
+            Exit::NoInput => 5,
+            Exit::NoUser => 6,
+            Exit::CantCreate => 7,
+            Exit::DataErr => 8,
+            Exit::NoPerm => 9,
+            Exit::Config => 10,
+            Exit::Software => 11,
+        }
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
@@ -73,6 +103,19 @@ impl From<Exit> for ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worst_of_several_statuses_is_the_one_needing_a_fix() {
+        assert_eq!(Exit::Ok.worst(Exit::Unavailable), Exit::Unavailable);
+        assert_eq!(Exit::Unavailable.worst(Exit::NoPerm), Exit::NoPerm);
+        assert_eq!(Exit::Config.worst(Exit::TempFail), Exit::Config);
+        let ranks: std::collections::BTreeSet<u8> = Exit::ALL.iter().map(|e| e.rank()).collect();
+        assert_eq!(
+            ranks.len(),
+            Exit::ALL.len(),
+            "every status has its own rank"
+        );
+    }
 
     #[test]
     fn all_is_ordered_unique_and_described() {

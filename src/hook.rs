@@ -11,7 +11,7 @@ use crate::desired::DesiredState;
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
 use crate::record::{self, Counts, Run};
-use crate::run::{PROG, fail, load, runtime, unix_now};
+use crate::run::{PROG, fail, load_clusters, runtime, unix_now};
 use crate::settings::ExchangeSettings;
 use crate::settings::Settings;
 use crate::{desired, exchange, kubeconfig, outage};
@@ -24,7 +24,10 @@ pub fn run_hook(args: &HookArgs) -> Exit {
     exit
 }
 
-/// The hook run; what it learns goes into `run`'s record.
+/// The hook run over every cluster at once; what it learns goes into
+/// `run`'s record. With one cluster (no `CLUSTERS_D`) its first failure
+/// ends the run, as it always did; with several, each cluster fails alone
+/// and the run ends with the most serious status.
 fn hook(args: &HookArgs, run: &mut Run) -> Exit {
     let started = Instant::now();
     let Some(user) = args.user.as_deref() else {
@@ -34,119 +37,251 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
         );
     };
     run.record.user = Some(user.to_owned());
-    let (settings, user, namespace) = match load(user, &args.common.hook_env) {
-        Ok(v) => v,
+    let clusters = match load_clusters(&args.common.hook_env, args.choice.cluster.as_deref()) {
+        Ok(c) => c,
         Err(exit) => return exit,
     };
-    run.configured(&settings);
-    run.record.namespace = Some(namespace.to_string());
-    run.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
+    let Some(first) = clusters.first() else {
+        return Exit::Ok;
+    };
+    run.configured(first);
+    let user = match Username::parse(user) {
+        Ok(u) => u,
+        Err(e) => return fail(Exit::NoUser, e),
+    };
+    let several = first.cluster_id.is_some();
+    let mut exit = Exit::Ok;
+    // A cluster's failure: the run's end with one cluster, a line with
+    // several.
+    let mut failed = |e: Exit| {
+        exit = exit.worst(e);
+        !several
+    };
+    let mut named = Vec::new();
+    for s in &clusters {
+        match Namespace::for_user(&s.namespace_prefix, &user) {
+            Ok(ns) => named.push((s, ns)),
+            Err(e) if failed(Exit::DataErr) => return fail(Exit::DataErr, e),
+            Err(e) => {
+                fail(Exit::DataErr, format!("{}: {e}", label(s)));
+            }
+        }
+    }
     let account = match Account::lookup(&user) {
         Ok(a) => a,
         Err(e) => return fail(e.exit(), e),
     };
+    let groups = match gated(&clusters) {
+        true => match account.group_names(&user) {
+            Ok(g) => g,
+            Err(e) => return fail(e.exit(), e),
+        },
+        false => Vec::new(),
+    };
     let login = kubeconfig::Login::from_env();
+    let mut plans = Vec::new();
+    for (s, ns) in named {
+        if let Some(why) = s.groups.refuses(&groups) {
+            eprintln!(
+                "{PROG}: {user}: {}: skipped: {why}; nothing there touched",
+                label(s)
+            );
+            continue;
+        }
+        match Plan::make(s, &user, &account, ns, &login, args, started) {
+            Ok(p) => plans.push(p),
+            Err((e, text)) if failed(e) => return fail(e, text),
+            Err((e, text)) => {
+                fail(e, format!("{}: {text}", label(s)));
+            }
+        }
+    }
+    if let [p] = plans.as_slice() {
+        run.record.namespace = Some(p.namespace.to_string());
+    }
+    run.record.cluster = Some(
+        plans
+            .iter()
+            .map(|p| record_cluster(p.settings))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(exit) => return exit,
+    };
     let mode = if args.dry_run {
         Mode::DryRun
     } else {
         Mode::Apply
     };
-    let deadline = started + settings.timeout;
-    let ids = match account.ids(&user, settings.publish.groups) {
-        Ok(ids) => ids,
-        Err(e) => return fail(e.exit(), e),
-    };
-    let state = match desired::desired_state(&settings, &user, &namespace, Some(&ids), unix_now()) {
-        Ok(s) => s,
-        Err(e) => return fail(e.exit(), e),
-    };
-    // Everything about the kubeconfig that can be refused is refused now,
-    // before any change (with a token exchange, the tokens to write are
-    // only known once the IdP has answered).
-    let job = if args.dry_run || args.cluster_only {
-        None
-    } else if let (Some(exchange), Some(_)) = (&settings.exchange, &login.access_token) {
-        Some(KubeJob::AfterExchange(Box::new(Exchange {
-            exchange: exchange.clone(),
-            settings: settings.clone(),
-            user: user.clone(),
-            account: account.clone(),
-            namespace: namespace.clone(),
-            login,
-        })))
-    } else {
-        match kubeconfig::prepare(&settings, &user, &account, &namespace, &login) {
-            Ok(p) => Some(KubeJob::Ready(p)),
-            Err(e) => return fail(e.exit(), e),
-        }
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(exit) => return exit,
-    };
-    // Whose the namespace is, before anything is written (the kubeconfig
-    // included): another login's namespace stops the run here. The
-    // kubeconfig side waits for that answer — for at most OWNER_WAIT: an
-    // API server that does not answer must not cost the user their fresh
-    // credentials (the cluster side then fails on its own), and the
-    // kubeconfig is the user's own file with the user's own tokens.
-    let (gate, gate_rx) = std::sync::mpsc::channel::<bool>();
-    let wait = OWNER_WAIT.min(settings.timeout / 3);
-    let writer = job.map(|j| {
-        std::thread::spawn(move || match gate_rx.recv_timeout(wait) {
-            Ok(false) => None,
-            _ => Some(j.run(deadline)),
-        })
-    });
-    let side = runtime.block_on(ClusterSide::check(&settings, &user, &state, deadline));
-    let refused = matches!(
-        &side,
-        Err(ClusterError::Apply(ApplyError::Collision { .. }))
-    );
-    let _ = gate.send(!refused);
-    let side = match side {
-        Err(e @ ClusterError::Apply(ApplyError::Collision { .. })) => {
-            // Let a writer that already went ahead (a slow owner check)
-            // finish its file before the process ends.
-            if let Some(w) = writer {
-                let _ = w.join();
-            }
-            return e.fail(&user);
-        }
-        side => side,
-    };
-    let mut claimed = false;
-    if let Ok(side) = &side {
-        if let Some(w) = side.owner.warning(namespace.as_str(), user.as_str()) {
-            eprintln!("{PROG}: warning: {w}");
-        }
-        claimed = side.owner.event() == Some("claimed") && !args.dry_run;
-    }
-    let applied = match side {
-        Ok(side) => runtime.block_on(side.apply(&user, &state, mode, deadline)),
-        Err(e) => Err(e),
-    };
+    let (writers, gates) = Writers::start(&mut plans);
+    let sides = runtime.block_on(futures::future::join_all(
+        plans
+            .iter()
+            .zip(gates)
+            .map(|(p, gate)| p.cluster_side(&user, mode, gate)),
+    ));
     drop(runtime);
-    let kube = writer.and_then(|w| {
-        w.join().unwrap_or_else(|_| {
-            Some(Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
-                user: user.to_string(),
-                why: "the writer thread panicked".into(),
-            })))
-        })
-    });
-    if let Ok(a) = &applied {
-        run.record.counts = Counts::of(a);
+    let kube = writers.finish(&user);
+    let mut all = Vec::new();
+    for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
+        let outcome = report(plan, &user, side, kube, args, several);
+        match outcome {
+            Ok(applied) => all.extend(applied),
+            Err(e) if failed(e) => return e,
+            Err(_) => {}
+        }
     }
-    let applied = match applied {
-        Ok(a) => a,
-        // Each side says what happened to it: a failed kubeconfig on a
-        // line of its own, a written one at the end of the cluster's error
-        // (still one line, as OnDemand logs it).
+    run.record.counts = Counts::of(&all);
+    exit
+}
+
+/// The cluster's name in lines of a run over several clusters.
+fn label(s: &Settings) -> &str {
+    s.cluster_id
+        .as_deref()
+        .unwrap_or(&s.kubeconfig.cluster_name)
+}
+
+/// The cluster as the run record names it: the clusters.d id, or the
+/// kubeconfig's cluster name.
+fn record_cluster(s: &Settings) -> String {
+    label(s).to_owned()
+}
+
+/// Whether any cluster is only for some groups (the user's groups are
+/// looked up only then).
+fn gated(clusters: &[Settings]) -> bool {
+    clusters.iter().any(|s| !s.groups.is_open())
+}
+
+/// One cluster's part of a login, decided before anything is touched.
+struct Plan<'a> {
+    settings: &'a Settings,
+    namespace: Namespace,
+    state: DesiredState,
+    /// The kubeconfig side (none: dry run, `--cluster-only`).
+    job: Option<KubeJob>,
+    deadline: Instant,
+    /// Who the lines are about: `alice`, or `alice: gpu` with several
+    /// clusters.
+    who: String,
+}
+
+impl<'a> Plan<'a> {
+    /// Everything that can be refused for this cluster, refused now.
+    fn make(
+        settings: &'a Settings,
+        user: &Username,
+        account: &Account,
+        namespace: Namespace,
+        login: &kubeconfig::Login,
+        args: &HookArgs,
+        started: Instant,
+    ) -> Result<Self, (Exit, String)> {
+        let ids = account
+            .ids(user, settings.publish.groups)
+            .map_err(|e| (e.exit(), e.to_string()))?;
+        let state = desired::desired_state(settings, user, &namespace, Some(&ids), unix_now())
+            .map_err(|e| (e.exit(), e.to_string()))?;
+        // Everything about the kubeconfig that can be refused is refused
+        // now, before any change (with a token exchange, the tokens to
+        // write are only known once the IdP has answered).
+        let job = if args.dry_run || args.cluster_only {
+            None
+        } else if let (Some(exchange), Some(_)) = (&settings.exchange, &login.access_token) {
+            Some(KubeJob::AfterExchange(Box::new(Exchange {
+                exchange: exchange.clone(),
+                settings: settings.clone(),
+                user: user.clone(),
+                account: account.clone(),
+                namespace: namespace.clone(),
+                login: login.clone(),
+            })))
+        } else {
+            match kubeconfig::prepare(settings, user, account, &namespace, login) {
+                Ok(p) => Some(KubeJob::Ready(p)),
+                Err(e) => return Err((e.exit(), e.to_string())),
+            }
+        };
+        let who = match &settings.cluster_id {
+            Some(id) => format!("{user}: {id}"),
+            None => user.to_string(),
+        };
+        Ok(Self {
+            settings,
+            namespace,
+            state,
+            job,
+            deadline: started + settings.timeout,
+            who,
+        })
+    }
+
+    /// Whose the namespace is, then (unless it is another login's) the
+    /// objects, bounded by this cluster's deadline. The answer about the
+    /// owner goes to `gate` first: the kubeconfig writer waits for it.
+    async fn cluster_side(
+        &self,
+        user: &Username,
+        mode: Mode,
+        gate: Option<Gate>,
+    ) -> Result<Side, ClusterError> {
+        let side = ClusterSide::check(self.settings, user, &self.state, self.deadline).await;
+        let refused = matches!(
+            &side,
+            Err(ClusterError::Apply(ApplyError::Collision { .. }))
+        );
+        if let Some(gate) = gate {
+            gate.send(!refused);
+        }
+        let side = side?;
+        let warning = side.owner.warning(self.namespace.as_str(), user.as_str());
+        let claimed = side.owner.event() == Some("claimed") && mode == Mode::Apply;
+        let applied = side.apply(user, &self.state, mode, self.deadline).await?;
+        Ok(Side {
+            applied,
+            warning,
+            claimed,
+            finished: Instant::now(),
+        })
+    }
+}
+
+/// What a cluster's side did.
+struct Side {
+    applied: Vec<Applied>,
+    /// About the namespace's owner record (printed as a warning).
+    warning: Option<String>,
+    /// The namespace had no owner record and now records this login.
+    claimed: bool,
+    finished: Instant,
+}
+
+/// Prints one cluster's outcome: its line, or its error (with what
+/// happened to the user's side). Returns what was applied, or the exit.
+fn report(
+    plan: &Plan<'_>,
+    user: &Username,
+    side: Result<Side, ClusterError>,
+    (kube, kube_finished): KubeDone,
+    args: &HookArgs,
+    several: bool,
+) -> Result<Vec<Applied>, Exit> {
+    let prefix = |text: String| match (several, &plan.settings.cluster_id) {
+        (true, Some(id)) => format!("{id}: {text}"),
+        _ => text,
+    };
+    let side = match side {
+        Ok(side) => side,
         Err(e) => {
+            // Each side says what happened to it: a failed kubeconfig on a
+            // line of its own, a written one at the end of the cluster's
+            // error (still one line, as OnDemand logs it).
             let kube_done = match &kube {
                 Some(Err(k)) => {
-                    eprintln!("{PROG}: error: {k}");
+                    eprintln!("{PROG}: error: {}", prefix(k.to_string()));
                     String::new()
                 }
                 Some(Ok(k)) => match outcome_text(k).trim_start_matches("; ") {
@@ -161,41 +296,198 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
                     (record.exit(), record.message(user.as_str(), unix_ms()))
                 }
             };
-            return fail(exit, format!("{message}{kube_done}"));
+            return Err(fail(exit, prefix(format!("{message}{kube_done}"))));
         }
     };
+    if let Some(w) = &side.warning {
+        eprintln!("{PROG}: warning: {}", prefix(w.clone()));
+    }
+    let prune = plan.state.prune;
+    let mut line = summary(
+        &plan.who,
+        &plan.namespace,
+        &side.applied,
+        args.dry_run,
+        prune,
+    );
     let kube = match kube.transpose() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!(
-                "{PROG}: {}",
-                summary(&user, &namespace, &applied, args.dry_run, state.prune)
-            );
-            return fail(e.exit(), e);
+            eprintln!("{PROG}: {line}");
+            return Err(fail(e.exit(), prefix(e.to_string())));
         }
     };
-
-    let mut line = summary(&user, &namespace, &applied, args.dry_run, state.prune);
-    if claimed {
+    if side.claimed {
         line.push_str(" (it had no owner record; it now records this login as its owner)");
     }
     if let Some(k) = kube {
         line.push_str(&outcome_text(&k));
     }
-    line.push_str(&format!(" ({} ms)", started.elapsed().as_millis()));
+    // This cluster's time: its side, and its kubeconfig file's write.
+    let started = plan.deadline - plan.settings.timeout;
+    let finished = side.finished.max(kube_finished.unwrap_or(side.finished));
+    line.push_str(&format!(" ({} ms)", (finished - started).as_millis()));
     eprintln!("{PROG}: {line}");
     if args.common.verbose > 0 {
-        for a in &applied {
+        for a in &side.applied {
             eprintln!("  {:<10} {}", change_word(a.change, args.dry_run), a.object);
         }
     }
-    Exit::Ok
+    Ok(side.applied)
 }
 
 /// How long the kubeconfig side waits for the namespace's owner to be
 /// known before it goes ahead anyway (a third of HOOK_TIMEOUT_SECONDS if
-/// that is shorter).
+/// that is shorter): an API server that does not answer must not cost the
+/// user their fresh credentials (the cluster side then fails on its own),
+/// and the kubeconfig is the user's own file with the user's own tokens.
 const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A cluster's answer to its kubeconfig writer: may its entries be
+/// written (false: the namespace is another login's)?
+struct Gate {
+    index: usize,
+    tx: std::sync::mpsc::Sender<(usize, bool)>,
+}
+
+impl Gate {
+    fn send(self, go: bool) {
+        let _ = self.tx.send((self.index, go));
+    }
+}
+
+/// The kubeconfig writers: one thread per file, each writing the entries
+/// of every cluster whose `config_file` it is in one locked write, after
+/// those clusters' owner checks.
+struct Writers {
+    threads: Vec<(Vec<usize>, std::thread::JoinHandle<FileResult>)>,
+    count: usize,
+}
+
+/// What one file's writer did: the file's outcome, and the clusters whose
+/// entries could not be made (a failed token exchange).
+struct FileResult {
+    outcome: Option<Result<kubeconfig::Outcome, KubeError>>,
+    failed: Vec<(usize, KubeError)>,
+    finished: Instant,
+}
+
+/// A cluster's kubeconfig outcome (none: nothing to write) and when its
+/// file was done.
+type KubeDone = (
+    Option<Result<kubeconfig::Outcome, KubeError>>,
+    Option<Instant>,
+);
+
+impl Writers {
+    /// Takes the plans' kubeconfig jobs and starts a writer per file; the
+    /// gates (one per plan, in order) are for the cluster sides.
+    fn start(plans: &mut [Plan<'_>]) -> (Self, Vec<Option<Gate>>) {
+        let mut files: Vec<(String, Vec<(usize, KubeJob)>)> = Vec::new();
+        let mut gates: Vec<Option<Gate>> = plans.iter().map(|_| None).collect();
+        let mut waits = Vec::new();
+        for (i, p) in plans.iter_mut().enumerate() {
+            let Some(job) = p.job.take() else { continue };
+            let file = p.settings.kubeconfig.file.clone();
+            match files.iter_mut().find(|(f, _)| *f == file) {
+                Some((_, jobs)) => jobs.push((i, job)),
+                None => files.push((file, vec![(i, job)])),
+            }
+            waits.push((i, OWNER_WAIT.min(p.settings.timeout / 3), p.deadline));
+        }
+        let mut threads = Vec::new();
+        for (_, jobs) in files {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let members: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
+            for &i in &members {
+                gates[i] = Some(Gate {
+                    index: i,
+                    tx: tx.clone(),
+                });
+            }
+            let mine: Vec<_> = waits.iter().filter(|w| members.contains(&w.0)).collect();
+            let wait = mine.iter().map(|w| w.1).min().unwrap_or(OWNER_WAIT);
+            let deadline = mine.iter().map(|w| w.2).min().unwrap_or_else(Instant::now);
+            let handle = std::thread::spawn(move || write_file(jobs, &rx, wait, deadline));
+            threads.push((members, handle));
+        }
+        let count = plans.len();
+        (Self { threads, count }, gates)
+    }
+
+    /// Waits for every writer; each plan's kubeconfig outcome, in order.
+    fn finish(self, user: &Username) -> Vec<KubeDone> {
+        let mut out: Vec<KubeDone> = (0..self.count).map(|_| (None, None)).collect();
+        for (members, handle) in self.threads {
+            let result = handle.join().unwrap_or_else(|_| FileResult {
+                outcome: Some(Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
+                    user: user.to_string(),
+                    why: "the writer thread panicked".into(),
+                }))),
+                failed: Vec::new(),
+                finished: Instant::now(),
+            });
+            let mut failed = result.failed;
+            for i in members {
+                let outcome = match failed.iter().position(|(f, _)| *f == i) {
+                    Some(at) => Some(Err(failed.swap_remove(at).1)),
+                    None => result.outcome.as_ref().map(|r| match r {
+                        Ok(o) => Ok(o.clone()),
+                        Err(e) => Err(e.again()),
+                    }),
+                };
+                out[i] = (outcome, Some(result.finished));
+            }
+        }
+        out
+    }
+}
+
+/// One file's writer: waits (at most `wait`) for the owner checks of its
+/// clusters, drops the entries of clusters whose namespace is another
+/// login's, and writes the rest in one go.
+fn write_file(
+    jobs: Vec<(usize, KubeJob)>,
+    gates: &std::sync::mpsc::Receiver<(usize, bool)>,
+    wait: std::time::Duration,
+    deadline: Instant,
+) -> FileResult {
+    let until = Instant::now() + wait;
+    let mut refused = Vec::new();
+    let mut answered = 0;
+    while answered < jobs.len() {
+        match gates.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok((i, go)) => {
+                answered += 1;
+                if !go {
+                    refused.push(i);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let mut failed = Vec::new();
+    let mut prepared: Option<kubeconfig::Prepared> = None;
+    for (i, job) in jobs {
+        if refused.contains(&i) {
+            continue;
+        }
+        match job.prepare(deadline) {
+            Ok(p) => {
+                prepared = Some(match prepared {
+                    Some(q) => q.combine(p),
+                    None => p,
+                })
+            }
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    FileResult {
+        outcome: prepared.map(|p| p.execute(deadline).map_err(KubeError::Write)),
+        failed,
+        finished: Instant::now(),
+    }
+}
 
 /// The kubeconfig's part of the run, done in a thread of its own.
 enum KubeJob {
@@ -220,26 +512,42 @@ enum KubeError {
     Write(#[from] kubeconfig::KubeconfigError),
     #[error(transparent)]
     Exchange(#[from] exchange::ExchangeError),
+    /// The file's error, as told to another cluster sharing the file.
+    #[error("{0}")]
+    Shared(String, Exit),
 }
 
 impl KubeError {
+    /// The same error for another cluster sharing the file (the message
+    /// is what they share).
+    fn again(&self) -> Self {
+        Self::Shared(self.to_string(), self.exit())
+    }
+
     fn exit(&self) -> Exit {
         match self {
             Self::Write(e) => e.exit(),
             Self::Exchange(e) => e.exit(),
+            Self::Shared(_, exit) => *exit,
         }
     }
 }
 
 impl KubeJob {
-    fn run(self, deadline: Instant) -> Result<kubeconfig::Outcome, KubeError> {
+    /// The checked write, after the token exchange if there is one.
+    fn prepare(self, deadline: Instant) -> Result<kubeconfig::Prepared, KubeError> {
         let x = match self {
-            KubeJob::Ready(p) => return Ok(p.execute(deadline)?),
+            KubeJob::Ready(p) => return Ok(p),
             KubeJob::AfterExchange(x) => x,
         };
         let login = exchange::exchange(&x.exchange, x.user.as_str(), &x.login, deadline)?;
-        let prepared = kubeconfig::prepare(&x.settings, &x.user, &x.account, &x.namespace, &login)?;
-        Ok(prepared.execute(deadline)?)
+        Ok(kubeconfig::prepare(
+            &x.settings,
+            &x.user,
+            &x.account,
+            &x.namespace,
+            &login,
+        )?)
     }
 }
 
@@ -249,16 +557,6 @@ enum ClusterError {
     /// The API server was found unreachable by a recent run and still
     /// refuses connections: failing at once (`outage.rs`).
     Down(outage::Record),
-}
-
-impl ClusterError {
-    /// Prints the error line; its exit status.
-    fn fail(self, user: &Username) -> Exit {
-        match self {
-            Self::Apply(e) => fail(e.exit(), e),
-            Self::Down(record) => fail(record.exit(), record.message(user.as_str(), unix_ms())),
-        }
-    }
 }
 
 /// The cluster side of one run: connected, checked against the fast-fail
@@ -396,17 +694,11 @@ fn change_word(c: Change, dry_run: bool) -> &'static str {
 
 /// `alice: namespace alice: 1 created, 1 changed, 3 unchanged` (and `, 1
 /// deleted` when pruning).
-fn summary(
-    user: &Username,
-    ns: &Namespace,
-    applied: &[Applied],
-    dry_run: bool,
-    prune: bool,
-) -> String {
+fn summary(who: &str, ns: &Namespace, applied: &[Applied], dry_run: bool, prune: bool) -> String {
     let count = |c| applied.iter().filter(|a| a.change == c).count();
     let verb = if dry_run { "dry run: would be " } else { "" };
     let mut line = format!(
-        "{user}: namespace {ns}: {verb}{} created, {} changed, {} unchanged",
+        "{who}: namespace {ns}: {verb}{} created, {} changed, {} unchanged",
         count(Change::Created),
         count(Change::Changed),
         count(Change::Unchanged)

@@ -77,6 +77,8 @@ pub const FLOW_SCHEMA: &str = "ondemand";
 #[derive(Debug, Clone)]
 pub struct Options {
     pub kubeconfig: Option<PathBuf>,
+    /// The context of `kubeconfig` to use (none: its current one).
+    pub context: Option<String>,
     pub parts: Vec<Part>,
     pub dry_run: bool,
     pub print: bool,
@@ -210,6 +212,59 @@ fn target(doc: Value) -> Result<Manifest, String> {
 }
 
 /// Runs `install`; every failure is already printed.
+/// `install --cluster ID`: the admin kubeconfig's context for that
+/// cluster of CLUSTERS_D (hook.env at `hook_env`); errors are printed.
+pub fn cluster_context(hook_env: &Path, admin: Option<&Path>, id: &str) -> Result<String, Exit> {
+    let clusters = crate::run::load_clusters(hook_env, Some(id))?;
+    let Some(server) = clusters.first().and_then(|s| s.kubeconfig.server.clone()) else {
+        return Err(fail(
+            Exit::Config,
+            format!(
+                "--cluster {id}: its clusters.d file has no job.server.endpoint, so which API server it is cannot be told"
+            ),
+        ));
+    };
+    let context = context_for(admin, id, &server).map_err(|e| fail(Exit::Usage, e))?;
+    eprintln!(
+        "{PROG}: install: cluster {id}: context {context} of the admin kubeconfig ({server})"
+    );
+    Ok(context)
+}
+
+/// The context of the admin kubeconfig (`path`, or kubectl's default)
+/// whose cluster is `server`: `install --cluster ID` on the cluster's API
+/// server, not wherever the current context happens to lead.
+pub fn context_for(path: Option<&Path>, id: &str, server: &str) -> Result<String, String> {
+    let config = match path {
+        Some(p) => kube::config::Kubeconfig::read_from(p),
+        None => kube::config::Kubeconfig::read(),
+    }
+    .map_err(|e| format!("--cluster {id}: cannot read the admin kubeconfig: {e}"))?;
+    let same = |url: &str| url.trim_end_matches('/') == server.trim_end_matches('/');
+    let clusters: Vec<&str> = config
+        .clusters
+        .iter()
+        .filter(|c| {
+            c.cluster
+                .as_ref()
+                .and_then(|c| c.server.as_deref())
+                .is_some_and(same)
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    config
+        .contexts
+        .iter()
+        .find(|c| c.context.as_ref().is_some_and(|x| clusters.contains(&x.cluster.as_str())))
+        .map(|c| c.name.clone())
+        .ok_or_else(|| {
+            format!(
+                "--cluster {id}: no context of the admin kubeconfig leads to {server} (the cluster's \
+                 job.server.endpoint); add one, or pass that cluster's admin kubeconfig with --kubeconfig"
+            )
+        })
+}
+
 pub fn main(opts: &Options) -> Exit {
     if opts.print {
         print!("{}", yaml(&opts.parts));
@@ -236,6 +291,7 @@ pub fn main(opts: &Options) -> Exit {
     let result = rt.block_on(async {
         let how = Connect {
             kubeconfig: opts.kubeconfig.clone(),
+            context: opts.context.clone(),
             ..Connect::default()
         };
         let work = async {

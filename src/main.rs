@@ -34,9 +34,20 @@ fn main() -> ExitCode {
     // One TLS crypto provider for kube and reqwest alike.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Some(Command::Render { user, time, common }) => {
+        Some(Command::Render {
+            user,
+            time,
+            choice,
+            common,
+        }) => {
             init_logging(common.verbose);
-            render::main(&user, &common.hook_env, time.unwrap_or_else(unix_now)).into()
+            render::main(
+                &user,
+                &common.hook_env,
+                choice.cluster.as_deref(),
+                time.unwrap_or_else(unix_now),
+            )
+            .into()
         }
         Some(Command::Config { example, common }) => {
             init_logging(common.verbose);
@@ -52,6 +63,7 @@ fn main() -> ExitCode {
             concurrency,
             dry_run,
             prune,
+            choice,
             common,
         }) => {
             init_logging(common.verbose);
@@ -65,12 +77,13 @@ fn main() -> ExitCode {
                 dry_run,
                 prune,
             };
-            reconcile::main(source, &common.hook_env, options).into()
+            reconcile::main(source, &common.hook_env, choice.cluster.as_deref(), options).into()
         }
         Some(Command::Reap(args)) => {
             init_logging(args.common.verbose);
             reap::main(
                 &args.common.hook_env,
+                args.choice.cluster.as_deref(),
                 &reap::Options {
                     dry_run: args.dry_run,
                     include_pvcs: args.include_pvcs,
@@ -82,8 +95,18 @@ fn main() -> ExitCode {
         }
         Some(Command::Install(args)) => {
             init_logging(0);
+            let context = match &args.choice.cluster {
+                None => None,
+                Some(id) => {
+                    match install::cluster_context(&args.hook_env, args.kubeconfig.as_deref(), id) {
+                        Ok(context) => Some(context),
+                        Err(exit) => return exit.into(),
+                    }
+                }
+            };
             install::main(&install::Options {
                 kubeconfig: args.kubeconfig.clone(),
+                context,
                 parts: args.parts(),
                 dry_run: args.dry_run,
                 print: args.print,
@@ -107,6 +130,7 @@ fn main() -> ExitCode {
                     timeout: Duration::from_secs(args.timeout),
                 },
                 &args.hook_env,
+                args.choice.cluster.as_deref(),
             )
             .into()
         }

@@ -256,21 +256,35 @@ pub fn plan<T>(qualifying: Doomed<T>, max: usize) -> Result<Doomed<T>, (TooMany,
     Ok(qualifying)
 }
 
-/// Runs `reap`; every failure is already printed.
-pub fn main(hook_env: &std::path::Path, options: &Options) -> Exit {
-    let mut recorded = Run::start(record::Command::Reap);
-    let (settings, rt) = match crate::run::load_settings(hook_env).and_then(|s| Ok((s, runtime()?)))
-    {
+/// Runs `reap` on each chosen cluster (`--cluster`; every cluster of
+/// CLUSTERS_D by default), each with its own run record; every failure is
+/// already printed and the most serious status wins.
+pub fn main(hook_env: &std::path::Path, cluster: Option<&str>, options: &Options) -> Exit {
+    let loaded = crate::run::load_clusters(hook_env, cluster).and_then(|c| Ok((c, runtime()?)));
+    let (clusters, rt) = match loaded {
         Ok(v) => v,
         Err(exit) => {
-            recorded.finish(exit);
+            Run::start(record::Command::Reap).finish(exit);
             return exit;
         }
     };
-    recorded.configured(&settings);
-    recorded.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
-    let exit = rt.block_on(run(&settings, options, &mut recorded));
-    recorded.finish(exit);
+    let mut exit = Exit::Ok;
+    for settings in &clusters {
+        if let Some(id) = &settings.cluster_id {
+            eprintln!("ood-k8s-bootstrap: reap: cluster {id}:");
+        }
+        let mut recorded = Run::start(record::Command::Reap);
+        recorded.configured(settings);
+        recorded.record.cluster = Some(
+            settings
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| settings.kubeconfig.cluster_name.clone()),
+        );
+        let done = rt.block_on(run(settings, options, &mut recorded));
+        recorded.finish(done);
+        exit = exit.worst(done);
+    }
     exit
 }
 

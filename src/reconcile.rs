@@ -40,32 +40,56 @@ pub struct Options {
     pub prune: bool,
 }
 
-pub fn main(source: Source<'_>, hook_env: &Path, options: Options) -> Exit {
-    let mut recorded = Run::start(record::Command::Reconcile);
-    let (mut settings, runtime) =
-        match crate::load_settings(hook_env).and_then(|s| Ok((s, crate::runtime()?))) {
-            Ok(v) => v,
-            Err(exit) => {
-                recorded.finish(exit);
-                return exit;
-            }
-        };
-    settings.prune |= options.prune;
-    recorded.configured(&settings);
-    recorded.record.cluster = Some(settings.kubeconfig.cluster_name.clone());
-    let exit = runtime.block_on(run(
-        source,
-        &settings,
-        options.concurrency.max(1),
-        options.dry_run,
-        &mut recorded.record,
-    ));
-    recorded.finish(exit);
+/// Reconciles the users of `source` on each chosen cluster (`--cluster`;
+/// every cluster of CLUSTERS_D by default), one after the other, each with
+/// its own summary and run record; the most serious status wins.
+pub fn main(source: Source<'_>, hook_env: &Path, cluster: Option<&str>, options: Options) -> Exit {
+    let loaded =
+        crate::run::load_clusters(hook_env, cluster).and_then(|c| Ok((c, crate::runtime()?)));
+    let (clusters, runtime) = match loaded {
+        Ok(v) => v,
+        Err(exit) => {
+            Run::start(record::Command::Reconcile).finish(exit);
+            return exit;
+        }
+    };
+    // A list is read once (it may be stdin), for every cluster.
+    let names = match source {
+        Source::List(path) => match read_list(path) {
+            Ok(names) => Some(names),
+            Err((exit, msg)) => return crate::fail(exit, msg),
+        },
+        Source::Labelled => None,
+    };
+    let mut exit = Exit::Ok;
+    for mut settings in clusters {
+        if let Some(id) = &settings.cluster_id {
+            eprintln!("ood-k8s-bootstrap: cluster {id}:");
+        }
+        let mut recorded = Run::start(record::Command::Reconcile);
+        settings.prune |= options.prune;
+        recorded.configured(&settings);
+        recorded.record.cluster = Some(
+            settings
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| settings.kubeconfig.cluster_name.clone()),
+        );
+        let done = runtime.block_on(run(
+            names.as_deref(),
+            &settings,
+            options.concurrency.max(1),
+            options.dry_run,
+            &mut recorded.record,
+        ));
+        recorded.finish(done);
+        exit = exit.worst(done);
+    }
     exit
 }
 
 async fn run(
-    source: Source<'_>,
+    listed: Option<&[String]>,
     settings: &Settings,
     concurrency: usize,
     dry_run: bool,
@@ -76,9 +100,9 @@ async fn run(
         Ok(c) => c,
         Err(e) => return crate::fail(e.exit(), e),
     };
-    let names = match source {
-        Source::List(path) => read_list(path),
-        Source::Labelled => labelled_users(&cluster, settings).await,
+    let names = match listed {
+        Some(listed) => Ok(listed.to_vec()),
+        None => labelled_users(&cluster, settings).await,
     };
     let names = match names {
         Ok(n) => n,

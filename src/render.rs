@@ -11,12 +11,38 @@ use crate::account::Account;
 use crate::desired::{self, Object};
 use crate::exit::Exit;
 use crate::kinds::Kind;
+use crate::names::{Namespace, Username};
+use crate::settings::Settings;
 
-pub fn main(user: &str, hook_env: &Path, now_unix: u64) -> Exit {
-    let (settings, user, namespace) = match crate::load(user, hook_env) {
-        Ok(v) => v,
+/// Renders `user`'s objects for each chosen cluster (`--cluster`; every
+/// cluster of CLUSTERS_D by default), each headed by a comment naming it.
+pub fn main(user: &str, hook_env: &Path, cluster: Option<&str>, now_unix: u64) -> Exit {
+    let clusters = match crate::run::load_clusters(hook_env, cluster) {
+        Ok(c) => c,
         Err(exit) => return exit,
     };
+    let user = match crate::names::Username::parse(user) {
+        Ok(u) => u,
+        Err(e) => return crate::fail(Exit::NoUser, e),
+    };
+    for settings in &clusters {
+        if let Some(id) = &settings.cluster_id {
+            println!("# cluster {id}");
+        }
+        let exit = render_one(settings, &user, now_unix);
+        if exit != Exit::Ok {
+            return exit;
+        }
+    }
+    Exit::Ok
+}
+
+fn render_one(settings: &Settings, user: &Username, now_unix: u64) -> Exit {
+    let namespace = match Namespace::for_user(&settings.namespace_prefix, user) {
+        Ok(ns) => ns,
+        Err(e) => return crate::fail(Exit::DataErr, e),
+    };
+    let user = user.clone();
     let ids = if settings.needs_ids() {
         match Account::lookup(&user).and_then(|a| a.ids(&user, settings.publish.groups)) {
             Ok(ids) => Some(ids),
@@ -25,7 +51,7 @@ pub fn main(user: &str, hook_env: &Path, now_unix: u64) -> Exit {
     } else {
         None
     };
-    let state = match desired::desired_state(&settings, &user, &namespace, ids.as_ref(), now_unix) {
+    let state = match desired::desired_state(settings, &user, &namespace, ids.as_ref(), now_unix) {
         Ok(s) => s,
         Err(e) => return crate::fail(e.exit(), e),
     };

@@ -263,21 +263,54 @@ fn read_token_file(path: &Path) -> Result<Secret, RootTokenError> {
 }
 
 /// Runs `root-token`; every failure is already printed.
-/// [`main`], leaving a record of the run where hook.env's LOG_TARGET
-/// says (the system log when hook.env does not load).
-pub fn recorded_main(opts: &Options, hook_env: &Path) -> Exit {
-    let mut recorded = crate::record::Run::start(crate::record::Command::RootToken);
-    let mut opts = opts.clone();
-    if let Ok(settings) = crate::settings::Settings::load(hook_env) {
-        recorded.configured(&settings);
-        recorded.record.mode = None;
-        // hook.env's ROOT_KUBECONFIG and ROOT_CONTEXT, unless --kubeconfig.
-        if opts.kubeconfig.is_none() {
-            opts.kubeconfig = settings.root.kubeconfig.clone();
-            opts.context = settings.root.context.clone();
+/// [`main`] for each chosen cluster (`--cluster`; with CLUSTERS_D every
+/// cluster's root kubeconfig, as the timer runs it), leaving a record of
+/// each run where hook.env's LOG_TARGET says (the system log when hook.env
+/// does not load). An explicit `--kubeconfig` is one run, whatever hook.env
+/// says.
+pub fn recorded_main(opts: &Options, hook_env: &Path, cluster: Option<&str>) -> Exit {
+    let site = crate::settings::site::Site::load(hook_env).ok();
+    let chosen = match (&site, cluster) {
+        (Some(site), _) => match site.select(cluster) {
+            Ok(c) => c,
+            Err(e) => return fail(Exit::Usage, e),
+        },
+        (None, Some(id)) => {
+            return fail(
+                Exit::Config,
+                format!(
+                    "--cluster {id}: {} does not load (`ood-k8s-bootstrap config` says why)",
+                    hook_env.display()
+                ),
+            );
         }
+        (None, None) => Vec::new(),
+    };
+    if chosen.is_empty() || opts.kubeconfig.is_some() {
+        return recorded_one(opts, chosen.first().copied());
     }
-    let exit = main(&opts);
+    let mut exit = Exit::Ok;
+    for settings in chosen {
+        if let Some(id) = &settings.cluster_id {
+            eprintln!("{PROG}: root-token: cluster {id}:");
+        }
+        // hook.env's (or the cluster's) ROOT_KUBECONFIG and ROOT_CONTEXT.
+        let mut opts = opts.clone();
+        opts.kubeconfig = settings.root.kubeconfig.clone();
+        opts.context = settings.root.context.clone();
+        exit = exit.worst(recorded_one(&opts, Some(settings)));
+    }
+    exit
+}
+
+fn recorded_one(opts: &Options, settings: Option<&crate::settings::Settings>) -> Exit {
+    let mut recorded = crate::record::Run::start(crate::record::Command::RootToken);
+    if let Some(settings) = settings {
+        recorded.configured(settings);
+        recorded.record.mode = None;
+        recorded.record.cluster = settings.cluster_id.clone();
+    }
+    let exit = main(opts);
     recorded.finish(exit);
     exit
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::exit::Exit;
 use crate::names::{Namespace, Username};
-use crate::settings::Settings;
+use crate::settings::site::Site;
+use crate::settings::{Settings, SettingsError};
 
 /// The program's name, as it prefixes every stderr line.
 pub const PROG: &str = "ood-k8s-bootstrap";
@@ -27,28 +28,54 @@ pub const CONFIG_READ_LIMIT: Duration = Duration::from_secs(5);
 /// bounded: a file on a hung network file system fails the run (75) rather
 /// than hanging the login.
 pub fn load_settings(hook_env: &std::path::Path) -> Result<Settings, Exit> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = hook_env.to_owned();
-    std::thread::spawn(move || {
-        let _ = tx.send(Settings::load(&path));
-    });
-    let settings = match rx.recv_timeout(CONFIG_READ_LIMIT) {
-        Ok(result) => result.map_err(|e| fail(Exit::Config, e))?,
-        Err(_) => {
-            return Err(fail(
-                Exit::TempFail,
-                format!(
-                    "{}: reading it (or a file it names) took longer than {}s; is a network file system hung?",
-                    hook_env.display(),
-                    CONFIG_READ_LIMIT.as_secs()
-                ),
-            ));
-        }
-    };
+    let settings = bounded(hook_env, Settings::load)?;
     for w in &settings.warnings {
         eprintln!("{PROG}: warning: {w}");
     }
     Ok(settings)
+}
+
+/// [`load_settings`] for every cluster: hook.env and, with `CLUSTERS_D`,
+/// the cluster files and their overrides (`settings::site`).
+pub fn load_site(hook_env: &std::path::Path) -> Result<Site, Exit> {
+    let site = bounded(hook_env, Site::load)?;
+    for w in &site.warnings {
+        eprintln!("{PROG}: warning: {w}");
+    }
+    Ok(site)
+}
+
+/// The clusters `--cluster` names (all when none), from hook.env.
+pub fn load_clusters(
+    hook_env: &std::path::Path,
+    cluster: Option<&str>,
+) -> Result<Vec<Settings>, Exit> {
+    let site = load_site(hook_env)?;
+    let chosen = site.select(cluster).map_err(|e| fail(Exit::Usage, e))?;
+    Ok(chosen.into_iter().cloned().collect())
+}
+
+/// Runs `read` on hook.env in a thread, for at most [`CONFIG_READ_LIMIT`].
+fn bounded<T: Send + 'static>(
+    hook_env: &std::path::Path,
+    read: fn(&std::path::Path) -> Result<T, SettingsError>,
+) -> Result<T, Exit> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = hook_env.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(read(&path));
+    });
+    match rx.recv_timeout(CONFIG_READ_LIMIT) {
+        Ok(result) => result.map_err(|e| fail(Exit::Config, e)),
+        Err(_) => Err(fail(
+            Exit::TempFail,
+            format!(
+                "{}: reading it (or a file it names) took longer than {}s; is a network file system hung?",
+                hook_env.display(),
+                CONFIG_READ_LIMIT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// Validates the inputs shared by the per-user subcommands.

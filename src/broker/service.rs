@@ -28,7 +28,8 @@ use super::store::{Found, Replaced, Store, StoreError};
 use super::tokenset::{RefreshError, TokenSet};
 use crate::exit::Exit;
 use crate::record::{Command, Record, Sink};
-use crate::run::{PROG, fail, load_settings, unix_now};
+use crate::run::{PROG, fail, load_site, unix_now};
+use crate::settings::CredentialMode;
 
 /// Time a client has to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,9 +175,21 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
             "the credential broker must run as root (it reads users' stored tokens and hook.env's client secret)",
         );
     }
-    let settings = match load_settings(hook_env) {
-        Ok(s) => s,
+    // The broker's own keys are one per web node; with several clusters,
+    // those in broker mode share one issuer and client (settings::site).
+    let settings = match load_site(hook_env) {
+        Ok(site) => {
+            let brokered = site
+                .clusters
+                .iter()
+                .position(|s| s.kubeconfig.credentials == CredentialMode::Broker)
+                .unwrap_or(0);
+            site.clusters.into_iter().nth(brokered)
+        }
         Err(exit) => return exit,
+    };
+    let Some(settings) = settings else {
+        return Exit::Ok;
     };
     let b = &settings.broker;
     let idp = match Idp::new(&settings.oidc, b.idp_timeout) {

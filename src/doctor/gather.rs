@@ -25,8 +25,10 @@ use crate::settings::envfile::EnvFile;
 const CALL: Duration = Duration::from_secs(5);
 
 /// Gathers everything `args` asks about, at Unix time `now`.
-pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
-    let mut hook_env = hook_env(&args.common.hook_env);
+/// `settings` is hook.env as the hook reads it for one cluster (or why it
+/// does not load).
+pub async fn gather(args: &DoctorArgs, now: u64, settings: Result<Settings, String>) -> Facts {
+    let mut hook_env = hook_env(&args.common.hook_env, settings);
     // Root's credentials: --kubeconfig, else hook.env's ROOT_KUBECONFIG and
     // ROOT_CONTEXT, else kubectl's defaults.
     let root_settings = match (&args.kubeconfig, hook_env.settings.as_ref()) {
@@ -98,8 +100,7 @@ pub async fn gather(args: &DoctorArgs, now: u64) -> Facts {
     }
 }
 
-fn hook_env(path: &Path) -> HookEnvFacts {
-    let settings = Settings::load(path).map_err(|e| e.to_string());
+fn hook_env(path: &Path, settings: Result<Settings, String>) -> HookEnvFacts {
     let raw_issuer = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| EnvFile::parse(path, &t).ok())
@@ -122,6 +123,9 @@ fn hook_env(path: &Path) -> HookEnvFacts {
         false,
     );
     if let Some(s) = s {
+        if let Some(p) = crate::settings::site::overrides_file(s).filter(|p| p.exists()) {
+            add("the cluster's hook.env.d overrides", &p, false, false);
+        }
         if let Some(p) = &s.image_pull {
             add("REGISTRY_DOCKER_CONFIG_JSON", &p.source, true, false);
         }

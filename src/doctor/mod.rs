@@ -21,8 +21,11 @@ use std::time::Instant;
 use crate::cli::{DoctorArgs, Output};
 use crate::exit::Exit;
 use crate::run::{PROG, runtime, unix_now};
+use crate::settings::Settings;
+use crate::settings::site::Site;
 
-/// Runs every check; exit 0 only when none failed.
+/// Runs every check, for each chosen cluster (`--cluster`; every cluster
+/// of CLUSTERS_D by default, a section each); exit 0 only when none failed.
 pub fn main(args: &DoctorArgs) -> Exit {
     let started = Instant::now();
     let Ok(rt) = runtime() else {
@@ -34,22 +37,38 @@ pub fn main(args: &DoctorArgs) -> Exit {
             args.common.hook_env.display()
         );
     }
-    let facts = rt.block_on(gather::gather(args, unix_now()));
-    drop(rt);
-    let checks = checks::all(&facts);
-    match args.output {
-        Output::Text => {
-            print!("{}", report::text(&checks));
-            eprintln!(
-                "{PROG}: doctor: done in {} ms",
-                started.elapsed().as_millis()
-            );
+    // hook.env as the hook reads it: one Settings per cluster, or the
+    // reason it does not load (itself the first failed check).
+    let runs: Vec<(Option<String>, Result<Settings, String>)> =
+        match Site::load(&args.common.hook_env) {
+            Ok(site) => match site.select(args.choice.cluster.as_deref()) {
+                Ok(chosen) => chosen
+                    .into_iter()
+                    .map(|s| (s.cluster_id.clone(), Ok(s.clone())))
+                    .collect(),
+                Err(e) => return crate::fail(Exit::Usage, e),
+            },
+            Err(e) => vec![(None, Err(e.to_string()))],
+        };
+    let mut passed = true;
+    let mut sections = Vec::new();
+    for (id, settings) in runs {
+        let facts = rt.block_on(gather::gather(args, unix_now(), settings));
+        let checks = checks::all(&facts);
+        passed &= report::passed(&checks);
+        match (args.output, &id) {
+            (Output::Text, Some(id)) => print!("== cluster {id}\n{}", report::text(&checks)),
+            (Output::Text, None) => print!("{}", report::text(&checks)),
+            (Output::Json, _) => sections.push((id, checks)),
         }
-        Output::Json => println!("{}", report::json(&checks)),
     }
-    if report::passed(&checks) {
-        Exit::Ok
-    } else {
-        Exit::Partial
+    drop(rt);
+    match args.output {
+        Output::Text => eprintln!(
+            "{PROG}: doctor: done in {} ms",
+            started.elapsed().as_millis()
+        ),
+        Output::Json => println!("{}", report::json_sections(&sections)),
     }
+    if passed { Exit::Ok } else { Exit::Partial }
 }

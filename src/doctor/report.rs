@@ -98,6 +98,20 @@ pub fn json(checks: &[Check]) -> String {
     serde_json::json!({"ok": passed(checks), "checks": checks}).to_string()
 }
 
+/// [`json`] for a run over the clusters of CLUSTERS_D: one section per
+/// cluster; a single section without an id is exactly [`json`].
+pub fn json_sections(sections: &[(Option<String>, Vec<Check>)]) -> String {
+    if let [(None, checks)] = sections {
+        return json(checks);
+    }
+    let ok = sections.iter().all(|(_, c)| passed(c));
+    let clusters: Vec<_> = sections
+        .iter()
+        .map(|(id, checks)| serde_json::json!({"cluster": id, "ok": passed(checks), "checks": checks}))
+        .collect();
+    serde_json::json!({"ok": ok, "clusters": clusters}).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

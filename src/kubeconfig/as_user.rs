@@ -80,7 +80,7 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
             }
             return Ok(Reply::Failed(Failure::new(
                 FailKind::LockTimeout,
-                &job.home.join(".kube/config"),
+                &job.path(),
                 format!(
                     "the writer did not finish within {:.1} s (HOOK_TIMEOUT_SECONDS) and was killed \
                      (a hung home file system, or the user stopped it)",

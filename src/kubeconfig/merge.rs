@@ -124,6 +124,15 @@ pub fn merge(existing: &str, desired: &Desired) -> Result<String, MergeError> {
     emit(&root)
 }
 
+/// [`merge`] for the entries of several clusters written into one file.
+pub fn merge_all(existing: &str, desired: &[Desired]) -> Result<String, MergeError> {
+    let mut root = parse(existing)?;
+    for d in desired {
+        apply(&mut root, d)?;
+    }
+    emit(&root)
+}
+
 /// Merges `desired` into a parsed config.
 pub fn apply(root: &mut Map<String, Value>, desired: &Desired) -> Result<(), MergeError> {
     set_default(root, "apiVersion", Value::String("v1".into()));

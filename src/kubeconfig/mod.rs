@@ -33,7 +33,7 @@ use write::{FailKind, Job, Reply};
 
 /// Tokens from the portal login, as nginx_stage exports them
 /// (`OOD_OIDC_ACCESS_TOKEN`, `OOD_OIDC_REFRESH_TOKEN`, `OOD_OIDC_ID_TOKEN`).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Login {
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
@@ -150,8 +150,8 @@ pub struct PreparedWrite {
     job: Job,
     has_tokens: bool,
     as_root: bool,
-    /// Broker mode: the state directory and the set to store in it.
-    broker: Option<(PathBuf, TokenSet)>,
+    /// Broker mode: the state directory and the sets to store in it.
+    broker: Vec<(PathBuf, TokenSet)>,
 }
 
 /// Everything that can be checked before any change: the settings the mode
@@ -215,14 +215,19 @@ pub fn prepare(
         gid: account.gid.as_raw(),
         home: account.home.clone(),
         lock_wait_ms: lock_wait.as_millis() as u64,
-        desired: plan.desired,
-        cache: plan.cache.map(|(path, cache)| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (name, cache)
-        }),
+        file: settings.kubeconfig.file.clone(),
+        desired: vec![plan.desired],
+        cache: plan
+            .cache
+            .map(|(path, cache)| {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, cache)
+            })
+            .into_iter()
+            .collect(),
     };
     Ok(Prepared::Write(Box::new(PreparedWrite {
         user: user.as_str().to_owned(),
@@ -232,11 +237,32 @@ pub fn prepare(
         as_root: euid.is_root(),
         broker: plan
             .broker
-            .map(|set| (settings.broker.state_dir.clone(), set)),
+            .map(|set| (settings.broker.state_dir.clone(), set))
+            .into_iter()
+            .collect(),
     })))
 }
 
 impl Prepared {
+    /// One job for two clusters whose kubeconfig is the same file: their
+    /// entries (and token caches) are written in one locked write.
+    pub fn combine(self, other: Prepared) -> Prepared {
+        match (self, other) {
+            (Prepared::Write(mut a), Prepared::Write(b)) => {
+                let b = *b;
+                a.job.desired.extend(b.job.desired);
+                a.job.cache.extend(b.job.cache);
+                a.job.lock_wait_ms = a.job.lock_wait_ms.min(b.job.lock_wait_ms);
+                a.has_tokens |= b.has_tokens;
+                a.broker.extend(b.broker);
+                Prepared::Write(a)
+            }
+            (w @ Prepared::Write(_), Prepared::Done(_))
+            | (Prepared::Done(_), w @ Prepared::Write(_)) => w,
+            (Prepared::Done(Outcome::Disabled), d) | (d, Prepared::Done(_)) => d,
+        }
+    }
+
     /// Does the file work: as the user in a child process when we are root,
     /// in-process when we are that user. The child is killed at `deadline`
     /// (the run's), whatever it is doing.
@@ -255,10 +281,10 @@ impl Prepared {
         } = w;
         let timeout = deadline.saturating_duration_since(Instant::now());
         // The tokens first: the entry that makes kubectl ask for them after.
-        let stored = match broker {
-            Some((dir, set)) => Some(store_for_broker(&who, &dir, &set)?),
-            None => None,
-        };
+        let mut stored = None;
+        for (dir, set) in &broker {
+            stored = Some(store_for_broker(&who, dir, set)?);
+        }
         let outcome = write_kubeconfig(who, &user, &job, has_tokens, as_root, timeout)?;
         Ok(match stored {
             Some(tokens) => Outcome::Brokered {

@@ -55,10 +55,22 @@ pub struct Job {
     pub gid: u32,
     pub home: PathBuf,
     pub lock_wait_ms: u64,
-    pub desired: Desired,
-    /// Exec mode: the token cache file name (under
-    /// `~/.kube/cache/ood-k8s-bootstrap/`) and its content.
-    pub cache: Option<(String, Cache)>,
+    /// The kubeconfig's name in `~/.kube` (`config`, or a cluster's
+    /// `config_file`).
+    pub file: String,
+    /// The entries of every cluster whose kubeconfig this file is: one
+    /// locked write for all of them.
+    pub desired: Vec<Desired>,
+    /// Exec mode: the token cache files (names under
+    /// `~/.kube/cache/ood-k8s-bootstrap/`) and their content.
+    pub cache: Vec<(String, Cache)>,
+}
+
+impl Job {
+    /// The kubeconfig's path.
+    pub fn path(&self) -> PathBuf {
+        self.home.join(".kube").join(&self.file)
+    }
 }
 
 impl Job {
@@ -163,7 +175,14 @@ fn run_inner(job: &Job) -> Result<Reply, Failure> {
     let deadline = Instant::now() + Duration::from_millis(job.lock_wait_ms);
     let mut warnings = Vec::new();
     let kube_path = job.home.join(".kube");
-    let config_path = kube_path.join("config");
+    let config_path = job.path();
+    if !is_kubeconfig_name(&job.file) {
+        return Err(Failure::new(
+            FailKind::Unsafe,
+            &config_path,
+            "not a kubeconfig file name the hook writes",
+        ));
+    }
 
     let home = nix::fcntl::open(
         &job.home,
@@ -174,14 +193,15 @@ fn run_inner(job: &Job) -> Result<Reply, Failure> {
     let kube = open_dir(&home, ".kube", &kube_path, uid, Create::Keep)?;
 
     // Step 1: our own lock, on the config file itself.
-    let config = lock_config(&kube, &config_path, uid, deadline)?;
+    let config = lock_file(&kube, &job.file, &config_path, uid, deadline)?;
     // Step 2: kubectl's lock.
+    let lock_name = format!("{}.lock", job.file);
     let _kubectl_lock =
-        KubectlLock::acquire(&kube, &kube_path, "config.lock", deadline, &mut warnings)?;
-    remove_leftover_temps(&kube, &kube_path);
+        KubectlLock::acquire(&kube, &kube_path, &lock_name, deadline, &mut warnings)?;
+    remove_leftover_temps(&kube, &job.file);
 
     // The token cache first: the entry that points at it comes after.
-    if let Some((name, cache)) = &job.cache {
+    for (name, cache) in &job.cache {
         write_cache(&kube, &kube_path, uid, name, cache, deadline)?;
     }
 
@@ -204,7 +224,7 @@ fn run_inner(job: &Job) -> Result<Reply, Failure> {
             "it is not UTF-8 text, so it is not a kubeconfig; left unchanged (move it away to let the hook write a new one)",
         )
     })?;
-    let new = merge::merge(&old, &job.desired).map_err(|e| match e {
+    let new = merge::merge_all(&old, &job.desired).map_err(|e| match e {
         MergeError::Emit(_) => Failure::io(&config_path, "cannot produce the new content", e),
         e => Failure::new(
             FailKind::Parse,
@@ -216,7 +236,7 @@ fn run_inner(job: &Job) -> Result<Reply, Failure> {
     let mode_ok = st.st_mode & 0o7777 == 0o600;
     let changed = new != old || !mode_ok;
     if new != old {
-        write_atomic(&kube, &kube_path, "config", new.as_bytes())?;
+        write_atomic(&kube, &kube_path, &job.file, new.as_bytes())?;
     } else if !mode_ok {
         fchmod(config.as_fd(), Mode::from_bits_truncate(0o600))
             .map_err(|e| Failure::io(&config_path, "cannot chmod 600", e))?;
@@ -376,15 +396,6 @@ pub fn lock_file(
     }
 }
 
-fn lock_config(
-    kube: &OwnedFd,
-    full: &Path,
-    uid: Uid,
-    deadline: Instant,
-) -> Result<Flock<File>, Failure> {
-    lock_file(kube, "config", full, uid, deadline)
-}
-
 /// kubectl's `<file>.lock`, removed on drop.
 pub struct KubectlLock<'a> {
     dir: &'a OwnedFd,
@@ -524,19 +535,21 @@ fn holder_is_dead(dir: &OwnedFd, name: &str) -> bool {
 
 /// Temporary files of killed runs (only ours, by name) are removed while
 /// the locks are held.
-fn remove_leftover_temps(dir: &OwnedFd, dir_path: &Path) {
+fn remove_leftover_temps(dir: &OwnedFd, file: &str) {
     use std::os::fd::AsRawFd;
     let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
         return;
     };
+    let mine = format!(".{file}{TMP_MARK}");
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') && name.contains(TMP_MARK) && name.ends_with(".tmp") {
+        // Only this file's: another kubeconfig in the directory may be
+        // being written by another writer (it holds that file's lock).
+        if name.starts_with(&mine) && name.ends_with(".tmp") {
             let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
         }
     }
-    let _ = dir_path;
 }
 
 /// Writes `name` under `dir` atomically: a new 0600 file beside it,
@@ -602,6 +615,19 @@ pub fn open_cache_dir(
 
 /// A token cache file name the job may give: one plain `*.json` name in
 /// the cache directory.
+/// A kubeconfig the writer may write in `~/.kube` (the clusters.d
+/// `config_file` rules): a plain name, not hidden, not a lock, not `cache`.
+pub fn is_kubeconfig_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.ends_with(".lock")
+        && name != "cache"
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 pub fn is_cache_file_name(name: &str) -> bool {
     !name.contains('/') && !name.starts_with('.') && name.ends_with(".json")
 }
@@ -647,14 +673,15 @@ mod tests {
             gid: nix::unistd::Gid::current().as_raw(),
             home: home.to_owned(),
             lock_wait_ms: 2000,
-            desired: Desired {
+            file: "config".into(),
+            desired: vec![Desired {
                 user: Some(UserEntry {
                     name: "me".into(),
                     user: json!({"token": "t"}),
                 }),
                 ..Default::default()
-            },
-            cache: None,
+            }],
+            cache: Vec::new(),
         }
     }
 
@@ -780,7 +807,7 @@ mod tests {
     fn exec_cache_written_private() {
         let home = tmp_home("cache");
         let mut j = job(&home);
-        j.cache = Some((
+        j.cache = vec![(
             "me.json".into(),
             Cache {
                 issuer: "https://idp".into(),
@@ -790,7 +817,7 @@ mod tests {
                 obtained: 0,
                 refresh_token: Some("r".into()),
             },
-        ));
+        )];
         assert!(matches!(run(&j), Reply::Done { .. }));
         let dir = home.join(".kube/cache/ood-k8s-bootstrap");
         let m = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

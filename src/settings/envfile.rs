@@ -13,6 +13,9 @@ use super::SettingsError;
 pub struct Entry {
     pub value: String,
     pub line: usize,
+    /// The file it came from when not the file itself: a cluster's
+    /// `hook.env.d` override or its clusters.d file (several clusters).
+    pub source: Option<PathBuf>,
 }
 
 /// The raw file: key → last value.
@@ -38,7 +41,14 @@ impl EnvFile {
                         .find(|(k, _)| *k == key)
                         .map_or(0, |(_, l)| *l);
                     read.push(key.clone());
-                    entries.insert(key, Entry { value, line });
+                    entries.insert(
+                        key,
+                        Entry {
+                            value,
+                            line,
+                            source: None,
+                        },
+                    );
                 }
                 Err(dotenvy::Error::LineParse(bad, _)) => {
                     return Err(SettingsError::Syntax {
@@ -65,6 +75,26 @@ impl EnvFile {
             path: path.to_owned(),
             entries,
         })
+    }
+
+    /// The file `key`'s value came from (the file itself when unset).
+    pub fn path_of(&self, key: &str) -> &Path {
+        self.entries
+            .get(key)
+            .and_then(|e| e.source.as_deref())
+            .unwrap_or(&self.path)
+    }
+
+    /// Sets `key` from another file (`source`), as if it were written here.
+    pub fn overlay(&mut self, key: &str, value: &str, line: usize, source: &Path) {
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_owned(),
+                line,
+                source: Some(source.to_owned()),
+            },
+        );
     }
 
     /// The value of `key`, trimmed; unset and empty are the same, as in the

@@ -36,6 +36,9 @@ impl Section {
 pub struct Key {
     pub name: &'static str,
     pub section: Section,
+    /// May be set for one cluster in `HOOK_ENV_D/<cluster id>.env` (otherwise
+    /// only in hook.env: one value for the whole web node).
+    pub per_cluster: bool,
     /// What it means, for admins: the example's comment and the man page.
     pub doc: &'static str,
     /// The form of the value (`true|false`, `CIDR[,CIDR...]`, ...).
@@ -97,6 +100,10 @@ pub struct Draft {
     pub last_run_dir: Option<PathBuf>,
     pub root_kubeconfig: Option<PathBuf>,
     pub root_context: Option<String>,
+    pub clusters_d: Option<PathBuf>,
+    pub hook_env_d: PathBuf,
+    pub allowed_groups: Vec<String>,
+    pub denied_groups: Vec<String>,
     /// Remarks about the value just parsed (not errors); the caller adds
     /// file, line and key.
     pub notes: Vec<String>,
@@ -141,6 +148,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_USERNAME_PREFIX",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Prefix of the user entry's name in ~/.kube/config (no hyphen is added); \
               must equal `username_prefix` in the cluster's clusters.d file. In exec mode it \
               may not start with '.' (the token cache file is named after the entry).",
@@ -152,6 +160,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "NAMESPACE_PREFIX",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Namespace = NAMESPACE_PREFIX + username, with \".\" and \"@\" turned into \"-\", \
               exactly as the dashboard computes it; must equal `namespace_prefix`.",
         value: "lower-case letters, digits and '-', starting with a letter or digit",
@@ -171,6 +180,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "NETWORK_POLICY_ALLOW_CIDR",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Required. CIDR(s) besides the namespace's own pods allowed to reach the user's \
               pods: the OnDemand web node(s). Several may be given, separated by commas or \
               spaces (e.g. \"192.0.2.10/32, 192.0.2.11/32\").",
@@ -182,6 +192,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "IDP_ISSUER_URL",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "OIDC issuer written into the kubeconfig. (The example OnDemand shipped put a \
               Keycloak token endpoint here; that suffix is stripped with a warning.)",
         value: "https:// URL",
@@ -200,6 +211,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "IDP_CA_FILE",
         section: Section::New,
+        per_cluster: true,
         doc: "CA bundle for the issuer's HTTPS certificate, if not a system-trusted CA \
               (exec mode: the plugin refreshes tokens there, so it must be readable by users; \
               broker mode: the broker refreshes tokens there).",
@@ -211,6 +223,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "CLIENT_ID",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "OIDC client written into the kubeconfig.",
         value: "text",
         default: "",
@@ -223,6 +236,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "CLIENT_SECRET",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Only written into users' kubeconfigs in K8S_CREDENTIALS=auth-provider mode \
               (where every user can read it, as with the old hook). In broker mode the \
               credential broker (root) refreshes users' tokens with it; it never leaves root.",
@@ -237,6 +251,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "IMAGE_PULL_SECRET",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Name of an image pull Secret to create in each namespace; empty = off.",
         value: "Kubernetes object name",
         default: "",
@@ -246,6 +261,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "REGISTRY_DOCKER_CONFIG_JSON",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "Root-only docker config.json ({\"auths\": {...}}) the pull Secret is made from; \
               read only when IMAGE_PULL_SECRET is set.",
         value: "absolute path",
@@ -256,6 +272,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "USE_JOB_POD_REAPER",
         section: Section::OldHooks,
+        per_cluster: true,
         doc: "\"true\" adds the RoleBinding job-pod-reaper needs to delete expired pods.",
         value: "true|false",
         default: "false",
@@ -265,6 +282,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "USE_POD_SECURITY_POLICY",
         section: Section::OldHooks,
+        per_cluster: false,
         doc: "PodSecurityPolicy was removed in Kubernetes 1.25: \"true\" is refused. Use the \
               POD_SECURITY_* keys instead.",
         value: "false",
@@ -282,6 +300,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "OIDC_USERNAME_PREFIX",
         section: Section::New,
+        per_cluster: true,
         doc: "Prefix of the RoleBinding's User subject, for API servers started with \
               --oidc-username-prefix (e.g. \"oidc:\"). Default: none (the plain username).",
         value: "text without whitespace or '/'",
@@ -295,6 +314,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "JOB_POD_REAPER_CLUSTER_ROLE",
         section: Section::New,
+        per_cluster: true,
         doc: "ClusterRole of job-pod-reaper (its Helm release can rename it).",
         value: "Kubernetes object name",
         default: "job-pod-reaper",
@@ -306,6 +326,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "JOB_POD_REAPER_SERVICE_ACCOUNT",
         section: Section::New,
+        per_cluster: true,
         doc: "ServiceAccount job-pod-reaper runs as.",
         value: "Kubernetes object name",
         default: "job-pod-reaper",
@@ -317,6 +338,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "JOB_POD_REAPER_NAMESPACE",
         section: Section::New,
+        per_cluster: true,
         doc: "Namespace of job-pod-reaper's ServiceAccount.",
         value: "namespace name",
         default: "job-pod-reaper",
@@ -326,6 +348,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "POD_SECURITY_ENFORCE",
         section: Section::New,
+        per_cluster: true,
         doc: "Pod Security Admission `enforce` label on each user namespace; empty = no label.",
         value: "privileged|baseline|restricted",
         default: "",
@@ -335,6 +358,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "POD_SECURITY_AUDIT",
         section: Section::New,
+        per_cluster: true,
         doc: "Pod Security Admission `audit` label; empty = no label.",
         value: "privileged|baseline|restricted",
         default: "",
@@ -344,6 +368,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "POD_SECURITY_WARN",
         section: Section::New,
+        per_cluster: true,
         doc: "Pod Security Admission `warn` label; empty = no label.",
         value: "privileged|baseline|restricted",
         default: "",
@@ -353,6 +378,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "POD_SECURITY_VERSION",
         section: Section::New,
+        per_cluster: true,
         doc: "Pins the Pod Security policy version for every POD_SECURITY_* mode that is set.",
         value: "latest|v1.N",
         default: "",
@@ -362,6 +388,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "HOOK_TIMEOUT_SECONDS",
         section: Section::New,
+        per_cluster: true,
         doc: "Upper bound on one whole run, in seconds (nginx_stage itself waits forever).",
         value: "1-600",
         default: "10",
@@ -377,6 +404,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "FAST_FAIL_SECONDS",
         section: Section::New,
+        per_cluster: true,
         doc: "After a run found the API server unreachable, runs fail at once (after a quick \
               connection probe, so recovery is noticed at once) instead of waiting out \
               HOOK_TIMEOUT_SECONDS; the window starts at 5 s and doubles with each failed run \
@@ -396,6 +424,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_CREDENTIALS",
         section: Section::New,
+        per_cluster: true,
         doc: "How the user's kubeconfig entry carries credentials: auth-provider = the old \
               hook's `auth-provider: oidc` entry (the client secret is readable by the user); \
               token = the portal's access token as a bearer token, no secret, until it \
@@ -423,6 +452,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_CLUSTER_NAME",
         section: Section::New,
+        per_cluster: true,
         doc: "Name of the cluster entry, as the dashboard writes it (its `cluster`).",
         value: "kubeconfig entry name",
         default: "open-ondemand",
@@ -432,6 +462,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_CONTEXT_NAME",
         section: Section::New,
+        per_cluster: true,
         doc: "Name of the context entry; default: K8S_CLUSTER_NAME, as the dashboard does.",
         value: "kubeconfig entry name",
         default: "",
@@ -441,6 +472,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_SERVER",
         section: Section::New,
+        per_cluster: true,
         doc: "The API server's URL. When set, the cluster and context entries are written too, \
               so users' kubectl works before the dashboard ever starts; an existing \
               current-context is never changed.",
@@ -462,6 +494,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_CA_FILE",
         section: Section::New,
+        per_cluster: true,
         doc: "CA bundle for K8S_SERVER.",
         value: "absolute path",
         default: "",
@@ -471,6 +504,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_EXEC_CLIENT_ID",
         section: Section::New,
+        per_cluster: true,
         doc: "exec mode: the (public) client the plugin refreshes tokens with; default CLIENT_ID.",
         value: "text",
         default: "",
@@ -483,6 +517,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_EXEC_COMMAND",
         section: Section::New,
+        per_cluster: true,
         doc: "exec and broker modes: the path users' kubectl runs this binary from.",
         value: "absolute path",
         default: "",
@@ -492,6 +527,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_TOKEN_EXCHANGE_AUDIENCE",
         section: Section::New,
+        per_cluster: true,
         doc: "When set, the hook trades the portal's access token at the issuer (RFC 8693 \
               token exchange, as the portal client: CLIENT_ID, CLIENT_SECRET) for tokens meant \
               for this audience — the Kubernetes client id — asking for a refresh token where \
@@ -508,6 +544,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "K8S_TOKEN_EXCHANGE_SCOPE",
         section: Section::New,
+        per_cluster: true,
         doc: "Scopes the exchange asks for, space separated (e.g. an optional client scope \
               holding the audience mapper for the Kubernetes client).",
         value: "scope [scope...]",
@@ -521,6 +558,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "SITE_TEMPLATES_DIR",
         section: Section::New,
+        per_cluster: true,
         doc: "Directory of site templates: each *.yaml (or *.yml) file holds objects applied \
               to every user's namespace with the hook's own (e.g. a ResourceQuota and a \
               LimitRange), with ${USER}, ${NAMESPACE}, ${UID}, ${GID}, ${K8S_USERNAME} (the \
@@ -537,6 +575,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "PUBLISH_UID_GID",
         section: Section::New,
+        per_cluster: true,
         doc: "\"true\" annotates each namespace with the user's uid and gid from the passwd \
               database (openondemand.org/uid, openondemand.org/gid), which \
               hooks/uid-gid-policy.yaml checks every pod against. Users cannot change their \
@@ -549,6 +588,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "PUBLISH_GROUPS",
         section: Section::New,
+        per_cluster: true,
         doc: "\"true\" also publishes every group of the user (getgrouplist) as \
               openondemand.org/supplemental-gids, so pods may use them as supplementalGroups \
               and fsGroup. Needs PUBLISH_UID_GID=true.",
@@ -560,6 +600,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "PRUNE",
         section: Section::New,
+        per_cluster: true,
         doc: "\"true\" deletes objects this hook made in the user's namespace that are no \
               longer wanted: the reaper RoleBinding after USE_JOB_POD_REAPER=false, the pull \
               Secret (and its ServiceAccount reference) after IMAGE_PULL_SECRET is emptied, the \
@@ -575,6 +616,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_SOCKET",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: the credential broker's Unix socket. The hook writes it into users' \
               kubeconfigs; `ood-k8s-bootstrap broker` binds it unless systemd passes the socket \
               (ood-k8s-bootstrap-broker.socket, whose ListenStream= must name the same path).",
@@ -593,6 +635,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_STATE_DIR",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: where the hook stores each user's tokens for the broker, one \
               root-only file per uid (the directory is created mode 700).",
         value: "absolute path",
@@ -606,6 +649,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_IDP_TIMEOUT_SECONDS",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: longest wait for the IdP when the broker refreshes a user's tokens.",
         value: "1-120",
         default: "10",
@@ -621,6 +665,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_MAX_SESSION_HOURS",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: hours a stored login lasts. The broker deletes a user's stored tokens \
               this long after the login that stored them (and sooner when the IdP refuses the \
               refresh, the refresh token expires, or the uid no longer belongs to that login in \
@@ -639,6 +684,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_MAX_CONNECTIONS",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: connections the broker serves at once, of which one user (uid) \
               may hold an eighth (at least 2); more are answered \"busy\" at once.",
         value: "1-10000",
@@ -655,6 +701,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "BROKER_REQUESTS_PER_MINUTE",
         section: Section::New,
+        per_cluster: false,
         doc: "broker mode: requests the broker answers per user (uid) and minute, with bursts \
               of a quarter of that; more are refused until the user slows down. kubectl asks \
               once per command and caches the token until it expires.",
@@ -672,6 +719,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "REAP_IDLE_DAYS",
         section: Section::New,
+        per_cluster: true,
         doc: "`reap`: delete an OnDemand namespace whose user has not logged in for this many               days (its openondemand.org/last-hook-execution annotation) and that runs no pod               (every pod Succeeded or Failed). Empty: never by age.",
         value: "1-36500 or empty",
         default: "",
@@ -693,6 +741,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "REAP_DEPARTED",
         section: Section::New,
+        per_cluster: true,
         doc: "`reap`: \"true\" also deletes the namespace of a login that is no longer in passwd               (NSS), or whose uid is no longer the one recorded on the namespace, and the               broker's stored tokens of such logins. Only namespaces with the hook's owner               record (openondemand.org/user and openondemand.org/uid) are judged.",
         value: "true|false",
         default: "false",
@@ -702,7 +751,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "REAP_MAX_PER_RUN",
         section: Section::New,
-        doc: "`reap`: the most namespaces one run deletes. If more qualify (a broken NSS makes               every user look departed), it deletes none, says how many and why, and exits 75.",
+        per_cluster: true,
+        doc: "`reap`: the most namespaces one run deletes. If more qualify (a broken NSS makes \
+              every user look departed), it deletes none, says how many and why, and exits 75.",
         value: "1-100000",
         default: "50",
         example: "50",
@@ -717,6 +768,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "ROOT_KUBECONFIG",
         section: Section::New,
+        per_cluster: true,
         doc: "Root's kubeconfig for this cluster (the ondemand ServiceAccount's token), used by \
               the hook, reconcile, reap, doctor and root-token. Empty: as kubectl finds it \
               (KUBECONFIG, then ~/.kube/config).",
@@ -731,6 +783,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "ROOT_CONTEXT",
         section: Section::New,
+        per_cluster: true,
         doc: "The context of root's kubeconfig to use for this cluster. Empty: the file's \
               current context.",
         value: "context name, or empty",
@@ -745,8 +798,67 @@ pub const KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "CLUSTERS_D",
+        section: Section::New,
+        per_cluster: false,
+        doc: "The dashboard's cluster directory (e.g. /etc/ood/config/clusters.d): every \
+              `v2.job.adapter: \"kubernetes\"` file there is a cluster each login bootstraps, \
+              all at once. Its id is the file name without .yml/.yaml; its `job.cluster`, \
+              `job.context`, `job.config_file`, `job.username_prefix`, `job.namespace_prefix`, \
+              `job.server.endpoint`, `job.server.cert_authority_file` and `job.auth.type` win \
+              over hook.env, and a hook.env key contradicting one is an error naming both \
+              files. Empty: one cluster, configured by hook.env alone.",
+        value: "absolute path, or empty",
+        default: "",
+        example: "",
+        parse: |v, d| {
+            d.clusters_d = abs_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "HOOK_ENV_D",
+        section: Section::New,
+        per_cluster: false,
+        doc: "Per-cluster overrides of hook.env (with CLUSTERS_D): the file `<cluster id>.env` \
+              here, in hook.env's syntax and under the same trust rules, sets the keys that \
+              differ for that cluster (root's kubeconfig and context, credential mode, exchange \
+              audience, templates, network policy, reaper, pull secret, groups...). Only keys \
+              marked \"per cluster\" may be set there. A missing file means no overrides.",
+        value: "absolute path",
+        default: super::DEFAULT_HOOK_ENV_D,
+        example: super::DEFAULT_HOOK_ENV_D,
+        parse: |v, d| {
+            d.hook_env_d = abs_path(v)?.ok_or("expected an absolute path")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ALLOWED_GROUPS",
+        section: Section::New,
+        per_cluster: true,
+        doc: "Unix groups (names, as NSS reports the user's groups) whose members get this \
+              cluster; a login in none of them gets nothing there (one line says so) and \
+              nothing of theirs there is touched. Empty: everyone.",
+        value: "GROUP[,GROUP...], or empty",
+        default: "",
+        example: "",
+        parse: |v, d| groups(v).map(|g| d.allowed_groups = g),
+    },
+    Key {
+        name: "DENIED_GROUPS",
+        section: Section::New,
+        per_cluster: true,
+        doc: "Unix groups whose members never get this cluster, even when in ALLOWED_GROUPS.",
+        value: "GROUP[,GROUP...], or empty",
+        default: "",
+        example: "",
+        parse: |v, d| groups(v).map(|g| d.denied_groups = g),
+    },
+    Key {
         name: "LOG_TARGET",
         section: Section::New,
+        per_cluster: false,
         doc: "Where every run of the hook, reconcile, reap and root-token, and every broker \
               refresh or refusal, leaves one record (user, namespace, cluster, counts, credential \
               mode, duration, exit status, the error line; never a token): \"syslog\" (identifier \
@@ -769,6 +881,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "SYSLOG_SOCKET",
         section: Section::New,
+        per_cluster: false,
         doc: "The system log's socket for LOG_TARGET=syslog.",
         value: "absolute path",
         default: super::DEFAULT_SYSLOG_SOCKET,
@@ -781,6 +894,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "METRICS_FILE",
         section: Section::New,
+        per_cluster: false,
         doc: "Prometheus metrics in node-exporter's textfile format, updated by every run \
               (runs by command and exit status, durations, objects changed, last success, \
               broker refreshes and refusals, reap deletions), e.g. \
@@ -802,6 +916,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "LAST_RUN_DIR",
         section: Section::New,
+        per_cluster: false,
         doc: "Where the hook keeps each user's last run's record (root-only, one file per \
               user), which `doctor --user` shows. Empty: not kept.",
         value: "absolute path, or empty",
@@ -850,6 +965,21 @@ fn prefix(v: &str) -> Result<String, String> {
         return Err(format!("a prefix may be at most {MAX_PREFIX} bytes long"));
     }
     Ok(v.to_owned())
+}
+
+/// A list of Unix group names, separated by commas or spaces.
+fn groups(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for g in v.split([',', ' ', '\t']).filter(|g| !g.is_empty()) {
+        if g.len() > 256 || g.chars().any(|c| c.is_control() || c == ':' || c == '/') {
+            return Err(format!(
+                "{:?} is not a group name",
+                crate::oneline::clean(g, 40)
+            ));
+        }
+        out.push(g.to_owned());
+    }
+    Ok(out)
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
@@ -1053,7 +1183,8 @@ fn comment_doc(key: &Key) -> String {
         "" => "empty".to_owned(),
         d => d.to_owned(),
     };
-    format!("{} [{}; default: {default}]", key.doc, key.value)
+    let scope = if key.per_cluster { "; per cluster" } else { "" };
+    format!("{} [{}; default: {default}{scope}]", key.doc, key.value)
 }
 
 /// Greedy word wrap.
@@ -1099,8 +1230,13 @@ pub fn man_page(version: &str) -> String {
                 "" => "empty".to_owned(),
                 d => format!("\\fB{}\\fR", roff(d)),
             };
+            let scope = if key.per_cluster {
+                " May be set per cluster (HOOK_ENV_D)."
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                ".TP\n\\fB{}\\fR=\\fI{}\\fR\n{}\nDefault: {default}.\n",
+                ".TP\n\\fB{}\\fR=\\fI{}\\fR\n{}\nDefault: {default}.{scope}\n",
                 roff(key.name),
                 roff(key.value),
                 roff(key.doc),

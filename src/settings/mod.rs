@@ -7,8 +7,10 @@
 //! everything before the cluster or any file is touched, every error naming
 //! the key and the line.
 
+pub mod clusters;
 pub mod envfile;
 pub mod keys;
+pub mod site;
 pub mod template_dir;
 
 use std::collections::BTreeMap;
@@ -29,6 +31,11 @@ use keys::{Draft, KEYS};
 
 /// The system log's socket.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+/// Where a cluster's overrides of hook.env are (`HOOK_ENV_D`).
+pub const DEFAULT_HOOK_ENV_D: &str = "/etc/ood/config/hook.env.d";
+/// The user's kubeconfig in `~/.kube` unless a cluster's `config_file` says
+/// otherwise.
+pub const DEFAULT_KUBECONFIG_FILE: &str = "config";
 
 /// Where run records go (`LOG_TARGET`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,6 +113,55 @@ pub enum SettingsError {
     },
     #[error("site template {0}")]
     Template(#[from] TemplateError),
+    #[error("{path}: CLUSTERS_D={dir:?}: {why}")]
+    ClustersDir {
+        path: PathBuf,
+        dir: PathBuf,
+        why: String,
+    },
+    #[error(
+        "{path}: CLUSTERS_D={dir:?}: no file there is a Kubernetes cluster (v2.job.adapter: \"kubernetes\"), so a login would bootstrap nothing"
+    )]
+    NoClusters { path: PathBuf, dir: PathBuf },
+    #[error("clusters.d {0}")]
+    Cluster(#[from] clusters::ClusterFileError),
+    #[error(
+        "{path}:{line}: {key} cannot differ per cluster (one value serves the whole web node); set it in hook.env"
+    )]
+    NotPerCluster {
+        path: PathBuf,
+        line: usize,
+        key: String,
+    },
+    #[error(
+        "{path}:{line}: {key}={value:?} contradicts {says}; the dashboard uses the cluster file's value, so remove {key} from {path} or make the two agree"
+    )]
+    Contradiction {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        value: String,
+        /// `clusters.d/gpu.yml (job.username_prefix: "g-")`.
+        says: String,
+    },
+    #[error(
+        "clusters {a} and {b} would both be reached through root's same kubeconfig and context; set ROOT_KUBECONFIG or ROOT_CONTEXT for {b} in {file}"
+    )]
+    SameRoot { a: String, b: String, file: PathBuf },
+    #[error(
+        "clusters {a} and {b} would write different {what} entries named {name:?} into the same ~/.kube/{file}; give one its own name or its own config_file"
+    )]
+    SameEntry {
+        a: String,
+        b: String,
+        what: &'static str,
+        name: String,
+        file: String,
+    },
+    #[error(
+        "clusters {a} and {b} both use K8S_CREDENTIALS=broker with different IDP_ISSUER_URL, CLIENT_ID or K8S_TOKEN_EXCHANGE_AUDIENCE; the credential broker keeps one token set per user, refreshed at one issuer as one client, so give them the same ones or another credential mode"
+    )]
+    BrokerIssuers { a: String, b: String },
 }
 
 /// The image pull secret to create in each namespace.
@@ -253,6 +309,9 @@ pub struct KubeconfigSettings {
     pub exec_client_id: Option<String>,
     /// `K8S_EXEC_COMMAND`: path of this binary as users' kubectl runs it.
     pub exec_command: Option<PathBuf>,
+    /// The file in the user's `~/.kube` (`config` unless the cluster's
+    /// clusters.d `config_file` names another).
+    pub file: String,
 }
 
 /// The credential broker (`K8S_CREDENTIALS=broker`, `ood-k8s-bootstrap broker`).
@@ -270,6 +329,43 @@ pub struct BrokerSettings {
     pub requests_per_minute: u32,
     /// `BROKER_MAX_SESSION_HOURS`: a stored login's longest life.
     pub max_session_hours: u32,
+}
+
+/// Who gets the cluster (`ALLOWED_GROUPS`, `DENIED_GROUPS`): Unix group
+/// names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupGate {
+    pub allowed: Vec<String>,
+    pub denied: Vec<String>,
+}
+
+impl GroupGate {
+    /// Why a user in `groups` does not get the cluster, if they do not.
+    pub fn refuses(&self, groups: &[String]) -> Option<String> {
+        if let Some(g) = self.denied.iter().find(|g| groups.contains(g)) {
+            return Some(format!("member of {g} (DENIED_GROUPS)"));
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|g| groups.contains(g)) {
+            return Some(format!(
+                "not a member of {} (ALLOWED_GROUPS)",
+                self.allowed.join(", ")
+            ));
+        }
+        None
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.allowed.is_empty() && self.denied.is_empty()
+    }
+}
+
+/// Several clusters (`CLUSTERS_D`, `HOOK_ENV_D`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSources {
+    /// The dashboard's clusters.d; none: one cluster, from hook.env alone.
+    pub dir: Option<PathBuf>,
+    /// Per-cluster overrides: `<cluster id>.env` here.
+    pub overrides: PathBuf,
 }
 
 /// Root's credentials for the cluster (`ROOT_KUBECONFIG`, `ROOT_CONTEXT`).
@@ -326,6 +422,11 @@ pub struct Settings {
     pub reap: ReapSettings,
     pub log: LogSettings,
     pub root: RootSettings,
+    pub groups: GroupGate,
+    pub clusters: ClusterSources,
+    /// The clusters.d id these settings are for (several clusters); none:
+    /// hook.env alone.
+    pub cluster_id: Option<String>,
     /// Things worth an admin's attention that do not stop the run.
     pub warnings: Vec<String>,
 }
@@ -360,22 +461,28 @@ impl Settings {
         files: &dyn NamedFiles,
     ) -> Result<Self, SettingsError> {
         let file = EnvFile::parse(path, text)?;
-        let mut warnings = unknown_keys(&file)?;
+        let warnings = unknown_keys(&file)?;
+        Self::from_env(&file, files, warnings)
+    }
+
+    /// Validates keys already read (hook.env, or hook.env with a cluster's
+    /// overrides laid over it: each error names the file its key came from).
+    pub fn from_env(
+        file: &EnvFile,
+        files: &dyn NamedFiles,
+        mut warnings: Vec<String>,
+    ) -> Result<Self, SettingsError> {
         let mut draft = Draft::default();
         for key in KEYS {
             let (value, line) = file.get(key.name).unwrap_or((key.default, 0));
             (key.parse)(value, &mut draft)
-                .map_err(|why| invalid(&file, key.name, line, value, why))?;
+                .map_err(|why| invalid(file, key.name, line, value, why))?;
             for note in draft.notes.drain(..) {
-                warnings.push(format!("{}:{line}: {}: {note}", path.display(), key.name));
+                let path = file.path_of(key.name).display();
+                warnings.push(format!("{path}:{line}: {}: {note}", key.name));
             }
         }
-        Checked {
-            file: &file,
-            draft,
-            files,
-        }
-        .finish(warnings)
+        Checked { file, draft, files }.finish(warnings)
     }
 }
 
@@ -411,7 +518,7 @@ impl NamedFiles for Trusted {
 
 /// Warnings for keys the table does not know (with a suggestion), errors for
 /// keys that are refused outright.
-fn unknown_keys(file: &EnvFile) -> Result<Vec<String>, SettingsError> {
+pub fn unknown_keys(file: &EnvFile) -> Result<Vec<String>, SettingsError> {
     let mut warnings = Vec::new();
     for (name, entry) in &file.entries {
         if keys::find(name).is_some() || keys::pattern(name).is_some() {
@@ -447,7 +554,7 @@ fn invalid(
     why: String,
 ) -> SettingsError {
     SettingsError::Invalid {
-        path: file.path.clone(),
+        path: file.path_of(key).to_owned(),
         line,
         key,
         value: truncate(value, 80),
@@ -580,6 +687,7 @@ impl Checked<'_> {
                 ca_file: d.k8s_ca_file,
                 exec_client_id: d.exec_client_id,
                 exec_command: d.exec_command,
+                file: DEFAULT_KUBECONFIG_FILE.into(),
             },
             broker: BrokerSettings {
                 socket: d.broker_socket,
@@ -598,6 +706,15 @@ impl Checked<'_> {
                 kubeconfig: d.root_kubeconfig,
                 context: d.root_context,
             },
+            groups: GroupGate {
+                allowed: d.allowed_groups,
+                denied: d.denied_groups,
+            },
+            clusters: ClusterSources {
+                dir: d.clusters_d,
+                overrides: d.hook_env_d,
+            },
+            cluster_id: None,
             log: LogSettings {
                 target: d.log_target,
                 socket: d.syslog_socket,
@@ -647,7 +764,7 @@ impl Checked<'_> {
             .files
             .templates(dir)
             .map_err(|why| SettingsError::TemplateDir {
-                path: self.file.path.clone(),
+                path: self.file.path_of("SITE_TEMPLATES_DIR").to_owned(),
                 line: self.file.get("SITE_TEMPLATES_DIR").map_or(0, |(_, l)| l),
                 dir: dir.clone(),
                 why,
@@ -698,7 +815,7 @@ impl Checked<'_> {
             .read(path)
             .map(Some)
             .map_err(|source| SettingsError::UntrustedNamed {
-                path: self.file.path.clone(),
+                path: self.file.path_of(key).to_owned(),
                 line: self.file.get(key).map_or(0, |(_, l)| l),
                 key,
                 source,

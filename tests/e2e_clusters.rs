@@ -1,0 +1,372 @@
+//! Several clusters (`CLUSTERS_D`): one login bootstraps both of the local
+//! harness's real API servers, each with the prefixes, kubeconfig file and
+//! root credentials its clusters.d file and hook.env.d overrides give, and
+//! real kubectl as the real Linux user works on both with `--context`, as
+//! the dashboard calls it. A cluster that is down, gated or misconfigured
+//! fails or is skipped alone.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One two-cluster site in a scratch directory: hook.env, clusters.d and
+/// hook.env.d, with the second cluster's root kubeconfig replaceable. The
+/// user entries hold the login's token (`K8S_CREDENTIALS=token`): no
+/// client secret is left in the test users' homes for other suites to find.
+struct Site {
+    dir: PathBuf,
+    hook_env: PathBuf,
+    /// Namespace prefixes of cluster one and two.
+    ns1: String,
+    ns2: String,
+}
+
+/// The CAs where every user can read them (kubectl runs as the user).
+fn user_cas() -> (PathBuf, PathBuf) {
+    let c = cluster();
+    let dir = PathBuf::from(format!("/tmp/ood-e2e-cas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = |var: &str, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(c.var(var), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+        to
+    };
+    (
+        copy("K8S_CA_FILE", "ca1.crt"),
+        copy("K8S_CA_FILE_2", "ca2.crt"),
+    )
+}
+
+impl Site {
+    /// `tag` names the scratch directory and prefixes; `hook_env_extra` and
+    /// `two_env_extra` are added to hook.env and to the second cluster's
+    /// overrides.
+    fn new(tag: &str, hook_env_extra: &str, two_env_extra: &str) -> Site {
+        let c = cluster();
+        let dir = scratch(&format!("clusters-{tag}"));
+        let (ca1, ca2) = user_cas();
+        let (ns1, ns2) = (prefix(&format!("{tag}1")), prefix(&format!("{tag}2")));
+        let clusters_d = dir.join("clusters.d");
+        let overrides = dir.join("hook.env.d");
+        for d in [&clusters_d, &overrides] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let file = |path: PathBuf, text: String| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        };
+        file(
+            clusters_d.join("one.yml"),
+            format!(
+                "---\nv2:\n  metadata:\n    title: \"One\"\n  job:\n    adapter: \"kubernetes\"\n    \
+                 cluster: \"one\"\n    namespace_prefix: \"{ns1}\"\n    username_prefix: \"one-\"\n    \
+                 server:\n      endpoint: \"{}\"\n      cert_authority_file: \"{}\"\n    \
+                 auth:\n      type: \"oidc\"\n",
+                c.var("K8S_SERVER"),
+                ca1.display()
+            ),
+        );
+        file(
+            clusters_d.join("two.yml"),
+            format!(
+                "---\nv2:\n  metadata:\n    title: \"Two\"\n  job:\n    adapter: \"kubernetes\"\n    \
+                 cluster: \"two\"\n    config_file: \"<%= Dir.home %>/.kube/two\"\n    \
+                 namespace_prefix: \"{ns2}\"\n    username_prefix: \"two-\"\n    \
+                 server:\n      endpoint: \"{}\"\n      cert_authority_file: \"{}\"\n",
+                c.var("K8S_SERVER_2"),
+                ca2.display()
+            ),
+        );
+        file(
+            clusters_d.join("login.yml"),
+            "v2:\n  metadata:\n    title: \"Login\"\n  login:\n    host: \"login.example.org\"\n"
+                .into(),
+        );
+        file(
+            overrides.join("one.env"),
+            format!("ROOT_KUBECONFIG={}\n", c.var("KUBECONFIG_ONDEMAND")),
+        );
+        file(
+            overrides.join("two.env"),
+            format!(
+                "ROOT_KUBECONFIG={}\n{two_env_extra}",
+                c.var("KUBECONFIG_ONDEMAND_2")
+            ),
+        );
+        let hook_env = c.hook_env(
+            &dir,
+            &format!(
+                "CLUSTERS_D={}\nHOOK_ENV_D={}\nK8S_CREDENTIALS=token\n{hook_env_extra}",
+                clusters_d.display(),
+                overrides.display()
+            ),
+        );
+        Site {
+            dir,
+            hook_env,
+            ns1,
+            ns2,
+        }
+    }
+
+    /// The hook for `user` after a portal login (Dex tokens in the
+    /// environment), as root, with no KUBECONFIG: each cluster's root
+    /// kubeconfig comes from its overrides.
+    fn login(&self, user: &str) -> (Output, Duration) {
+        let tokens = cluster().login(user);
+        self.run(user, Some(&tokens))
+    }
+
+    fn run(&self, user: &str, tokens: Option<&Tokens>) -> (Output, Duration) {
+        let mut cmd = Command::new(bin());
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/root")
+            .arg("--hook-env")
+            .arg(&self.hook_env)
+            .args(["--user", user])
+            .stdin(Stdio::null());
+        if let Some(t) = tokens {
+            cmd.env("OOD_OIDC_ACCESS_TOKEN", &t.access)
+                .env("OOD_OIDC_REFRESH_TOKEN", &t.refresh)
+                .env("OOD_OIDC_ID_TOKEN", &t.id);
+        }
+        let started = Instant::now();
+        let out = cmd.output().expect("run the hook");
+        (out, started.elapsed())
+    }
+}
+
+/// kubectl as admin of the second cluster.
+fn admin_2(args: &[&str]) -> Output {
+    cluster().kubectl_as(cluster().var("KUBECONFIG_ADMIN_2"), args)
+}
+
+fn namespace_exists_1(ns: &str) -> bool {
+    cluster().get_json(&["namespace", ns]).is_some()
+}
+
+fn namespace_exists_2(ns: &str) -> bool {
+    let out = admin_2(&["get", "namespace", ns, "-o", "name"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || err.contains("NotFound"), "{err}");
+    out.status.success()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard_calls_it() {
+    let (_, _, home) = linux_user("alice");
+    let site = Site::new("both", "", "");
+    let (out, _) = site.login("alice");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{}", text(&out));
+    let (ns1, ns2) = (format!("{}alice", site.ns1), format!("{}alice", site.ns2));
+    for line in [
+        format!("alice: one: namespace {ns1}: "),
+        format!("alice: two: namespace {ns2}: "),
+    ] {
+        assert!(err.contains(&line), "no line {line:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("login"),
+        "a non-Kubernetes cluster file is ignored: {err}"
+    );
+    assert!(namespace_exists_1(&ns1) && namespace_exists_2(&ns2));
+    assert!(
+        !namespace_exists_2(&ns1) && !namespace_exists_1(&ns2),
+        "each cluster gets its own namespace only"
+    );
+
+    // The dashboard's calls: --kubeconfig CONFIG_FILE --context CONTEXT.
+    let one = home.join(".kube/config");
+    let two = home.join(".kube/two");
+    for (file, context, ns) in [(&one, "one", &ns1), (&two, "two", &ns2)] {
+        let out = kubectl_as_user(
+            "alice",
+            &[
+                &format!("--kubeconfig={}", file.display()),
+                &format!("--context={context}"),
+                &format!("--namespace={ns}"),
+                "get",
+                "pods",
+            ],
+        );
+        assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
+    }
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&two).unwrap()).unwrap();
+    assert_eq!(config["users"][0]["name"], "two-alice", "{config}");
+    assert_eq!(config["contexts"][0]["context"]["namespace"], ns2.as_str());
+    assert_eq!(
+        config["clusters"][0]["cluster"]["server"],
+        cluster().var("K8S_SERVER_2")
+    );
+    let first = std::fs::read_to_string(&one).unwrap();
+    assert!(
+        first.contains("one-alice") && !first.contains("two-alice"),
+        "{first}"
+    );
+    let mode = std::fs::metadata(&two).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A second login (a later second) only refreshes each namespace's
+    // last-hook-execution annotation.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (again, _) = site.login("alice");
+    let err = stderr(&again);
+    assert!(again.status.success(), "{}", text(&again));
+    for id in ["one", "two"] {
+        assert!(
+            err.contains(&format!("alice: {id}: namespace"))
+                && err.contains(" 0 created, 1 changed, 4 unchanged"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+#[test]
+fn a_cluster_that_is_down_fails_alone_within_its_deadline_and_then_fast() {
+    linux_user("bob");
+    let site = Site::new("down", "", "HOOK_TIMEOUT_SECONDS=3\n");
+    // Cluster two's root kubeconfig now leads to a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let real = std::fs::read_to_string(cluster().var("KUBECONFIG_ONDEMAND_2")).unwrap();
+    let dead = site.dir.join("dead.kubeconfig");
+    std::fs::write(
+        &dead,
+        real.replace(
+            cluster().var("K8S_SERVER_2"),
+            &format!("https://127.0.0.1:{port}"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dead, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        site.dir.join("hook.env.d/two.env"),
+        format!(
+            "ROOT_KUBECONFIG={}\nHOOK_TIMEOUT_SECONDS=3\n",
+            dead.display()
+        ),
+    )
+    .unwrap();
+
+    let (out, took) = site.login("bob");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(took < Duration::from_millis(4500), "took {took:?}: {err}");
+    let ns1 = format!("{}bob", site.ns1);
+    assert!(
+        err.contains(&format!("bob: one: namespace {ns1}: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: two: ") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(namespace_exists_1(&ns1), "cluster one is done");
+    let (_, _, home) = linux_user("bob");
+    let config = std::fs::read_to_string(home.join(".kube/config")).unwrap();
+    assert!(
+        config.contains("one-bob"),
+        "cluster one's kubeconfig entry is written"
+    );
+
+    // The next login does not wait for cluster two again.
+    let (out, took) = site.login("bob");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(took < Duration::from_millis(1500), "took {took:?}: {err}");
+    assert!(
+        err.contains("FAST_FAIL_SECONDS") && err.contains("error: two: "),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("bob: one: namespace {ns1}: ")),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(format!(
+        "/run/ood-k8s-bootstrap/outage-127.0.0.1_{port}.json"
+    ));
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+#[test]
+fn a_group_gated_cluster_is_only_for_its_groups() {
+    linux_user("dave");
+    linux_user("frank");
+    let group = "ood-e2e-two";
+    let _ = Command::new("groupadd").arg(group).output();
+    let add = Command::new("usermod")
+        .args(["-a", "-G", group, "frank"])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", text(&add));
+    let site = Site::new("gate", "", &format!("ALLOWED_GROUPS={group}\n"));
+
+    let (out, _) = site.login("dave");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        err.contains(&format!(
+            "dave: two: skipped: not a member of {group} (ALLOWED_GROUPS)"
+        )),
+        "{err}"
+    );
+    assert!(namespace_exists_1(&format!("{}dave", site.ns1)));
+    assert!(
+        !namespace_exists_2(&format!("{}dave", site.ns2)),
+        "nothing of dave's on two"
+    );
+
+    let (out, _) = site.login("frank");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        namespace_exists_2(&format!("{}frank", site.ns2)),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+#[test]
+fn drift_between_a_cluster_file_and_hook_env_is_refused_before_anything_changes() {
+    let (_, _, home) = linux_user("carol.smith");
+    let site = Site::new("drift", "K8S_USERNAME_PREFIX=oidc:\n", "");
+    let config = home.join(".kube/config");
+    let before = std::fs::read(&config).ok();
+    let (out, _) = site.login("carol.smith");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        err.contains(&format!("{}:", site.hook_env.display()))
+            && err.contains("K8S_USERNAME_PREFIX=\"oidc:\" contradicts")
+            && err.contains("clusters.d/one.yml (job.username_prefix: \"one-\")"),
+        "{err}"
+    );
+    assert!(!namespace_exists_1(&format!("{}carol-smith", site.ns1)));
+    assert!(!namespace_exists_2(&format!("{}carol-smith", site.ns2)));
+    assert_eq!(
+        std::fs::read(&config).ok(),
+        before,
+        "the kubeconfig is untouched"
+    );
+    assert!(!Path::new(&home.join(".kube/two")).exists());
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
