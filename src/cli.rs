@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::CommandFactory;
 use clap::{Args, Parser, Subcommand};
 
-use crate::settings::DEFAULT_HOOK_ENV;
+use crate::site::settings::DEFAULT_HOOK_ENV;
 
 /// The Kubernetes API version the binary was built for (k8s-openapi's
 /// `v1_*` feature in Cargo.toml, read by build.rs).
@@ -202,7 +202,7 @@ pub enum Command {
     /// that user; with --clusters-d, the dashboard's cluster config. Exit
     /// status 0 when nothing failed (warnings do not fail), 1 when a check
     /// failed; which findings fail and which warn is listed below.
-    #[command(after_long_help = crate::doctor::findings::help())]
+    #[command(after_long_help = crate::admin::doctor::findings::help())]
     Doctor(DoctorArgs),
     /// Renew root's ServiceAccount token in its kubeconfig (TokenRequest
     /// API), atomically, keeping every other byte of the file.
@@ -299,8 +299,8 @@ pub struct ReapArgs {
 
 impl InstallArgs {
     /// The manifests the flags select, base first.
-    pub fn parts(&self) -> Vec<crate::install::Part> {
-        use crate::install::Part;
+    pub fn parts(&self) -> Vec<crate::admin::install::Part> {
+        use crate::admin::install::Part;
         let mut parts = vec![Part::Base, Part::Apf];
         if self.job_pod_reaper {
             parts.push(Part::JobPodReaper);
@@ -411,7 +411,7 @@ pub fn parse_service_account(s: &str) -> Result<(String, String), String> {
         .split_once('/')
         .ok_or_else(|| format!("{s:?}: expected NAMESPACE/NAME, e.g. ondemand/ondemand"))?;
     for part in [ns, name] {
-        if let Some(why) = crate::names::dns1123_label_problem(part) {
+        if let Some(why) = crate::site::names::dns1123_label_problem(part) {
             return Err(format!("{s:?}: {part:?}: {why}"));
         }
     }
@@ -460,10 +460,12 @@ pub fn hidden_command(args: &[OsString]) -> Option<Hidden> {
     let arg = |n: usize| args.get(n).and_then(|a| a.to_str());
     let option_follows = arg(2).is_some_and(|a| a.starts_with("--"));
     match arg(1)? {
-        crate::kubeconfig::as_user::CHILD_ARG => Some(Hidden::WriteKubeconfig),
+        crate::credentials::kubeconfig::as_user::CHILD_ARG => Some(Hidden::WriteKubeconfig),
         "credential" if option_follows => Some(Hidden::Credential),
         crate::docs::SUBCOMMAND if option_follows => Some(Hidden::GenerateDocs),
-        crate::broker::plugin::SUBCOMMAND if option_follows => Some(Hidden::BrokerCredential),
+        crate::credentials::broker::plugin::SUBCOMMAND if option_follows => {
+            Some(Hidden::BrokerCredential)
+        }
         _ => None,
     }
 }
@@ -633,9 +635,9 @@ mod tests {
         assert_eq!(
             a.parts(),
             [
-                crate::install::Part::Base,
-                crate::install::Part::Apf,
-                crate::install::Part::SelfRenew
+                crate::admin::install::Part::Base,
+                crate::admin::install::Part::Apf,
+                crate::admin::install::Part::SelfRenew
             ]
         );
         let c = cli(&["doctor", "--user", "alice", "--output", "json"]);

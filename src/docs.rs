@@ -18,7 +18,7 @@ use roff::{Roff, bold, italic, roman};
 use crate::cli::Cli;
 use crate::exit::Exit;
 use crate::run::{PROG, fail};
-use crate::settings::{DEFAULT_HOOK_ENV, keys};
+use crate::site::settings::{DEFAULT_HOOK_ENV, keys};
 
 /// The hidden subcommand's name.
 pub const SUBCOMMAND: &str = "generate-docs";
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn doctor_page_says_which_findings_fail() {
-        use crate::doctor::findings::Finding;
+        use crate::admin::doctor::findings::Finding;
         let pages = man_pages();
         let page = text(find(&pages, &format!("man/man1/{PROG}-doctor.1")))
             .replace("\\*(Aq", "'")

@@ -4,17 +4,18 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::account::Account;
-use crate::apply::{Applied, ApplyError, Change, Cluster, Mode, Owner};
 use crate::cli::HookArgs;
-use crate::desired::DesiredState;
+use crate::cluster::apply::{Applied, ApplyError, Change, Cluster, Mode, Owner};
+use crate::cluster::desired::DesiredState;
+use crate::cluster::{desired, outage};
+use crate::credentials::{exchange, kubeconfig};
 use crate::exit::Exit;
-use crate::names::{Namespace, Username};
 use crate::record::{self, Counts, Run};
 use crate::run::{PROG, fail, load_clusters, runtime, unix_now};
-use crate::settings::ExchangeSettings;
-use crate::settings::Settings;
-use crate::{desired, exchange, kubeconfig, outage};
+use crate::site::account::Account;
+use crate::site::names::{Namespace, Username};
+use crate::site::settings::ExchangeSettings;
+use crate::site::settings::Settings;
 
 /// Runs the hook for `args.user`; every failure is already printed.
 pub fn run_hook(args: &HookArgs) -> Exit {

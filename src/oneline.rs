@@ -26,7 +26,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// escape sequences, NUL) become spaces, runs of whitespace one space, and
 /// it is cut to `max_chars` characters (plus `…` when cut).
 pub fn clean(text: &str, max_chars: usize) -> String {
-    crate::names::truncate(&words(text), max_chars)
+    crate::site::names::truncate(&words(text), max_chars)
 }
 
 /// The words of `text`, split at whitespace and control characters, joined

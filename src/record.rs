@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::apply::{Applied, Change};
+use crate::cluster::apply::{Applied, Change};
 use crate::exit::Exit;
-use crate::settings::{LogTarget, Settings};
+use crate::site::settings::{LogTarget, Settings};
 
 /// The syslog identifier (`journalctl -t ood-k8s-bootstrap`).
 pub const IDENTIFIER: &str = "ood-k8s-bootstrap";
@@ -98,7 +98,7 @@ impl Sink {
             },
             None => Self {
                 target: LogTarget::Syslog,
-                socket: PathBuf::from(crate::settings::DEFAULT_SYSLOG_SOCKET),
+                socket: PathBuf::from(crate::site::settings::DEFAULT_SYSLOG_SOCKET),
                 metrics: None,
                 last_run: None,
             },
@@ -305,7 +305,7 @@ fn hostname() -> String {
 }
 
 fn now_rfc3339() -> String {
-    crate::credential::rfc3339(crate::run::unix_now())
+    crate::credentials::credential::rfc3339(crate::run::unix_now())
 }
 
 /// The last error line `run::fail` printed, for the record.

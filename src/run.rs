@@ -5,9 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::exit::Exit;
-use crate::names::{Namespace, Username};
-use crate::settings::site::Site;
-use crate::settings::{Settings, SettingsError};
+use crate::site::names::{Namespace, Username};
+use crate::site::settings::site::Site;
+use crate::site::settings::{Settings, SettingsError};
 
 /// The program's name, as it prefixes every stderr line.
 pub const PROG: &str = "ood-k8s-bootstrap";

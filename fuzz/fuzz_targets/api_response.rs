@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::apply::{ApplyError, Failure, Target, classify};
+use ood_k8s_bootstrap::cluster::apply::{ApplyError, Failure, Target, classify};
+use ood_k8s_bootstrap::cluster::kinds::Kind;
 use ood_k8s_bootstrap::exit::Exit;
-use ood_k8s_bootstrap::kinds::Kind;
 use ood_k8s_bootstrap_fuzz::is_one_line;
 use serde_json::Value;
 

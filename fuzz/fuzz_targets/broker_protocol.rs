@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::broker::protocol::{parse_request, read_response};
-use ood_k8s_bootstrap::broker::tokenset::TokenSet;
+use ood_k8s_bootstrap::credentials::broker::protocol::{parse_request, read_response};
+use ood_k8s_bootstrap::credentials::broker::tokenset::TokenSet;
 use ood_k8s_bootstrap_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::doctor::dashboard::parse;
+use ood_k8s_bootstrap::admin::doctor::dashboard::parse;
 use ood_k8s_bootstrap_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,15 +9,17 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::account::Ids;
-use ood_k8s_bootstrap::desired::{self, Object};
-use ood_k8s_bootstrap::kinds::Kind;
-use ood_k8s_bootstrap::kubeconfig::entry::{self, Who};
-use ood_k8s_bootstrap::kubeconfig::{Login, merge};
-use ood_k8s_bootstrap::names::{Namespace, Username};
+use ood_k8s_bootstrap::cluster::desired::{self, Object};
+use ood_k8s_bootstrap::cluster::kinds::Kind;
+use ood_k8s_bootstrap::credentials::kubeconfig::entry::{self, Who};
+use ood_k8s_bootstrap::credentials::kubeconfig::{Login, merge};
 use ood_k8s_bootstrap::secret::Secret;
-use ood_k8s_bootstrap::settings::{NamedFiles, Settings, SettingsError, docker_config_problem};
-use ood_k8s_bootstrap::trusted::TrustError;
+use ood_k8s_bootstrap::site::account::Ids;
+use ood_k8s_bootstrap::site::names::{Namespace, Username};
+use ood_k8s_bootstrap::site::settings::{
+    NamedFiles, Settings, SettingsError, docker_config_problem,
+};
+use ood_k8s_bootstrap::site::trusted::TrustError;
 use ood_k8s_bootstrap_fuzz::*;
 
 const PATH: &str = "/etc/ood/config/hook.env";
@@ -193,7 +195,7 @@ fn objects_are_valid(s: &Settings, user: &Username, ns: &Namespace) {
             }
         }
     }
-    let yaml = ood_k8s_bootstrap::render::to_yaml(&state.objects).expect("objects render");
+    let yaml = ood_k8s_bootstrap::cluster::render::to_yaml(&state.objects).expect("objects render");
     if let Some(p) = &s.image_pull {
         let json = p.docker_config_json.expose();
         assert!(
@@ -236,8 +238,6 @@ fn kubeconfig_entry_is_valid(s: &Settings, user: &Username, ns: &Namespace) {
     if let Some((path, _)) = &plan.cache {
         assert!(path.starts_with("/home/u/.kube/cache/ood-k8s-bootstrap/"));
         let file = path.file_name().expect("file name").to_string_lossy();
-        assert!(ood_k8s_bootstrap::kubeconfig::write::is_cache_file_name(
-            &file
-        ));
+        assert!(ood_k8s_bootstrap::credentials::kubeconfig::write::is_cache_file_name(&file));
     }
 }

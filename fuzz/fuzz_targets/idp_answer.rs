@@ -9,11 +9,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::broker::tokenset::{
+use ood_k8s_bootstrap::credentials::broker::tokenset::{
     Bearer, Obtained, RefreshWith, Source, TokenSet, read_answer,
 };
-use ood_k8s_bootstrap::exchange::{self, Answer};
-use ood_k8s_bootstrap::{idp, tokens};
+use ood_k8s_bootstrap::credentials::exchange::{self, Answer};
+use ood_k8s_bootstrap::credentials::{idp, tokens};
 use ood_k8s_bootstrap_fuzz::*;
 
 const STATUSES: [u16; 8] = [200, 201, 400, 401, 403, 429, 500, 503];
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// A login set refreshed with the answer.
-fn refreshed(answer: &ood_k8s_bootstrap::broker::tokenset::TokenAnswer) {
+fn refreshed(answer: &ood_k8s_bootstrap::credentials::broker::tokenset::TokenAnswer) {
     let with = RefreshWith {
         issuer: "https://idp.example".into(),
         token_endpoint: None,

@@ -11,8 +11,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::root_kubeconfig::service_account;
-use ood_k8s_bootstrap::tokens::{TokenError, check, claims, payload};
+use ood_k8s_bootstrap::admin::root_kubeconfig::service_account;
+use ood_k8s_bootstrap::credentials::tokens::{TokenError, check, claims, payload};
 use ood_k8s_bootstrap_fuzz::*;
 
 const NOW: u64 = 1_700_000_000;

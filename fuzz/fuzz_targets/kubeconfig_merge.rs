@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::kubeconfig::merge::{self, ClusterEntry, ContextEntry, Desired, UserEntry};
+use ood_k8s_bootstrap::credentials::kubeconfig::merge::{
+    self, ClusterEntry, ContextEntry, Desired, UserEntry,
+};
 use ood_k8s_bootstrap_fuzz::*;
 use serde_json::{Map, Value, json};
 

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use ood_k8s_bootstrap::cluster::outage::{Record, window};
 use ood_k8s_bootstrap::exit::Exit;
-use ood_k8s_bootstrap::outage::{Record, window};
 use ood_k8s_bootstrap_fuzz::*;
 
 const SERVER: &str = "https://k8s.example:6443";

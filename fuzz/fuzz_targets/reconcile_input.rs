@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::reconcile::{parse_user_list, users_of_namespaces};
+use ood_k8s_bootstrap::admin::reconcile::{parse_user_list, users_of_namespaces};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::kubeconfig::merge;
-use ood_k8s_bootstrap::root_kubeconfig::{Credential, replace_token, resolve};
+use ood_k8s_bootstrap::admin::root_kubeconfig::{Credential, replace_token, resolve};
+use ood_k8s_bootstrap::credentials::kubeconfig::merge;
 use ood_k8s_bootstrap_fuzz::*;
 
 const NEW: &str = "eyJhbGciOiJSUzI1NiJ9.eyJuZXciOnRydWV9.bmV3";

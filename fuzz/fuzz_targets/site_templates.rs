@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::account::Ids;
-use ood_k8s_bootstrap::kinds::Kind;
-use ood_k8s_bootstrap::names::{Namespace, Username};
-use ood_k8s_bootstrap::templates::{TemplateSet, UserValues};
+use ood_k8s_bootstrap::cluster::kinds::Kind;
+use ood_k8s_bootstrap::cluster::templates::{TemplateSet, UserValues};
+use ood_k8s_bootstrap::site::account::Ids;
+use ood_k8s_bootstrap::site::names::{Namespace, Username};
 use ood_k8s_bootstrap_fuzz::*;
 
 const FILE: &str = "/etc/ood/templates/site.yaml";

@@ -9,8 +9,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::credential::{Cache, RFC3339_MAX, exec_credential, rfc3339};
-use ood_k8s_bootstrap::tokens::expiry;
+use ood_k8s_bootstrap::credentials::credential::{Cache, RFC3339_MAX, exec_credential, rfc3339};
+use ood_k8s_bootstrap::credentials::tokens::expiry;
 use ood_k8s_bootstrap_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,10 +8,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::names::{
+use ood_k8s_bootstrap::oneline::clean;
+use ood_k8s_bootstrap::site::names::{
     Namespace, ObjectName, Username, dns1123_label_problem, dns1123_subdomain_problem, truncate,
 };
-use ood_k8s_bootstrap::oneline::clean;
 use ood_k8s_bootstrap_fuzz::*;
 
 fuzz_target!(|data: &[u8]| {

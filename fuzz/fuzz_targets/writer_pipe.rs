@@ -10,7 +10,7 @@
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::kubeconfig::write::{
+use ood_k8s_bootstrap::credentials::kubeconfig::write::{
     Job, Reply, is_cache_file_name, lock_holder, lock_line,
 };
 use ood_k8s_bootstrap_fuzz::*;

@@ -1,0 +1,449 @@
+//! Pure: one file of the dashboard's `clusters.d`, read as ood_core's
+//! Kubernetes adapter reads it (SPEC §8), turned into the hook.env values
+//! it decides. The dashboard's files are the source of truth for names the
+//! dashboard computes (cluster, context, prefixes, server, kubeconfig file),
+//! so a hook.env that says otherwise is refused, naming both files.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// ood_core's cluster name when `job.cluster` is unset.
+pub const DEFAULT_CLUSTER: &str = "open-ondemand";
+
+/// The ERB forms of the user's home directory sites write in `config_file`
+/// (clusters.d files are ERB templates, evaluated as the user).
+const HOME_FORMS: &[&str] = &[
+    "<%= Dir.home %>",
+    "<%= ENV['HOME'] %>",
+    "<%= ENV[\"HOME\"] %>",
+    "<%= ENV.fetch('HOME') %>",
+];
+
+/// One Kubernetes cluster of clusters.d.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterFile {
+    /// The file name without `.yml`/`.yaml`: the dashboard's cluster id.
+    pub id: String,
+    pub path: PathBuf,
+    /// The hook.env keys the file decides, with their values.
+    pub decides: Vec<Decided>,
+    /// The kubeconfig file in the user's `~/.kube` (`job.config_file`).
+    pub kubeconfig_file: String,
+}
+
+/// A hook.env key's value as the cluster file decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub key: &'static str,
+    pub value: String,
+    /// Where in the file: `job.cluster`, or `job.cluster unset (ood_core's
+    /// default)`.
+    pub from: String,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ClusterFileError {
+    #[error(
+        "{path}: the file name {name:?} is not a usable cluster id (letters, digits, '.', '_' and '-', not starting with '.')"
+    )]
+    Id { path: PathBuf, name: String },
+    #[error("{path}: it is not valid YAML as the dashboard reads it ({why})")]
+    Yaml { path: PathBuf, why: String },
+    #[error(
+        "{path}:{line}: ERB the hook cannot evaluate ({snippet}); only the home directory (`<%= Dir.home %>`) in job.config_file is understood"
+    )]
+    Erb {
+        path: PathBuf,
+        line: usize,
+        snippet: String,
+    },
+    #[error("{path}: job.config_file {value:?}: {why}")]
+    ConfigFile {
+        path: PathBuf,
+        value: String,
+        why: String,
+    },
+}
+
+#[derive(Deserialize, Default)]
+struct Top {
+    #[serde(default)]
+    v2: Option<V2>,
+}
+
+#[derive(Deserialize, Default)]
+struct V2 {
+    #[serde(default)]
+    job: Option<Job>,
+}
+
+#[derive(Deserialize, Default)]
+struct Job {
+    #[serde(default)]
+    adapter: Option<String>,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    config_file: Option<String>,
+    #[serde(default)]
+    username_prefix: Option<String>,
+    #[serde(default)]
+    namespace_prefix: Option<String>,
+    #[serde(default)]
+    server: Option<Server>,
+    #[serde(default)]
+    auth: Option<Auth>,
+}
+
+#[derive(Deserialize, Default)]
+struct Server {
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    cert_authority_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Auth {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// The cluster id of a clusters.d file name, if it is a cluster file.
+fn id_of(path: &Path) -> Result<String, ClusterFileError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(".yml")
+        .or_else(|| name.strip_suffix(".yaml"))
+        .unwrap_or(&name);
+    let ok = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem.len() <= 100
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(stem.to_owned())
+    } else {
+        Err(ClusterFileError::Id {
+            path: path.to_owned(),
+            name: stem.to_owned(),
+        })
+    }
+}
+
+/// Reads one clusters.d file: `None` when it is not a Kubernetes cluster
+/// (another adapter, or a v1 file).
+pub fn parse(path: &Path, text: &str) -> Result<Option<ClusterFile>, ClusterFileError> {
+    check_erb(path, text)?;
+    let top: Top = serde_saphyr::from_str(text).map_err(|e| ClusterFileError::Yaml {
+        path: path.to_owned(),
+        why: crate::oneline::clean(&first_words(&e.to_string()), 200),
+    })?;
+    let Some(job) = top.v2.and_then(|v| v.job) else {
+        return Ok(None);
+    };
+    if job.adapter.as_deref() != Some("kubernetes") {
+        return Ok(None);
+    }
+    let id = id_of(path)?;
+    let kubeconfig_file = config_file(path, job.config_file.as_deref())?;
+    Ok(Some(ClusterFile {
+        id,
+        path: path.to_owned(),
+        decides: decides(&job),
+        kubeconfig_file,
+    }))
+}
+
+/// The values the file decides, defaults included (an unset prefix is the
+/// empty prefix to the dashboard, so a hook.env prefix would contradict it).
+fn decides(job: &Job) -> Vec<Decided> {
+    let given = |key, field: &str, v: &Option<String>, default: Option<&str>| match (v, default) {
+        (Some(v), _) => Some(Decided {
+            key,
+            value: v.clone(),
+            from: format!("job.{field}"),
+        }),
+        (None, Some(d)) => Some(Decided {
+            key,
+            value: d.to_owned(),
+            from: format!("job.{field} unset (ood_core's default {d:?})"),
+        }),
+        (None, None) => None,
+    };
+    let oidc = job
+        .auth
+        .as_ref()
+        .and_then(|a| a.kind.as_deref())
+        .is_none_or(|t| t == "oidc");
+    let cluster = job
+        .cluster
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLUSTER.into());
+    let server = job.server.as_ref();
+    let mut out: Vec<Decided> = [
+        given(
+            "K8S_CLUSTER_NAME",
+            "cluster",
+            &job.cluster,
+            Some(DEFAULT_CLUSTER),
+        ),
+        given(
+            "K8S_CONTEXT_NAME",
+            "context",
+            &job.context,
+            oidc.then_some(cluster.as_str()),
+        ),
+        given(
+            "K8S_USERNAME_PREFIX",
+            "username_prefix",
+            &job.username_prefix,
+            Some(""),
+        ),
+        given(
+            "NAMESPACE_PREFIX",
+            "namespace_prefix",
+            &job.namespace_prefix,
+            Some(""),
+        ),
+        given(
+            "K8S_SERVER",
+            "server.endpoint",
+            &server.and_then(|s| s.endpoint.clone()),
+            None,
+        ),
+        given(
+            "K8S_CA_FILE",
+            "server.cert_authority_file",
+            &server.and_then(|s| s.cert_authority_file.clone()),
+            None,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !oidc {
+        // The dashboard gets this cluster's credentials some other way
+        // (`managed`): the hook writes no user entry for it.
+        out.push(Decided {
+            key: "K8S_CREDENTIALS",
+            value: "none".into(),
+            from: "job.auth.type (not oidc)".into(),
+        });
+    }
+    out
+}
+
+/// `job.config_file` as a file name in `~/.kube`: unset is `config`.
+fn config_file(path: &Path, value: Option<&str>) -> Result<String, ClusterFileError> {
+    let Some(value) = value else {
+        return Ok(crate::site::settings::DEFAULT_KUBECONFIG_FILE.into());
+    };
+    let bad = |why: &str| ClusterFileError::ConfigFile {
+        path: path.to_owned(),
+        value: crate::oneline::clean(value, 120),
+        why: why.to_owned(),
+    };
+    if value.starts_with('~') {
+        return Err(bad(
+            "ood_core does not expand '~' (the dashboard would use a relative path); \
+             write <%= Dir.home %>/.kube/NAME",
+        ));
+    }
+    let Some(rest) = HOME_FORMS.iter().find_map(|f| value.strip_prefix(f)) else {
+        return Err(bad(
+            "a fixed path would be one file for every user; the hook writes each user's \
+             kubeconfig in their own ~/.kube, so write <%= Dir.home %>/.kube/NAME",
+        ));
+    };
+    let Some(name) = rest.strip_prefix("/.kube/") else {
+        return Err(bad(
+            "the hook writes users' kubeconfigs only in ~/.kube: write <%= Dir.home %>/.kube/NAME",
+        ));
+    };
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.ends_with(".lock")
+        && name != "cache"
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(bad(
+            "the file name in ~/.kube must be letters, digits, '.', '_' and '-', not starting \
+             with '.', not ending in .lock, and not \"cache\"",
+        ))
+    }
+}
+
+/// Refuses ERB other than the home directory forms.
+fn check_erb(path: &Path, text: &str) -> Result<(), ClusterFileError> {
+    let mut at = 0;
+    while let Some(i) = text[at..].find("<%") {
+        let start = at + i;
+        match HOME_FORMS.iter().find(|f| text[start..].starts_with(**f)) {
+            Some(f) => at = start + f.len(),
+            None => {
+                let end = text[start..]
+                    .find("%>")
+                    .map_or(text.len(), |e| start + e + 2)
+                    .min(start + 60);
+                let mut cut = end;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                return Err(ClusterFileError::Erb {
+                    path: path.to_owned(),
+                    line: text[..start].matches('\n').count() + 1,
+                    snippet: crate::oneline::clean(&text[start..cut], 60),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The parser's message without any quoted text from the file.
+fn first_words(e: &str) -> String {
+    e.split(['"', '\'', '`'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> Result<Option<ClusterFile>, ClusterFileError> {
+        parse(
+            Path::new(&format!("/etc/ood/config/clusters.d/{name}")),
+            text,
+        )
+    }
+
+    fn value<'a>(c: &'a ClusterFile, key: &str) -> Option<&'a str> {
+        c.decides
+            .iter()
+            .find(|d| d.key == key)
+            .map(|d| d.value.as_str())
+    }
+
+    const GPU: &str = r#"---
+v2:
+  metadata:
+    title: "GPU"
+  job:
+    adapter: "kubernetes"
+    cluster: "gpu"
+    config_file: "<%= Dir.home %>/.kube/gpu"
+    username_prefix: "gpu-"
+    namespace_prefix: "g-"
+    server:
+      endpoint: "https://gpu.example.org:6443"
+      cert_authority_file: "/etc/pki/gpu-ca.crt"
+    auth:
+      type: "oidc"
+"#;
+
+    #[test]
+    fn a_kubernetes_cluster_decides_names_prefixes_server_and_file() {
+        let c = file("gpu.yml", GPU).unwrap().unwrap();
+        assert_eq!(c.id, "gpu");
+        assert_eq!(c.kubeconfig_file, "gpu");
+        assert_eq!(value(&c, "K8S_CLUSTER_NAME"), Some("gpu"));
+        assert_eq!(
+            value(&c, "K8S_CONTEXT_NAME"),
+            Some("gpu"),
+            "oidc: context = cluster"
+        );
+        assert_eq!(value(&c, "K8S_USERNAME_PREFIX"), Some("gpu-"));
+        assert_eq!(value(&c, "NAMESPACE_PREFIX"), Some("g-"));
+        assert_eq!(
+            value(&c, "K8S_SERVER"),
+            Some("https://gpu.example.org:6443")
+        );
+        assert_eq!(value(&c, "K8S_CA_FILE"), Some("/etc/pki/gpu-ca.crt"));
+        assert_eq!(value(&c, "K8S_CREDENTIALS"), None);
+    }
+
+    #[test]
+    fn unset_fields_are_ood_cores_defaults() {
+        let c = file("k8s.yaml", "v2:\n  job:\n    adapter: kubernetes\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.id, "k8s");
+        assert_eq!(c.kubeconfig_file, "config");
+        assert_eq!(value(&c, "K8S_CLUSTER_NAME"), Some("open-ondemand"));
+        assert_eq!(value(&c, "K8S_CONTEXT_NAME"), Some("open-ondemand"));
+        assert_eq!(value(&c, "K8S_USERNAME_PREFIX"), Some(""));
+        assert_eq!(value(&c, "K8S_SERVER"), None);
+        let managed = "v2:\n  job:\n    adapter: kubernetes\n    auth:\n      type: managed\n";
+        let c = file("m.yml", managed).unwrap().unwrap();
+        assert_eq!(value(&c, "K8S_CONTEXT_NAME"), None);
+        assert_eq!(value(&c, "K8S_CREDENTIALS"), Some("none"));
+    }
+
+    #[test]
+    fn other_adapters_and_v1_files_are_not_clusters_to_bootstrap() {
+        let slurm = "v2:\n  metadata:\n    title: Owens\n  job:\n    adapter: slurm\n";
+        assert_eq!(file("owens.yml", slurm), Ok(None));
+        assert_eq!(file("old.yml", "v1:\n  title: x\n"), Ok(None));
+        assert_eq!(file("login.yml", "v2:\n  login:\n    host: x\n"), Ok(None));
+    }
+
+    #[test]
+    fn config_files_the_hook_cannot_write_per_user_are_refused() {
+        for (value, says) in [
+            ("~/.kube/gpu", "does not expand '~'"),
+            ("/etc/kube/shared", "one file for every user"),
+            ("<%= Dir.home %>/gpu.conf", "only in ~/.kube"),
+            ("<%= Dir.home %>/.kube/../x", "file name in ~/.kube"),
+            ("<%= Dir.home %>/.kube/cache", "file name in ~/.kube"),
+            (
+                "<%= ENV['HOME'] %>/.kube/config.lock",
+                "file name in ~/.kube",
+            ),
+        ] {
+            let text =
+                format!("v2:\n  job:\n    adapter: kubernetes\n    config_file: \"{value}\"\n");
+            let e = file("c.yml", &text).unwrap_err().to_string();
+            assert!(
+                e.contains("clusters.d/c.yml") && e.contains(says),
+                "{value}: {e}"
+            );
+        }
+        let text = "v2:\n  job:\n    adapter: kubernetes\n    config_file: \"<%= ENV['HOME'] %>/.kube/prod\"\n";
+        assert_eq!(
+            file("p.yml", text).unwrap().unwrap().kubeconfig_file,
+            "prod"
+        );
+    }
+
+    #[test]
+    fn other_erb_bad_yaml_and_bad_ids_are_named() {
+        let erb = "v2:\n  job:\n    adapter: kubernetes\n    cluster: \"<%= `hostname` %>\"\n";
+        let e = file("e.yml", erb).unwrap_err().to_string();
+        assert!(e.contains("e.yml:4") && e.contains("ERB"), "{e}");
+        let e = file("y.yml", "v2: [\n").unwrap_err().to_string();
+        assert!(e.contains("y.yml") && e.contains("not valid YAML"), "{e}");
+        let e = file("a b.yml", "v2:\n  job:\n    adapter: kubernetes\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a usable cluster id"), "{e}");
+        let typed = "v2:\n  job:\n    adapter: kubernetes\n    cluster: [1, 2]\n";
+        assert!(file("t.yml", typed).is_err());
+    }
+}
