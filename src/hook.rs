@@ -107,24 +107,43 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
             .collect::<Vec<_>>()
             .join(","),
     );
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(exit) => return exit,
-    };
+    // One runtime per cluster, each on a thread of its own (the first on
+    // this one): the clusters' TLS handshakes and answers are worked on in
+    // parallel, and a slow cluster never holds up another's.
+    let mut runtimes = Vec::new();
+    for _ in &plans {
+        match runtime() {
+            Ok(rt) => runtimes.push(rt),
+            Err(exit) => return exit,
+        }
+    }
     let mode = if args.dry_run {
         Mode::DryRun
     } else {
         Mode::Apply
     };
     let (writers, gates) = Writers::start(&mut plans);
-    let sides = runtime.block_on(futures::future::join_all(
-        plans
-            .iter()
-            .zip(gates)
-            .map(|(p, gate)| p.cluster_side(&user, mode, gate)),
-    ));
-    drop(runtime);
-    let kube = writers.finish(&user);
+    let user = &user;
+    let sides: Vec<Result<Side, ClusterError>> = std::thread::scope(|scope| {
+        let mut work = plans.iter().zip(gates).zip(runtimes);
+        let first = work.next();
+        let others: Vec<_> = work
+            .map(|((p, gate), rt)| scope.spawn(move || rt.block_on(p.cluster_side(user, mode, gate))))
+            .collect();
+        let mut sides: Vec<_> = first
+            .map(|((p, gate), rt)| rt.block_on(p.cluster_side(user, mode, gate)))
+            .into_iter()
+            .collect();
+        for h in others {
+            sides.push(h.join().unwrap_or_else(|_| {
+                Err(ClusterError::Bug(format!(
+                    "user {user}: the cluster's thread panicked (a bug; please report it)"
+                )))
+            }));
+        }
+        sides
+    });
+    let kube = writers.finish(user);
     let mut all = Vec::new();
     for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
         let outcome = report(plan, &user, side, kube, args, several);
@@ -296,6 +315,7 @@ fn report(
                 ClusterError::Down(record) => {
                     (record.exit(), record.message(user.as_str(), unix_ms()))
                 }
+                ClusterError::Bug(text) => (Exit::Software, text),
             };
             return Err(fail(exit, prefix(format!("{message}{kube_done}"))));
         }
@@ -558,6 +578,8 @@ enum ClusterError {
     /// The API server was found unreachable by a recent run and still
     /// refuses connections: failing at once (`outage.rs`).
     Down(outage::Record),
+    /// Not the cluster's doing.
+    Bug(String),
 }
 
 /// The cluster side of one run: connected, checked against the fast-fail
