@@ -128,7 +128,9 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
         let mut work = plans.iter().zip(gates).zip(runtimes);
         let first = work.next();
         let others: Vec<_> = work
-            .map(|((p, gate), rt)| scope.spawn(move || rt.block_on(p.cluster_side(user, mode, gate))))
+            .map(|((p, gate), rt)| {
+                scope.spawn(move || rt.block_on(p.cluster_side(user, mode, gate)))
+            })
             .collect();
         let mut sides: Vec<_> = first
             .map(|((p, gate), rt)| rt.block_on(p.cluster_side(user, mode, gate)))
@@ -146,7 +148,7 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
     let kube = writers.finish(user);
     let mut all = Vec::new();
     for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
-        let outcome = report(plan, &user, side, kube, args, several);
+        let outcome = report(plan, user, side, kube, args, several);
         match outcome {
             Ok(applied) => all.extend(applied),
             Err(e) if failed(e) => return e,

@@ -309,7 +309,7 @@ fn a_cluster_that_is_down_fails_alone_within_its_deadline_and_then_fast() {
 
 #[test]
 fn a_group_gated_cluster_is_only_for_its_groups() {
-    linux_user("dave");
+    linux_user("erin");
     linux_user("frank");
     let group = "ood-e2e-two";
     let _ = Command::new("groupadd").arg(group).output();
@@ -368,5 +368,178 @@ fn drift_between_a_cluster_file_and_hook_env_is_refused_before_anything_changes(
         "the kubeconfig is untouched"
     );
     assert!(!Path::new(&home.join(".kube/two")).exists());
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two clusters in broker mode whose tokens differ: cluster one takes the
+/// Keycloak login's own tokens (asked for with the Kubernetes audience
+/// scope), cluster two a token exchange for the `kubernetes` audience. The
+/// broker keeps a token set per user for each (two files), and kubectl as
+/// the user gets each cluster's own through the plugin, on both clusters.
+#[test]
+fn the_broker_keeps_a_token_set_per_issuer_client_and_audience() {
+    let c = cluster();
+    let user = "dave";
+    let (uid, _, home) = linux_user(user);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let sock_dir = PathBuf::from(format!("/tmp/ood-e2e-mcbrk-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sock_dir);
+    let socket = sock_dir.join("broker.sock");
+    let dir = scratch("clusters-brk-state");
+    let state = dir.join("tokens");
+    let keycloak = format!(
+        "K8S_CREDENTIALS=broker\nBROKER_SOCKET={}\nBROKER_STATE_DIR={}\nIDP_ISSUER_URL={}\n\
+         IDP_CA_FILE={}\nCLIENT_ID={}\nCLIENT_SECRET={}\n",
+        socket.display(),
+        state.display(),
+        c.var("KEYCLOAK_ISSUER"),
+        c.var("KEYCLOAK_CA_FILE"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+    );
+    let exchange = format!(
+        "K8S_TOKEN_EXCHANGE_AUDIENCE={}\nK8S_TOKEN_EXCHANGE_SCOPE={}\n",
+        c.var("KEYCLOAK_K8S_AUDIENCE"),
+        c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE")
+    );
+    let site = Site::new("brk", &keycloak, &exchange);
+    let log = site.dir.join("broker.log");
+    let mut broker = Stopped(
+        Command::new(bin())
+            .arg("broker")
+            .arg("--hook-env")
+            .arg(&site.hook_env)
+            .arg("-v")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("started (")
+    {
+        assert!(
+            broker.0.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let tokens = c.keycloak_login_client(
+        user,
+        c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+        Some(c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE")),
+    );
+    let (out, _) = site.run(user, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .unwrap()
+    };
+    let login_set = read(&state.join(format!("{uid}.json")));
+    let other: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(other.len(), 1, "one more set directory: {other:?}");
+    let exchange_set = read(&other[0].join(format!("{uid}.json")));
+    // Cluster one's set holds the login's own refresh token, cluster two's
+    // the exchange's (compared, never printed).
+    let refresh = |set: &serde_json::Value| set["refresh_token"].as_str().unwrap_or("").to_owned();
+    assert!(
+        refresh(&login_set) == tokens.refresh,
+        "cluster one's set is not the login's"
+    );
+    assert!(
+        !refresh(&exchange_set).is_empty() && refresh(&exchange_set) != tokens.refresh,
+        "cluster two's set is not the exchange's"
+    );
+    for (file, context, ns) in [
+        ("config", "one", format!("{}{user}", site.ns1)),
+        ("two", "two", format!("{}{user}", site.ns2)),
+    ] {
+        let out = kubectl_as_user(
+            user,
+            &[
+                &format!("--kubeconfig={}", home.join(".kube").join(file).display()),
+                &format!("--context={context}"),
+                &format!("--namespace={ns}"),
+                "get",
+                "pods",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "kubectl on {context}: {}\nbroker log:\n{}",
+            text(&out),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    // Each cluster's plugin gets that cluster's own set's token.
+    for (file, entry, set) in [
+        ("config", "one-dave", &login_set),
+        ("two", "two-dave", &exchange_set),
+    ] {
+        let text = std::fs::read_to_string(home.join(".kube").join(file)).unwrap();
+        let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let users = config["users"].as_array().unwrap();
+        let exec = &users
+            .iter()
+            .find(|u| u["name"] == entry)
+            .expect("the user entry")["user"]["exec"];
+        let args: Vec<&str> = exec["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let out = Command::new("runuser")
+            .args(["-u", user, "--"])
+            .arg(exec["command"].as_str().unwrap())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "plugin for {entry}: status {:?}",
+            out.status.code()
+        );
+        let cred: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            cred["status"]["token"] == set["access_token"],
+            "the plugin of {entry} did not get its own cluster's token set"
+        );
+    }
+    let served = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        served.contains("cluster one: token for dave served")
+            && served.contains("cluster two: token for dave served"),
+        "{served}"
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
     let _ = std::fs::remove_dir_all(&site.dir);
 }

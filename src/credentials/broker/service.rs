@@ -29,7 +29,7 @@ use super::tokenset::{RefreshError, TokenSet};
 use crate::exit::Exit;
 use crate::record::{Command, Record, Sink};
 use crate::run::{PROG, fail, load_site, unix_now};
-use crate::site::settings::CredentialMode;
+use crate::site::settings::{CredentialMode, Settings};
 
 /// Time a client has to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,15 +113,28 @@ enum Served {
     Unrenewed,
 }
 
-/// The service's shared state.
-struct Broker {
+/// One token store and the IdP client that refreshes its sets: one per
+/// issuer, client and audience of the clusters in broker mode
+/// (`settings::site` gives each its directory).
+struct SetStore {
     store: Store,
     idp: Idp,
+    /// The kubeconfig cluster names whose tokens these are (what the
+    /// plugin sends); the first store also answers requests naming none.
+    clusters: Vec<String>,
+}
+
+/// Held while a uid's set in one store is refreshed.
+type UserLock = Arc<tokio::sync::Mutex<()>>;
+
+/// The service's shared state.
+struct Broker {
+    sets: Vec<SetStore>,
     rate: Mutex<RateLimit>,
     /// Connections open per uid.
     open: Mutex<PerUid>,
-    /// One refresh at a time per uid.
-    refreshing: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// One refresh at a time per uid and store.
+    refreshing: Mutex<HashMap<(usize, u32), UserLock>>,
     /// Log lines about refusals, per uid.
     log_limit: Mutex<LogLimit>,
     /// `BROKER_MAX_SESSION_HOURS`.
@@ -132,6 +145,18 @@ struct Broker {
 }
 
 impl Broker {
+    /// The store of the tokens for kubeconfig cluster `cluster` (the first
+    /// store when it names none or one this broker does not know).
+    fn set_for(&self, cluster: Option<&str>) -> usize {
+        cluster
+            .and_then(|c| {
+                self.sets
+                    .iter()
+                    .position(|s| s.clusters.iter().any(|n| n == c))
+            })
+            .unwrap_or(0)
+    }
+
     /// Logs a refusal of `uid`, unless one was logged this last minute
     /// (then it is counted, and the next line says how many were not).
     fn log_refusal(&self, uid: u32, line: std::fmt::Arguments<'_>) {
@@ -176,44 +201,59 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         );
     }
     // The broker's own keys are one per web node; with several clusters,
-    // those in broker mode share one issuer and client (settings::site).
-    let settings = match load_site(hook_env) {
-        Ok(site) => {
-            let brokered = site
-                .clusters
-                .iter()
-                .position(|s| s.kubeconfig.credentials == CredentialMode::Broker)
-                .unwrap_or(0);
-            site.clusters.into_iter().nth(brokered)
-        }
+    // each issuer, client and audience in broker mode has its own store.
+    let site = match load_site(hook_env) {
+        Ok(site) => site,
         Err(exit) => return exit,
     };
-    let Some(settings) = settings else {
+    let brokered: Vec<&Settings> = site
+        .clusters
+        .iter()
+        .filter(|s| s.kubeconfig.credentials == CredentialMode::Broker)
+        .collect();
+    let Some(settings) = brokered.first().copied().or(site.clusters.first()) else {
         return Exit::Ok;
     };
     let b = &settings.broker;
-    let idp = match Idp::new(&settings.oidc, b.idp_timeout) {
-        Ok(i) => i,
-        Err(e) => return fail(Exit::Config, format!("{}: {e}", hook_env.display())),
-    };
-    let store = match Store::open(&b.state_dir) {
-        Ok(s) => s,
-        Err(e) => return fail(Exit::CantCreate, format!("BROKER_STATE_DIR {e}")),
-    };
+    let mut sets: Vec<SetStore> = Vec::new();
+    for s in brokered.iter().copied().chain(std::iter::once(settings)) {
+        let name = s.kubeconfig.cluster_name.clone();
+        if let Some(known) = sets
+            .iter_mut()
+            .find(|k| k.store.path() == s.broker.state_dir)
+        {
+            if !known.clusters.contains(&name) {
+                known.clusters.push(name);
+            }
+            continue;
+        }
+        let idp = match Idp::new(&s.oidc, b.idp_timeout) {
+            Ok(i) => i,
+            Err(e) => return fail(Exit::Config, format!("{}: {e}", hook_env.display())),
+        };
+        let store = match Store::open(&s.broker.state_dir) {
+            Ok(s) => s,
+            Err(e) => return fail(Exit::CantCreate, format!("BROKER_STATE_DIR {e}")),
+        };
+        sets.push(SetStore {
+            store,
+            idp,
+            clusters: vec![name],
+        });
+    }
     let (listener, origin) = match listen::listen(&b.socket) {
         Ok(l) => l,
         Err(e) => return fail(Exit::Unavailable, e),
     };
     let broker = Arc::new(Broker {
-        store,
-        idp,
+        sets,
         rate: Mutex::new(RateLimit::new(b.requests_per_minute)),
         open: Mutex::new(PerUid::new(b.max_connections)),
         refreshing: Mutex::new(HashMap::new()),
         log_limit: Mutex::new(LogLimit::new(LOG_EVERY)),
         max_session_hours: b.max_session_hours,
         verbose: verbose > 0,
-        sink: Sink::of(Some(&settings)),
+        sink: Sink::of(Some(settings)),
     });
     files_for(b.max_connections);
     // A few blocking threads for the token store's fsyncs, no more.
@@ -264,11 +304,21 @@ fn announce(origin: &Origin, configured: &Path, broker: &Broker, max: usize) {
             format!("socket-activated on {}", p.display())
         }
     };
+    let sets: Vec<String> = broker
+        .sets
+        .iter()
+        .map(|s| {
+            format!(
+                "tokens in {}, refreshed as {} at {}",
+                s.store.path().display(),
+                s.idp.client_id,
+                s.idp.issuer
+            )
+        })
+        .collect();
     log(format_args!(
-        "started ({at}; tokens in {}; refreshing as {} at {}; at most {max} connections)",
-        broker.store.path().display(),
-        broker.idp.client_id,
-        broker.idp.issuer
+        "started ({at}; {}; at most {max} connections)",
+        sets.join("; ")
     ));
 }
 
@@ -512,7 +562,7 @@ async fn request(broker: &Arc<Broker>, uid: u32, line: &[u8]) -> (Response, Logg
             Logged::notable(format!("cluster {cluster}: refused: over the rate limit")),
         );
     }
-    match token(broker, uid).await {
+    match token(broker, broker.set_for(req.cluster.as_deref()), uid).await {
         Ok((set, served)) => {
             let left = set.expiry.saturating_sub(unix_now());
             let how = match served {
@@ -547,39 +597,40 @@ async fn request(broker: &Arc<Broker>, uid: u32, line: &[u8]) -> (Response, Logg
 }
 
 /// The uid's token: the stored one while fresh, else refreshed.
-async fn token(broker: &Arc<Broker>, uid: u32) -> Result<(TokenSet, Served), Refusal> {
-    let set = read(broker, uid).await?;
+/// `at`: the store of the cluster asked about.
+async fn token(broker: &Arc<Broker>, at: usize, uid: u32) -> Result<(TokenSet, Served), Refusal> {
+    let set = read(broker, at, uid).await?;
     if set.fresh(unix_now()) {
         return Ok((set, Served::Stored));
     }
-    let lock = user_lock(broker, uid);
+    let lock = user_lock(broker, at, uid);
     let _guard = lock.lock().await;
     // Whoever held the lock before us may have refreshed it.
-    let set = read(broker, uid).await?;
+    let set = read(broker, at, uid).await?;
     if set.fresh(unix_now()) {
         return Ok((set, Served::Stored));
     }
-    refresh(broker, set).await
+    refresh(broker, at, set).await
 }
 
 /// The uid's set, if it is still to be served: judged against passwd and
 /// the session's bounds, and deleted if not. (Reads are small and not
 /// fsynced: done in place.)
-async fn read(broker: &Arc<Broker>, uid: u32) -> Result<TokenSet, Refusal> {
-    let found = match broker.store.find(uid) {
+async fn read(broker: &Arc<Broker>, at: usize, uid: u32) -> Result<TokenSet, Refusal> {
+    let found = match broker.sets[at].store.find(uid) {
         Ok(Some(found)) => found,
         Ok(None) => return Err(Refusal::NoCredentials),
         Err(e) => return Err(Refusal::Store(e)),
     };
     let set = match &found {
-        Found::Outdated(v) => return Err(end(broker, uid, &found, End::Outdated(*v)).await),
+        Found::Outdated(v) => return Err(end(broker, at, uid, &found, End::Outdated(*v)).await),
         Found::Set(set) => set,
     };
     let lookup = passwd(uid, &set.user).await;
     match session::decide(set, uid, &lookup, unix_now(), broker.max_session_hours) {
         Verdict::Serve => Ok((**set).clone()),
         Verdict::Unsure(why) => Err(Refusal::Account(why)),
-        Verdict::Delete(why) => Err(end(broker, uid, &found, why).await),
+        Verdict::Delete(why) => Err(end(broker, at, uid, &found, why).await),
     }
 }
 
@@ -606,9 +657,10 @@ async fn passwd(uid: u32, login: &str) -> Lookup {
 
 /// Deletes the set `found` of `uid` (unless a new login replaced it
 /// meanwhile) and logs why; the refusal that ends the session.
-async fn end(broker: &Arc<Broker>, uid: u32, found: &Found, why: End) -> Refusal {
+async fn end(broker: &Arc<Broker>, at: usize, uid: u32, found: &Found, why: End) -> Refusal {
     let (b, judged) = (broker.clone(), found.clone());
-    let removed = tokio::task::spawn_blocking(move || b.store.remove_if(uid, &judged)).await;
+    let removed =
+        tokio::task::spawn_blocking(move || b.sets[at].store.remove_if(uid, &judged)).await;
     let login = match found {
         Found::Set(s) => format!("{:?}", s.user),
         Found::Outdated(_) => "an unknown login".to_owned(),
@@ -626,18 +678,23 @@ async fn end(broker: &Arc<Broker>, uid: u32, found: &Found, why: End) -> Refusal
     Refusal::Ended(why)
 }
 
-fn user_lock(broker: &Broker, uid: u32) -> Arc<tokio::sync::Mutex<()>> {
+fn user_lock(broker: &Broker, at: usize, uid: u32) -> UserLock {
     let Ok(mut map) = broker.refreshing.lock() else {
         return Arc::new(tokio::sync::Mutex::new(()));
     };
     if map.len() >= 4096 {
         map.retain(|_, l| Arc::strong_count(l) > 1);
     }
-    map.entry(uid).or_default().clone()
+    map.entry((at, uid)).or_default().clone()
 }
 
 /// Refreshes `set` at the IdP and stores the result.
-async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Served), Refusal> {
+async fn refresh(
+    broker: &Arc<Broker>,
+    at: usize,
+    set: TokenSet,
+) -> Result<(TokenSet, Served), Refusal> {
+    let idp = &broker.sets[at].idp;
     let keep_or = |set: TokenSet, refusal: Refusal| {
         if set.usable(unix_now()) {
             Ok((set, Served::Unrenewed))
@@ -654,11 +711,11 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
             ),
         );
     };
-    if let Err(why) = broker.idp.accepts(&set.refresh) {
+    if let Err(why) = idp.accepts(&set.refresh) {
         return keep_or(set, Refusal::SessionEnded(why));
     }
     let started = Instant::now();
-    let answer = broker.idp.refresh(&set.refresh, &used).await;
+    let answer = idp.refresh(&set.refresh, &used).await;
     let took = started.elapsed();
     let mut r = Record::new(Command::BrokerRefresh);
     r.user = Some(set.user.clone());
@@ -674,7 +731,14 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
         Err(RefreshError::Refused(why)) => {
             // The session is over: the IdP is not asked again.
             let uid = set.uid;
-            return Err(end(broker, uid, &Found::Set(Box::new(set)), End::Refused(why)).await);
+            return Err(end(
+                broker,
+                at,
+                uid,
+                &Found::Set(Box::new(set)),
+                End::Refused(why),
+            )
+            .await);
         }
         Err(RefreshError::Misconfigured(why)) => {
             log(format_args!(
@@ -689,9 +753,16 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
     };
     if let Err(e) = fresh.encode() {
         let uid = set.uid;
-        return Err(end(broker, uid, &Found::Set(Box::new(set)), End::TooLarge(e.0)).await);
+        return Err(end(
+            broker,
+            at,
+            uid,
+            &Found::Set(Box::new(set)),
+            End::TooLarge(e.0),
+        )
+        .await);
     }
-    match store_if(broker, &used, &fresh).await? {
+    match store_if(broker, at, &used, &fresh).await? {
         Replaced::Stored => Ok((fresh, Served::Refreshed(took))),
         // A new login was stored meanwhile: its tokens win.
         Replaced::Superseded(Some(newer)) if newer.usable(unix_now()) => {
@@ -703,9 +774,14 @@ async fn refresh(broker: &Arc<Broker>, set: TokenSet) -> Result<(TokenSet, Serve
 
 /// Stores `new` unless the set changed since the refresh token `used` was
 /// read, off the async threads (it fsyncs).
-async fn store_if(broker: &Arc<Broker>, used: &str, new: &TokenSet) -> Result<Replaced, Refusal> {
+async fn store_if(
+    broker: &Arc<Broker>,
+    at: usize,
+    used: &str,
+    new: &TokenSet,
+) -> Result<Replaced, Refusal> {
     let (broker, used, new) = (broker.clone(), used.to_owned(), new.clone());
-    tokio::task::spawn_blocking(move || broker.store.replace_if(Some(&used), &new))
+    tokio::task::spawn_blocking(move || broker.sets[at].store.replace_if(Some(&used), &new))
         .await
         .map_err(|e| {
             Refusal::Store(StoreError {

@@ -158,10 +158,6 @@ pub enum SettingsError {
         name: String,
         file: String,
     },
-    #[error(
-        "clusters {a} and {b} both use K8S_CREDENTIALS=broker with different IDP_ISSUER_URL, CLIENT_ID or K8S_TOKEN_EXCHANGE_AUDIENCE; the credential broker keeps one token set per user, refreshed at one issuer as one client, so give them the same ones or another credential mode"
-    )]
-    BrokerIssuers { a: String, b: String },
 }
 
 /// The image pull secret to create in each namespace.

@@ -78,7 +78,7 @@ impl Site {
             });
         }
         check_apart(&clusters, &sources.hook_env_d)?;
-        check_broker(&clusters)?;
+        assign_broker_sets(&mut clusters);
         let mut seen = BTreeSet::new();
         warnings.retain(|w| seen.insert(w.clone()));
         Ok(Self { clusters, warnings })
@@ -245,23 +245,36 @@ fn check_apart(clusters: &[Settings], overrides: &Path) -> Result<(), SettingsEr
     Ok(())
 }
 
-/// One credential broker refreshes at one issuer as one client: clusters
-/// in broker mode must agree on them (and on the exchange audience).
-fn check_broker(clusters: &[Settings]) -> Result<(), SettingsError> {
-    let brokered: Vec<&Settings> = clusters
-        .iter()
+/// The credential broker keeps one token set per user for each issuer,
+/// client and audience the clusters in broker mode use: the first such
+/// cluster's sets stay in `BROKER_STATE_DIR` itself (as with one cluster),
+/// every other combination gets a directory of its own there
+/// (`set-<hash>`), which the hook stores into and the broker serves from
+/// (it tells the clusters apart by the kubeconfig cluster name its plugin
+/// sends).
+fn assign_broker_sets(clusters: &mut [Settings]) {
+    let mut first = None;
+    for s in clusters
+        .iter_mut()
         .filter(|s| s.kubeconfig.credentials == super::CredentialMode::Broker)
-        .collect();
-    match brokered.split_first() {
-        Some((first, rest)) => match rest.iter().find(|s| credentials(s) != credentials(first)) {
-            Some(other) => Err(SettingsError::BrokerIssuers {
-                a: id(first).into(),
-                b: id(other).into(),
-            }),
-            None => Ok(()),
-        },
-        None => Ok(()),
+    {
+        let key = credentials(s);
+        match &first {
+            None => first = Some(key),
+            Some(f) if *f == key => {}
+            Some(_) => {
+                let dir = format!("set-{:016x}", fnv1a(&format!("{key:?}")));
+                s.broker.state_dir = s.broker.state_dir.join(dir);
+            }
+        }
     }
+}
+
+/// A stable 64-bit hash (FNV-1a) for directory names.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn id(s: &Settings) -> &str {
@@ -467,5 +480,44 @@ mod tests {
         let none = "NETWORK_POLICY_ALLOW_CIDR=10.0.0.0/8\nCLUSTERS_D=/etc/empty\n";
         let e = site(none, &files(&[])).unwrap_err().to_string();
         assert!(e.contains("no file there is a Kubernetes cluster"), "{e}");
+    }
+
+    #[test]
+    fn broker_mode_clusters_get_a_token_store_per_issuer_client_and_audience() {
+        let text = format!("{HOOK_ENV}K8S_CREDENTIALS=broker\nBROKER_STATE_DIR=/var/lib/t\n");
+        let same = site(&text, &files(&[])).unwrap();
+        let dirs: Vec<_> = same
+            .clusters
+            .iter()
+            .map(|c| c.broker.state_dir.clone())
+            .collect();
+        assert_eq!(
+            dirs,
+            [PathBuf::from("/var/lib/t"), PathBuf::from("/var/lib/t")]
+        );
+        let over = [(
+            "/etc/ood/config/hook.env.d/gpu.env",
+            "ROOT_CONTEXT=x\nK8S_TOKEN_EXCHANGE_AUDIENCE=kubernetes\nCLIENT_SECRET=s\n",
+        )];
+        let apart = site(&text, &files(&over)).unwrap();
+        let (cpu, gpu) = (
+            &apart.clusters[0].broker.state_dir,
+            &apart.clusters[1].broker.state_dir,
+        );
+        assert_eq!(
+            cpu,
+            &PathBuf::from("/var/lib/t"),
+            "the first keeps the directory"
+        );
+        assert!(
+            gpu.to_string_lossy().starts_with("/var/lib/t/set-"),
+            "{}",
+            gpu.display()
+        );
+        let again = site(&text, &files(&over)).unwrap();
+        assert_eq!(
+            &again.clusters[1].broker.state_dir, gpu,
+            "the same on every run"
+        );
     }
 }
