@@ -543,3 +543,137 @@ fn the_broker_keeps_a_token_set_per_issuer_client_and_audience() {
     let _ = std::fs::remove_dir_all(home.join(".kube"));
     let _ = std::fs::remove_dir_all(&site.dir);
 }
+
+/// The admin commands over both clusters: `install --cluster ID` picks the
+/// admin kubeconfig's context for that cluster's API server, `root-token`
+/// (as its timer runs it) renews every cluster's root token and `--cluster`
+/// only one, `render --cluster` shows one cluster's objects and
+/// `reconcile` works on every cluster.
+#[test]
+fn install_root_token_render_and_reconcile_work_per_cluster() {
+    let c = cluster();
+    let user = "alice";
+    linux_user(user);
+    let site = Site::new("adm", "", "");
+    // Root's kubeconfigs: copies, so the harness's own stay as they are.
+    let mut roots = Vec::new();
+    for (id, var) in [
+        ("one", "KUBECONFIG_ONDEMAND"),
+        ("two", "KUBECONFIG_ONDEMAND_2"),
+    ] {
+        let copy = site.dir.join(format!("root-{id}.kubeconfig"));
+        std::fs::copy(c.var(var), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            site.dir.join(format!("hook.env.d/{id}.env")),
+            format!("ROOT_KUBECONFIG={}\n", copy.display()),
+        )
+        .unwrap();
+        roots.push(copy);
+    }
+    // One admin kubeconfig with a context per cluster; the current one is
+    // cluster one's.
+    let admin = site.dir.join("admin.kubeconfig");
+    let one: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(c.var("KUBECONFIG_ADMIN")).unwrap())
+            .unwrap();
+    let two: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(c.var("KUBECONFIG_ADMIN_2")).unwrap())
+            .unwrap();
+    let part = |v: &serde_json::Value, name: &str| {
+        (
+            serde_json::json!({"name": name, "cluster": v["clusters"][0]["cluster"]}),
+            serde_json::json!({"name": name, "context": {"cluster": name, "user": name}}),
+            serde_json::json!({"name": name, "user": v["users"][0]["user"]}),
+        )
+    };
+    let (c1, x1, u1) = part(&one, "first");
+    let (c2, x2, u2) = part(&two, "second");
+    let combined = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "first",
+        "clusters": [c1, c2], "contexts": [x1, x2], "users": [u1, u2],
+    });
+    std::fs::write(&admin, combined.to_string()).unwrap();
+    std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--hook-env")
+            .arg(&site.hook_env)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/root")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let admin = admin.to_str().unwrap();
+    for (id, server) in [("two", c.var("K8S_SERVER_2")), ("one", c.var("K8S_SERVER"))] {
+        let out = run(&[
+            "install",
+            "--cluster",
+            id,
+            "--kubeconfig",
+            admin,
+            "--self-renew",
+        ]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            err.contains(&format!("objects to {server}")),
+            "install --cluster {id}: {err}"
+        );
+    }
+
+    let before: Vec<String> = roots
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let out = run(&["root-token", "--cluster", "two"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after: Vec<String> = roots
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        after[0] == before[0] && after[1] != before[1],
+        "only cluster two's token is renewed"
+    );
+    let out = run(&["root-token"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let renewed: Vec<String> = roots
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        renewed[0] != after[0] && renewed[1] != after[1],
+        "the timer's run renews both"
+    );
+
+    let out = run(&["render", "--user", user, "--cluster", "one"]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        yaml.starts_with("# cluster one\n") && yaml.contains(&format!("name: {}{user}", site.ns1)),
+        "{yaml}"
+    );
+    assert!(!yaml.contains(&site.ns2), "{yaml}");
+
+    let list = site.dir.join("users");
+    std::fs::write(&list, format!("{user}\n")).unwrap();
+    let out = run(&["reconcile", "--users", list.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        err.contains("cluster one:")
+            && err.contains("cluster two:")
+            && err.matches("reconciled 1 of 1 users").count() == 2,
+        "{err}"
+    );
+    assert!(namespace_exists_1(&format!("{}{user}", site.ns1)));
+    assert!(namespace_exists_2(&format!("{}{user}", site.ns2)));
+    let out = run(&["render", "--user", user, "--cluster", "three"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(stderr(&out).contains("known: one, two"), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
