@@ -207,7 +207,7 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
     }
     let config: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(&two).unwrap()).unwrap();
-    assert_eq!(config["users"][0]["name"], "two-alice", "{config}");
+    assert_eq!(config["users"][0]["name"], "two-alice");
     assert_eq!(config["contexts"][0]["context"]["namespace"], ns2.as_str());
     assert_eq!(
         config["clusters"][0]["cluster"]["server"],
@@ -216,7 +216,7 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
     let first = std::fs::read_to_string(&one).unwrap();
     assert!(
         first.contains("one-alice") && !first.contains("two-alice"),
-        "{first}"
+        "cluster one's file holds another cluster's entry"
     );
     let mode = std::fs::metadata(&two).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -233,6 +233,39 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
                 && err.contains(" 0 created, 1 changed, 4 unchanged"),
             "{err}"
         );
+    }
+
+    // Both clusters in one file: one write holds both clusters' entries,
+    // and the dashboard's calls work on either through it.
+    let two_yml = site.dir.join("clusters.d/two.yml");
+    let yml = std::fs::read_to_string(&two_yml).unwrap();
+    std::fs::write(&two_yml, yml.replace("/.kube/two", "/.kube/config")).unwrap();
+    let (shared, _) = site.login("alice");
+    let err = stderr(&shared);
+    assert!(shared.status.success(), "{}", text(&shared));
+    assert_eq!(
+        err.matches(&format!("kubeconfig {} updated", one.display()))
+            .count(),
+        2,
+        "both clusters' lines name the one file: {err}"
+    );
+    let both = std::fs::read_to_string(&one).unwrap();
+    assert!(
+        both.contains("one-alice") && both.contains("two-alice"),
+        "the shared file lacks a cluster's user entry"
+    );
+    for (context, ns) in [("one", &ns1), ("two", &ns2)] {
+        let out = kubectl_as_user(
+            "alice",
+            &[
+                &format!("--kubeconfig={}", one.display()),
+                &format!("--context={context}"),
+                &format!("--namespace={ns}"),
+                "get",
+                "pods",
+            ],
+        );
+        assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
     let _ = std::fs::remove_dir_all(&site.dir);
 }
