@@ -58,25 +58,61 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
         exit = exit.worst(e);
         !several
     };
+    let mut plans = match plan_all(&clusters, &user, args, started, &mut failed) {
+        Ok(plans) => plans,
+        Err(exit) => return exit,
+    };
+    if let [p] = plans.as_slice() {
+        run.record.namespace = Some(p.namespace.to_string());
+    }
+    let ids: Vec<&str> = plans.iter().map(|p| label(p.settings)).collect();
+    run.record.cluster = Some(ids.join(","));
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Apply
+    };
+    let (writers, gates) = Writers::start(&mut plans);
+    let sides = match cluster_sides(&plans, gates, &user, mode) {
+        Ok(sides) => sides,
+        Err(exit) => return exit,
+    };
+    let kube = writers.finish(&user);
+    let mut all = Vec::new();
+    for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
+        match report(plan, &user, side, kube, args, several) {
+            Ok(applied) => all.extend(applied),
+            Err(e) if failed(e) => return e,
+            Err(_) => {}
+        }
+    }
+    run.record.counts = Counts::of(&all);
+    exit
+}
+
+/// Every cluster's plan, in order, leaving out the clusters the user's
+/// groups do not get (a line each). A cluster refused for this user goes
+/// to `failed`, which says whether that ends the run (its exit returned).
+fn plan_all<'a>(
+    clusters: &'a [Settings],
+    user: &Username,
+    args: &HookArgs,
+    started: Instant,
+    failed: &mut dyn FnMut(Exit) -> bool,
+) -> Result<Vec<Plan<'a>>, Exit> {
     let mut named = Vec::new();
-    for s in &clusters {
-        match Namespace::for_user(&s.namespace_prefix, &user) {
+    for s in clusters {
+        match Namespace::for_user(&s.namespace_prefix, user) {
             Ok(ns) => named.push((s, ns)),
-            Err(e) if failed(Exit::DataErr) => return fail(Exit::DataErr, e),
+            Err(e) if failed(Exit::DataErr) => return Err(fail(Exit::DataErr, e)),
             Err(e) => {
                 fail(Exit::DataErr, format!("{}: {e}", label(s)));
             }
         }
     }
-    let account = match Account::lookup(&user) {
-        Ok(a) => a,
-        Err(e) => return fail(e.exit(), e),
-    };
-    let groups = match gated(&clusters) {
-        true => match account.group_names(&user) {
-            Ok(g) => g,
-            Err(e) => return fail(e.exit(), e),
-        },
+    let account = Account::lookup(user).map_err(|e| fail(e.exit(), e))?;
+    let groups = match gated(clusters) {
+        true => account.group_names(user).map_err(|e| fail(e.exit(), e))?,
         false => Vec::new(),
     };
     let login = kubeconfig::Login::from_env();
@@ -89,42 +125,32 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
             );
             continue;
         }
-        match Plan::make(s, &user, &account, ns, &login, args, started) {
+        match Plan::make(s, user, &account, ns, &login, args, started) {
             Ok(p) => plans.push(p),
-            Err((e, text)) if failed(e) => return fail(e, text),
+            Err((e, text)) if failed(e) => return Err(fail(e, text)),
             Err((e, text)) => {
                 fail(e, format!("{}: {text}", label(s)));
             }
         }
     }
-    if let [p] = plans.as_slice() {
-        run.record.namespace = Some(p.namespace.to_string());
-    }
-    run.record.cluster = Some(
-        plans
-            .iter()
-            .map(|p| record_cluster(p.settings))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    // One runtime per cluster, each on a thread of its own (the first on
-    // this one): the clusters' TLS handshakes and answers are worked on in
-    // parallel, and a slow cluster never holds up another's.
-    let mut runtimes = Vec::new();
-    for _ in &plans {
-        match runtime() {
-            Ok(rt) => runtimes.push(rt),
-            Err(exit) => return exit,
-        }
-    }
-    let mode = if args.dry_run {
-        Mode::DryRun
-    } else {
-        Mode::Apply
-    };
-    let (writers, gates) = Writers::start(&mut plans);
-    let user = &user;
-    let sides: Vec<Result<Side, ClusterError>> = std::thread::scope(|scope| {
+    Ok(plans)
+}
+
+/// Every cluster's side at once: one runtime per cluster, each on a thread
+/// of its own (the first on this one), so the clusters' TLS handshakes and
+/// answers are worked on in parallel and a slow cluster never holds up
+/// another's.
+fn cluster_sides(
+    plans: &[Plan<'_>],
+    gates: Vec<Option<Gate>>,
+    user: &Username,
+    mode: Mode,
+) -> Result<Vec<Result<Side, ClusterError>>, Exit> {
+    let runtimes = plans
+        .iter()
+        .map(|_| runtime())
+        .collect::<Result<Vec<_>, Exit>>()?;
+    Ok(std::thread::scope(|scope| {
         let mut work = plans.iter().zip(gates).zip(runtimes);
         let first = work.next();
         let others: Vec<_> = work
@@ -144,19 +170,7 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
             }));
         }
         sides
-    });
-    let kube = writers.finish(user);
-    let mut all = Vec::new();
-    for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
-        let outcome = report(plan, user, side, kube, args, several);
-        match outcome {
-            Ok(applied) => all.extend(applied),
-            Err(e) if failed(e) => return e,
-            Err(_) => {}
-        }
-    }
-    run.record.counts = Counts::of(&all);
-    exit
+    }))
 }
 
 /// The cluster's name in lines of a run over several clusters.
@@ -164,12 +178,6 @@ fn label(s: &Settings) -> &str {
     s.cluster_id
         .as_deref()
         .unwrap_or(&s.kubeconfig.cluster_name)
-}
-
-/// The cluster as the run record names it: the clusters.d id, or the
-/// kubeconfig's cluster name.
-fn record_cluster(s: &Settings) -> String {
-    label(s).to_owned()
 }
 
 /// Whether any cluster is only for some groups (the user's groups are

@@ -17,4 +17,4 @@ pub mod run;
 pub mod secret;
 pub mod site;
 
-pub use run::{PROG, fail, load, load_settings, runtime, unix_now};
+pub use run::{PROG, fail, runtime, unix_now};

@@ -5,7 +5,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::exit::Exit;
-use crate::site::names::{Namespace, Username};
 use crate::site::settings::site::Site;
 use crate::site::settings::{Settings, SettingsError};
 
@@ -24,19 +23,10 @@ pub fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
 /// deadline (`HOOK_TIMEOUT_SECONDS`) is not known before the file is read.
 pub const CONFIG_READ_LIMIT: Duration = Duration::from_secs(5);
 
-/// Reads and validates hook.env, printing its warnings. The reading is
-/// bounded: a file on a hung network file system fails the run (75) rather
-/// than hanging the login.
-pub fn load_settings(hook_env: &std::path::Path) -> Result<Settings, Exit> {
-    let settings = bounded(hook_env, Settings::load)?;
-    for w in &settings.warnings {
-        eprintln!("{PROG}: warning: {w}");
-    }
-    Ok(settings)
-}
-
-/// [`load_settings`] for every cluster: hook.env and, with `CLUSTERS_D`,
-/// the cluster files and their overrides (`settings::site`).
+/// Reads and validates hook.env and, with `CLUSTERS_D`, the cluster files
+/// and their overrides (`settings::site`), printing the warnings. The
+/// reading is bounded: a file on a hung network file system fails the run
+/// (75) rather than hanging the login.
 pub fn load_site(hook_env: &std::path::Path) -> Result<Site, Exit> {
     let site = bounded(hook_env, Site::load)?;
     for w in &site.warnings {
@@ -76,18 +66,6 @@ fn bounded<T: Send + 'static>(
             ),
         )),
     }
-}
-
-/// Validates the inputs shared by the per-user subcommands.
-pub fn load(
-    user: &str,
-    hook_env: &std::path::Path,
-) -> Result<(Settings, Username, Namespace), Exit> {
-    let settings = load_settings(hook_env)?;
-    let user = Username::parse(user).map_err(|e| fail(Exit::NoUser, e))?;
-    let namespace = Namespace::for_user(&settings.namespace_prefix, &user)
-        .map_err(|e| fail(Exit::DataErr, e))?;
-    Ok((settings, user, namespace))
 }
 
 /// The single-threaded async runtime the API calls run on.
