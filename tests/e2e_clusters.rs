@@ -705,6 +705,20 @@ fn install_root_token_render_and_reconcile_work_per_cluster() {
     );
     assert!(namespace_exists_1(&format!("{}{user}", site.ns1)));
     assert!(namespace_exists_2(&format!("{}{user}", site.ns2)));
+    // doctor: a section per cluster, each checking its own cluster file.
+    let out = run(&["doctor"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    for id in ["one", "two"] {
+        assert!(
+            report.contains(&format!("== cluster {id}\n"))
+                && report.contains(&format!(
+                    "dashboard: {}",
+                    site.dir.join(format!("clusters.d/{id}.yml")).display()
+                )),
+            "{}",
+            text(&out)
+        );
+    }
     let out = run(&["render", "--user", user, "--cluster", "three"]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
     assert!(stderr(&out).contains("known: one, two"), "{}", text(&out));

@@ -86,7 +86,18 @@ pub async fn gather(args: &DoctorArgs, now: u64, settings: Result<Settings, Stri
                 None => None,
             }
         },
-        async { args.clusters_d.as_deref().map(dashboard_facts) },
+        async {
+            // With CLUSTERS_D, each cluster's section compares hook.env with
+            // that cluster's own file (unless --clusters-d names others).
+            match (
+                &args.clusters_d,
+                settings.and_then(|s| s.clusters.dir.as_ref().zip(s.cluster_id.as_deref())),
+            ) {
+                (Some(dir), _) => Some(dashboard_facts(dir, None)),
+                (None, Some((dir, id))) => Some(dashboard_facts(dir, Some(id))),
+                (None, None) => None,
+            }
+        },
     );
     Facts {
         now,
@@ -708,7 +719,9 @@ fn user_kubeconfig(user: &str, s: &Settings) -> Result<UserKubeconfig, String> {
     })
 }
 
-fn dashboard_facts(dir: &Path) -> DashboardFacts {
+/// The Kubernetes cluster files of `dir` (only the one of cluster id `only`
+/// when given).
+fn dashboard_facts(dir: &Path, only: Option<&str>) -> DashboardFacts {
     let mut clusters = Vec::new();
     let mut unreadable = Vec::new();
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -716,6 +729,7 @@ fn dashboard_facts(dir: &Path) -> DashboardFacts {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+            .filter(|p| only.is_none_or(|id| p.file_stem().is_some_and(|s| s == id)))
             .collect(),
         Err(e) => {
             unreadable.push((dir.to_owned(), e.to_string()));
