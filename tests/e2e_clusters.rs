@@ -168,6 +168,8 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard_calls_it() {
     let (_, _, home) = linux_user("alice");
+    // Other runs leave entries of other clusters here.
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
     let site = Site::new("both", "", "");
     let (out, _) = site.login("alice");
     let err = stderr(&out);

@@ -179,17 +179,20 @@ fn decides(job: &Job) -> Vec<Decided> {
         }),
         (None, None) => None,
     };
+    // ood_core's default auth is `managed` (credentials from elsewhere):
+    // only for oidc does the dashboard write a context, named after the
+    // cluster unless `job.context` says otherwise.
     let oidc = job
         .auth
         .as_ref()
         .and_then(|a| a.kind.as_deref())
-        .is_none_or(|t| t == "oidc");
+        .is_some_and(|t| t == "oidc");
     let cluster = job
         .cluster
         .clone()
         .unwrap_or_else(|| DEFAULT_CLUSTER.into());
     let server = job.server.as_ref();
-    let mut out: Vec<Decided> = [
+    [
         given(
             "K8S_CLUSTER_NAME",
             "cluster",
@@ -229,17 +232,7 @@ fn decides(job: &Job) -> Vec<Decided> {
     ]
     .into_iter()
     .flatten()
-    .collect();
-    if !oidc {
-        // The dashboard gets this cluster's credentials some other way
-        // (`managed`): the hook writes no user entry for it.
-        out.push(Decided {
-            key: "K8S_CREDENTIALS",
-            value: "none".into(),
-            from: "job.auth.type (not oidc)".into(),
-        });
-    }
-    out
+    .collect()
 }
 
 /// `job.config_file` as a file name in `~/.kube`: unset is `config`.
@@ -376,7 +369,11 @@ v2:
             Some("https://gpu.example.org:6443")
         );
         assert_eq!(value(&c, "K8S_CA_FILE"), Some("/etc/pki/gpu-ca.crt"));
-        assert_eq!(value(&c, "K8S_CREDENTIALS"), None);
+        assert_eq!(
+            value(&c, "K8S_CREDENTIALS"),
+            None,
+            "hook.env says what credentials"
+        );
     }
 
     #[test]
@@ -387,13 +384,16 @@ v2:
         assert_eq!(c.id, "k8s");
         assert_eq!(c.kubeconfig_file, "config");
         assert_eq!(value(&c, "K8S_CLUSTER_NAME"), Some("open-ondemand"));
-        assert_eq!(value(&c, "K8S_CONTEXT_NAME"), Some("open-ondemand"));
+        assert_eq!(
+            value(&c, "K8S_CONTEXT_NAME"),
+            None,
+            "managed auth: no context"
+        );
         assert_eq!(value(&c, "K8S_USERNAME_PREFIX"), Some(""));
         assert_eq!(value(&c, "K8S_SERVER"), None);
-        let managed = "v2:\n  job:\n    adapter: kubernetes\n    auth:\n      type: managed\n";
-        let c = file("m.yml", managed).unwrap().unwrap();
-        assert_eq!(value(&c, "K8S_CONTEXT_NAME"), None);
-        assert_eq!(value(&c, "K8S_CREDENTIALS"), Some("none"));
+        let oidc = "v2:\n  job:\n    adapter: kubernetes\n    auth:\n      type: oidc\n";
+        let c = file("o.yml", oidc).unwrap().unwrap();
+        assert_eq!(value(&c, "K8S_CONTEXT_NAME"), Some("open-ondemand"));
     }
 
     #[test]

@@ -806,7 +806,7 @@ pub const KEYS: &[Key] = &[
               all at once. Its id is the file name without .yml/.yaml; its `job.cluster`, \
               `job.context`, `job.config_file`, `job.username_prefix`, `job.namespace_prefix`, \
               `job.server.endpoint`, `job.server.cert_authority_file` and `job.auth.type` win \
-              over hook.env, and a hook.env key contradicting one is an error naming both \
+              over hook.env (with ood_core's defaults where unset), and a hook.env key contradicting one is an error naming both \
               files. Empty: one cluster, configured by hook.env alone.",
         value: "absolute path, or empty",
         default: "",
