@@ -65,7 +65,7 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
     if let [p] = plans.as_slice() {
         run.record.namespace = Some(p.namespace.to_string());
     }
-    let ids: Vec<&str> = plans.iter().map(|p| label(p.settings)).collect();
+    let ids: Vec<&str> = plans.iter().map(|p| p.settings.cluster_label()).collect();
     run.record.cluster = Some(ids.join(","));
     let mode = if args.dry_run {
         Mode::DryRun
@@ -106,7 +106,7 @@ fn plan_all<'a>(
             Ok(ns) => named.push((s, ns)),
             Err(e) if failed(Exit::DataErr) => return Err(fail(Exit::DataErr, e)),
             Err(e) => {
-                fail(Exit::DataErr, format!("{}: {e}", label(s)));
+                fail(Exit::DataErr, format!("{}: {e}", s.cluster_label()));
             }
         }
     }
@@ -121,7 +121,7 @@ fn plan_all<'a>(
         if let Some(why) = s.groups.refuses(&groups) {
             eprintln!(
                 "{PROG}: {user}: {}: skipped: {why}; nothing there touched",
-                label(s)
+                s.cluster_label()
             );
             continue;
         }
@@ -129,7 +129,7 @@ fn plan_all<'a>(
             Ok(p) => plans.push(p),
             Err((e, text)) if failed(e) => return Err(fail(e, text)),
             Err((e, text)) => {
-                fail(e, format!("{}: {text}", label(s)));
+                fail(e, format!("{}: {text}", s.cluster_label()));
             }
         }
     }
@@ -171,13 +171,6 @@ fn cluster_sides(
         }
         sides
     }))
-}
-
-/// The cluster's name in lines of a run over several clusters.
-fn label(s: &Settings) -> &str {
-    s.cluster_id
-        .as_deref()
-        .unwrap_or(&s.kubeconfig.cluster_name)
 }
 
 /// Whether any cluster is only for some groups (the user's groups are

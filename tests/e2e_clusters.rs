@@ -161,6 +161,21 @@ fn namespace_exists_2(ns: &str) -> bool {
     out.status.success()
 }
 
+/// kubectl as the user, as the dashboard calls it: `--kubeconfig`
+/// (the cluster's config_file), `--context` and `--namespace`, listing pods.
+fn dashboard_kubectl(user: &str, kubeconfig: &Path, context: &str, ns: &str) -> Output {
+    kubectl_as_user(
+        user,
+        &[
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            &format!("--context={context}"),
+            &format!("--namespace={ns}"),
+            "get",
+            "pods",
+        ],
+    )
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -195,16 +210,7 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
     let one = home.join(".kube/config");
     let two = home.join(".kube/two");
     for (file, context, ns) in [(&one, "one", &ns1), (&two, "two", &ns2)] {
-        let out = kubectl_as_user(
-            "alice",
-            &[
-                &format!("--kubeconfig={}", file.display()),
-                &format!("--context={context}"),
-                &format!("--namespace={ns}"),
-                "get",
-                "pods",
-            ],
-        );
+        let out = dashboard_kubectl("alice", file, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
     let config: serde_json::Value =
@@ -257,16 +263,7 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         "the shared file lacks a cluster's user entry"
     );
     for (context, ns) in [("one", &ns1), ("two", &ns2)] {
-        let out = kubectl_as_user(
-            "alice",
-            &[
-                &format!("--kubeconfig={}", one.display()),
-                &format!("--context={context}"),
-                &format!("--namespace={ns}"),
-                "get",
-                "pods",
-            ],
-        );
+        let out = dashboard_kubectl("alice", &one, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
     let _ = std::fs::remove_dir_all(&site.dir);
@@ -516,16 +513,7 @@ fn the_broker_keeps_a_token_set_per_issuer_client_and_audience() {
         ("config", "one", format!("{}{user}", site.ns1)),
         ("two", "two", format!("{}{user}", site.ns2)),
     ] {
-        let out = kubectl_as_user(
-            user,
-            &[
-                &format!("--kubeconfig={}", home.join(".kube").join(file).display()),
-                &format!("--context={context}"),
-                &format!("--namespace={ns}"),
-                "get",
-                "pods",
-            ],
-        );
+        let out = dashboard_kubectl(user, &home.join(".kube").join(file), context, &ns);
         assert!(
             out.status.success(),
             "kubectl on {context}: {}\nbroker log:\n{}",

@@ -275,12 +275,7 @@ pub fn main(hook_env: &std::path::Path, cluster: Option<&str>, options: &Options
         }
         let mut recorded = Run::start(record::Command::Reap);
         recorded.configured(settings);
-        recorded.record.cluster = Some(
-            settings
-                .cluster_id
-                .clone()
-                .unwrap_or_else(|| settings.kubeconfig.cluster_name.clone()),
-        );
+        recorded.record.cluster = Some(settings.cluster_label().to_owned());
         let done = rt.block_on(run(settings, options, &mut recorded));
         recorded.finish(done);
         exit = exit.worst(done);

@@ -69,12 +69,7 @@ pub fn main(source: Source<'_>, hook_env: &Path, cluster: Option<&str>, options:
         let mut recorded = Run::start(record::Command::Reconcile);
         settings.prune |= options.prune;
         recorded.configured(&settings);
-        recorded.record.cluster = Some(
-            settings
-                .cluster_id
-                .clone()
-                .unwrap_or_else(|| settings.kubeconfig.cluster_name.clone()),
-        );
+        recorded.record.cluster = Some(settings.cluster_label().to_owned());
         let done = runtime.block_on(run(
             names.as_deref(),
             &settings,

@@ -9,8 +9,7 @@ use serde_json::Value;
 
 use super::facts::DashboardCluster;
 
-/// ood_core's default cluster (and, for OIDC, context) name.
-pub const DEFAULT_CLUSTER: &str = "open-ondemand";
+pub use crate::site::settings::clusters::DEFAULT_CLUSTER;
 
 /// The Kubernetes job settings of one cluster config; `Ok(None)` for a
 /// cluster of another adapter.

@@ -176,7 +176,7 @@ fn run_inner(job: &Job) -> Result<Reply, Failure> {
     let mut warnings = Vec::new();
     let kube_path = job.home.join(".kube");
     let config_path = job.path();
-    if !is_kubeconfig_name(&job.file) {
+    if !crate::site::settings::clusters::is_kubeconfig_name(&job.file) {
         return Err(Failure::new(
             FailKind::Unsafe,
             &config_path,
@@ -615,19 +615,6 @@ pub fn open_cache_dir(
 
 /// A token cache file name the job may give: one plain `*.json` name in
 /// the cache directory.
-/// A kubeconfig the writer may write in `~/.kube` (the clusters.d
-/// `config_file` rules): a plain name, not hidden, not a lock, not `cache`.
-pub fn is_kubeconfig_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && !name.ends_with(".lock")
-        && name != "cache"
-        && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 pub fn is_cache_file_name(name: &str) -> bool {
     !name.contains('/') && !name.starts_with('.') && name.ends_with(".json")
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// ood_core's cluster name when `job.cluster` is unset.
+/// ood_core's cluster name when `job.cluster` is unset (and, for OIDC, its
+/// context name).
 pub const DEFAULT_CLUSTER: &str = "open-ondemand";
 
 /// The ERB forms of the user's home directory sites write in `config_file`
@@ -262,15 +263,7 @@ fn config_file(path: &Path, value: Option<&str>) -> Result<String, ClusterFileEr
             "the hook writes users' kubeconfigs only in ~/.kube: write <%= Dir.home %>/.kube/NAME",
         ));
     };
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && !name.ends_with(".lock")
-        && name != "cache"
-        && name.len() <= 200
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if is_kubeconfig_name(name) {
         Ok(name.to_owned())
     } else {
         Err(bad(
@@ -278,6 +271,20 @@ fn config_file(path: &Path, value: Option<&str>) -> Result<String, ClusterFileEr
              with '.', not ending in .lock, and not \"cache\"",
         ))
     }
+}
+
+/// A kubeconfig file name in `~/.kube` a cluster may name (and the writer
+/// child, which gets it through a pipe, accepts): a plain name, not hidden,
+/// not a lock, not the `cache` directory.
+pub fn is_kubeconfig_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.ends_with(".lock")
+        && name != "cache"
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Refuses ERB other than the home directory forms.

@@ -428,6 +428,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The cluster as lines and run records name it: its clusters.d id, or
+    /// (hook.env alone) the kubeconfig's cluster name.
+    pub fn cluster_label(&self) -> &str {
+        self.cluster_id
+            .as_deref()
+            .unwrap_or(&self.kubeconfig.cluster_name)
+    }
+
     /// Does computing a user's objects need their uid/gid (passwd entry)?
     pub fn needs_ids(&self) -> bool {
         self.publish.uid_gid || self.templates.uses_ids()
@@ -435,11 +443,7 @@ impl Settings {
 
     /// Reads and validates a hook.env file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = trusted::read_to_string(path).map_err(|e| match e {
-            TrustError::Io { path, source } => SettingsError::Read { path, source },
-            other => SettingsError::Untrusted(other),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_hook_env(path)?)
     }
 
     /// Validates hook.env text; `path` is used for messages (file paths
@@ -480,6 +484,14 @@ impl Settings {
         }
         Checked { file, draft, files }.finish(warnings)
     }
+}
+
+/// hook.env's text, read as root trusts files.
+fn read_hook_env(path: &Path) -> Result<String, SettingsError> {
+    trusted::read_to_string(path).map_err(|e| match e {
+        TrustError::Io { path, source } => SettingsError::Read { path, source },
+        other => SettingsError::Untrusted(other),
+    })
 }
 
 /// Where the files hook.env names are read. [`Trusted`] is the file system

@@ -12,7 +12,7 @@ use super::clusters::{self, ClusterFile};
 use super::envfile::EnvFile;
 use super::keys::{self, Draft};
 use super::{NamedFiles, Settings, SettingsError, Trusted, unknown_keys};
-use crate::site::trusted::{self, TrustError};
+use crate::site::trusted::TrustError;
 
 /// Every cluster a login bootstraps.
 #[derive(Debug)]
@@ -28,11 +28,7 @@ impl Site {
     /// Reads hook.env and, with `CLUSTERS_D`, the cluster files and their
     /// overrides.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = trusted::read_to_string(path).map_err(|e| match e {
-            TrustError::Io { path, source } => SettingsError::Read { path, source },
-            other => SettingsError::Untrusted(other),
-        })?;
-        Self::parse_with(path, &text, &Trusted)
+        Self::parse_with(path, &super::read_hook_env(path)?, &Trusted)
     }
 
     /// [`Site::load`] on hook.env's text, other files through `files`.
