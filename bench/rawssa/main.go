@@ -41,7 +41,7 @@ func main() {
 	}, Timeout: 30 * time.Second}
 
 	apply := func(path, body string) {
-		req, err := http.NewRequest(http.MethodPatch, *server+path+"?fieldManager=rawssa&force=true", bytes.NewBufferString(body))
+		req, err := http.NewRequest(http.MethodPatch, *server+path+"?fieldManager=rawssa&force=true&fieldValidation=Ignore", bytes.NewBufferString(body))
 		check(err)
 		req.Header.Set("Content-Type", "application/apply-patch+yaml")
 		req.Header.Set("Authorization", "Bearer "+token)

@@ -1507,9 +1507,15 @@ impl Ctx<'_> {
                 Some("application/json"),
                 serde_json::to_vec(&body).unwrap_or_default(),
             ),
+            // fieldValidation=Ignore: for an apply the API server would
+            // otherwise parse the body a second time, as strict YAML, only
+            // to find duplicate keys, which a serialised JSON map cannot
+            // hold (fields its schema lacks are refused either way).
             Write::Apply(body) => (
                 Method::PATCH,
-                format!("{path}?fieldManager={FIELD_MANAGER}&force=true{dry}"),
+                format!(
+                    "{path}?fieldManager={FIELD_MANAGER}&force=true&fieldValidation=Ignore{dry}"
+                ),
                 Some("application/apply-patch+yaml"),
                 serde_json::to_vec(&body).unwrap_or_default(),
             ),
