@@ -440,6 +440,10 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// The hidden subcommand that writes the man pages and completions
+/// (`docs.rs`).
+pub const GENERATE_DOCS: &str = "generate-docs";
+
 /// Commands kept out of `--help`, dispatched before clap parses anything.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Hidden {
@@ -462,7 +466,7 @@ pub fn hidden_command(args: &[OsString]) -> Option<Hidden> {
     match arg(1)? {
         crate::credentials::kubeconfig::as_user::CHILD_ARG => Some(Hidden::WriteKubeconfig),
         "credential" if option_follows => Some(Hidden::Credential),
-        crate::docs::SUBCOMMAND if option_follows => Some(Hidden::GenerateDocs),
+        GENERATE_DOCS if option_follows => Some(Hidden::GenerateDocs),
         crate::credentials::broker::plugin::SUBCOMMAND if option_follows => {
             Some(Hidden::BrokerCredential)
         }

@@ -15,13 +15,11 @@ use clap::{CommandFactory, Parser};
 use clap_complete::Shell;
 use roff::{Roff, bold, italic, roman};
 
+use crate::PROG;
 use crate::cli::Cli;
 use crate::exit::Exit;
-use crate::run::{PROG, fail};
+use crate::run::fail;
 use crate::site::settings::{DEFAULT_HOOK_ENV, keys};
-
-/// The hidden subcommand's name.
-pub const SUBCOMMAND: &str = "generate-docs";
 
 /// `ood-k8s-bootstrap generate-docs --out-dir DIR`
 #[derive(Debug, Parser)]
@@ -237,7 +235,11 @@ mod tests {
             assert!(text(page).contains("SEE ALSO"), "{:?}", page.path);
         }
         assert_eq!(pages.len(), Cli::command().get_subcommands().count() + 2);
-        assert!(!pages.iter().any(|p| text(p).contains(SUBCOMMAND)));
+        assert!(
+            !pages
+                .iter()
+                .any(|p| text(p).contains(crate::cli::GENERATE_DOCS))
+        );
     }
 
     #[test]
@@ -300,7 +302,11 @@ mod tests {
             for word in ["render", "reconcile", "config", "hook-env", "dry-run"] {
                 assert!(text(doc).contains(word), "{word} in {:?}", doc.path);
             }
-            assert!(!text(doc).contains(SUBCOMMAND), "{:?}", doc.path);
+            assert!(
+                !text(doc).contains(crate::cli::GENERATE_DOCS),
+                "{:?}",
+                doc.path
+            );
         }
     }
 

@@ -4,14 +4,17 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::PROG;
 use crate::cli::HookArgs;
+use crate::clock::unix_now;
 use crate::cluster::apply::{Applied, ApplyError, Change, Cluster, Mode, Owner};
 use crate::cluster::desired::DesiredState;
 use crate::cluster::{desired, outage};
 use crate::credentials::{exchange, kubeconfig};
 use crate::exit::Exit;
-use crate::record::{self, Counts, Run};
-use crate::run::{PROG, fail, load_clusters, runtime, unix_now};
+use crate::record::{self, Counts};
+use crate::run::Run;
+use crate::run::{fail, load_clusters, runtime};
 use crate::site::account::Account;
 use crate::site::names::{Namespace, Username};
 use crate::site::settings::ExchangeSettings;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod credentials;
 pub mod docs;
@@ -17,4 +18,8 @@ pub mod run;
 pub mod secret;
 pub mod site;
 
-pub use run::{PROG, fail, runtime, unix_now};
+pub use clock::unix_now;
+pub use run::{fail, runtime};
+
+/// The program's name, in messages, records and file names.
+pub const PROG: &str = "ood-k8s-bootstrap";

@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::Parser;
 use ood_k8s_bootstrap::admin::{config, doctor, install, reap, reconcile, root_token};
 use ood_k8s_bootstrap::cli::{self, Command, Hidden};
+use ood_k8s_bootstrap::clock::unix_now;
 use ood_k8s_bootstrap::cluster::render;
 use ood_k8s_bootstrap::credentials::{broker, credential, kubeconfig};
-use ood_k8s_bootstrap::run::{init_logging, unix_now};
+use ood_k8s_bootstrap::run::init_logging;
 use ood_k8s_bootstrap::{docs, hook};
 
 fn main() -> ExitCode {

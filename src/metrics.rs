@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::PROG;
 use crate::record::{Command, Record};
-use crate::run::PROG;
 
 /// Upper bounds of the duration histogram's buckets, seconds.
 const BUCKETS: [f64; 9] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -219,7 +219,7 @@ pub fn count_run(path: &Path, record: &Record) {
 /// Adds `record` `times` times (refusals the log rate limit folded into
 /// one record).
 pub fn count_times(path: &Path, record: &Record, times: usize) {
-    let now = crate::run::unix_now();
+    let now = crate::clock::unix_now();
     let counted = update(path, |m| {
         for _ in 0..times {
             m.count(record, now);

@@ -11,15 +11,12 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Instant;
 
 use crate::cluster::apply::{Applied, Change};
-use crate::exit::Exit;
 use crate::site::settings::{LogTarget, Settings};
 
 /// The syslog identifier (`journalctl -t ood-k8s-bootstrap`).
-pub const IDENTIFIER: &str = "ood-k8s-bootstrap";
+pub const IDENTIFIER: &str = crate::PROG;
 
 /// RFC 5424 structured-data id (`name@PEN`; 32473 is the number RFC 5612
 /// reserves for documentation and examples).
@@ -305,73 +302,12 @@ fn hostname() -> String {
 }
 
 fn now_rfc3339() -> String {
-    crate::credentials::credential::rfc3339(crate::run::unix_now())
-}
-
-/// The last error line `run::fail` printed, for the record.
-static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
-
-/// Remembers `line` as the run's error (called by `run::fail`).
-pub fn note_error(line: &str) {
-    if let Ok(mut e) = LAST_ERROR.lock() {
-        *e = Some(line.to_owned());
-    }
-}
-
-fn take_error() -> Option<String> {
-    LAST_ERROR.lock().ok().and_then(|mut e| e.take())
-}
-
-/// A run being recorded: filled in as the run learns things, sent when it
-/// ends.
-pub struct Run {
-    started: Instant,
-    pub record: Record,
-    pub sink: Sink,
-}
-
-impl Run {
-    pub fn start(command: Command) -> Self {
-        let _ = take_error();
-        Self {
-            started: Instant::now(),
-            record: Record::new(command),
-            sink: Sink::of(None),
-        }
-    }
-
-    /// What hook.env says about logging, and the credential mode.
-    pub fn configured(&mut self, settings: &Settings) {
-        self.sink = Sink::of(Some(settings));
-        self.record.mode = Some(settings.kubeconfig.credentials.as_str().to_owned());
-    }
-
-    /// Sends the record (and updates the metrics) for a run ending with
-    /// `exit`.
-    pub fn finish(mut self, exit: Exit) -> Record {
-        self.record.exit = exit as u8;
-        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
-        let noted = take_error();
-        if exit != Exit::Ok && self.record.error.is_none() {
-            self.record.error = noted;
-        }
-        self.record.send(&self.sink);
-        if let Some(path) = &self.sink.metrics {
-            crate::metrics::count_run(path, &self.record);
-        }
-        if let (Command::Hook, Some(dir), Some(user)) =
-            (self.record.command, &self.sink.last_run, &self.record.user)
-            && let Err(e) = save_last(dir, user, &self.record)
-        {
-            eprintln!("{IDENTIFIER}: warning: LAST_RUN_DIR {}: {e}", dir.display());
-        }
-        self.record
-    }
+    crate::clock::rfc3339(crate::clock::unix_now())
 }
 
 /// Keeps `record` as `user`'s last run: `DIR/USER`, root-only, replaced
 /// atomically. `user` is a validated login (no `/`, no leading dot).
-fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
+pub fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()

@@ -1,21 +1,22 @@
 //! The steps every command shares: load and validate hook.env, report a
 //! failure as one stderr line with its exit status, start the async runtime,
-//! read the clock, set up logging. Kept apart so `main` stays a dispatcher.
+//! set up logging, and record the run ([`Run`]: its record sent, the
+//! metrics counted). Kept apart so `main` stays a dispatcher.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use crate::PROG;
 use crate::exit::Exit;
+use crate::record::{Command, Record, Sink};
 use crate::site::settings::site::Site;
 use crate::site::settings::{Settings, SettingsError};
-
-/// The program's name, as it prefixes every stderr line.
-pub const PROG: &str = "ood-k8s-bootstrap";
 
 /// Prints an error the way nginx_stage will log it: one line, prefixed.
 pub fn fail(exit: Exit, msg: impl std::fmt::Display) -> Exit {
     let line = msg.to_string();
     eprintln!("{PROG}: error: {line}");
-    crate::record::note_error(&line);
+    note_error(&line);
     exit
 }
 
@@ -81,13 +82,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
         })
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Logging to stderr: warnings by default, more with each `-v`.
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
@@ -101,4 +95,65 @@ pub fn init_logging(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .try_init();
+}
+
+/// The last error line [`fail`] printed, for the record.
+static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Remembers `line` as the run's error (called by [`fail`]).
+pub fn note_error(line: &str) {
+    if let Ok(mut e) = LAST_ERROR.lock() {
+        *e = Some(line.to_owned());
+    }
+}
+
+fn take_error() -> Option<String> {
+    LAST_ERROR.lock().ok().and_then(|mut e| e.take())
+}
+
+/// A run being recorded: filled in as the run learns things, sent when it
+/// ends.
+pub struct Run {
+    started: Instant,
+    pub record: Record,
+    pub sink: Sink,
+}
+
+impl Run {
+    pub fn start(command: Command) -> Self {
+        let _ = take_error();
+        Self {
+            started: Instant::now(),
+            record: Record::new(command),
+            sink: Sink::of(None),
+        }
+    }
+
+    /// What hook.env says about logging, and the credential mode.
+    pub fn configured(&mut self, settings: &Settings) {
+        self.sink = Sink::of(Some(settings));
+        self.record.mode = Some(settings.kubeconfig.credentials.as_str().to_owned());
+    }
+
+    /// Sends the record (and updates the metrics) for a run ending with
+    /// `exit`.
+    pub fn finish(mut self, exit: Exit) -> Record {
+        self.record.exit = exit as u8;
+        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
+        let noted = take_error();
+        if exit != Exit::Ok && self.record.error.is_none() {
+            self.record.error = noted;
+        }
+        self.record.send(&self.sink);
+        if let Some(path) = &self.sink.metrics {
+            crate::metrics::count_run(path, &self.record);
+        }
+        if let (Command::Hook, Some(dir), Some(user)) =
+            (self.record.command, &self.sink.last_run, &self.record.user)
+            && let Err(e) = crate::record::save_last(dir, user, &self.record)
+        {
+            eprintln!("{PROG}: warning: LAST_RUN_DIR {}: {e}", dir.display());
+        }
+        self.record
+    }
 }

@@ -1,5 +1,5 @@
 //! The exec plugin's token cache (`~/.kube/cache/ood-k8s-bootstrap/*.json`,
-//! the user's own file) -> `credential::Cache`, and what the plugin makes
+//! the user's own file) -> `cache::Cache`, and what the plugin makes
 //! of it: the ExecCredential kubectl reads, the RFC 3339 expiry, the
 //! freshness test, and the expiry of a refreshed token (`exp` or the IdP's
 //! `expires_in`, both untrusted: `tokens::expiry`).
@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ood_k8s_bootstrap::credentials::credential::{Cache, RFC3339_MAX, exec_credential, rfc3339};
+use ood_k8s_bootstrap::clock::{RFC3339_MAX, rfc3339};
+use ood_k8s_bootstrap::credentials::cache::Cache;
+use ood_k8s_bootstrap::credentials::credential::exec_credential;
 use ood_k8s_bootstrap::credentials::tokens::expiry;
 use ood_k8s_bootstrap_fuzz::*;
 

@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::PROG;
 use crate::exit::Exit;
-use crate::run::{PROG, fail, load_site};
+use crate::run::{fail, load_site};
 use crate::site::settings::keys;
 
 /// Prints the example, or checks `hook_env` and says what it found.

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::PROG;
 use crate::cluster::apply::{Applied, ApplyError, Change, Cluster, Connect, Manifest, Mode};
 use crate::exit::Exit;
-use crate::run::{PROG, fail, runtime};
+use crate::run::{fail, runtime};
 
 /// A piece of the prerequisites; [`Part::Base`] and [`Part::Apf`] always, the rest by flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

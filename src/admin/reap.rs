@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{Value, json};
 
+use crate::PROG;
+use crate::clock::unix_now;
 use crate::cluster::apply::{ApplyError, Cluster};
 use crate::cluster::desired::{
     LAST_HOOK_ANNOTATION, NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION,
 };
 use crate::exit::Exit;
-use crate::record::{self, Record, Run};
-use crate::run::{PROG, fail, runtime, unix_now};
+use crate::record::{self, Record};
+use crate::run::Run;
+use crate::run::{fail, runtime};
 use crate::site::settings::{ReapSettings, Settings};
 
 const DAY: u64 = 24 * 60 * 60;

@@ -23,11 +23,13 @@ use nix::unistd::geteuid;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::PROG;
 use crate::admin::root_kubeconfig::{self, Credential, RootKubeconfigError};
+use crate::clock::unix_now;
 use crate::cluster::apply::{Cluster, Connect};
 use crate::credentials::kubeconfig::write::{self, Failure, KubectlLock};
 use crate::exit::Exit;
-use crate::run::{PROG, fail, runtime, unix_now};
+use crate::run::{fail, runtime};
 use crate::secret::Secret;
 
 /// How often the packaged timer renews (its `OnCalendar=` every 6 hours).
@@ -304,7 +306,7 @@ pub fn recorded_main(opts: &Options, hook_env: &Path, cluster: Option<&str>) -> 
 }
 
 fn recorded_one(opts: &Options, settings: Option<&crate::site::settings::Settings>) -> Exit {
-    let mut recorded = crate::record::Run::start(crate::record::Command::RootToken);
+    let mut recorded = crate::run::Run::start(crate::record::Command::RootToken);
     if let Some(settings) = settings {
         recorded.configured(settings);
         recorded.record.mode = None;
@@ -367,7 +369,7 @@ pub fn main(opts: &Options) -> Exit {
     let now = unix_now();
     eprintln!(
         "{PROG}: root-token: wrote a new token for {ns}/{name}, valid until {} (in {}) ({} ms)",
-        crate::credentials::credential::rfc3339(expiry),
+        crate::clock::rfc3339(expiry),
         human(expiry.saturating_sub(now)),
         started.elapsed().as_millis()
     );

@@ -128,13 +128,26 @@ impl Object {
     }
 }
 
+/// The login asking for the namespace (`owner::decide` checks the
+/// namespace's owner record against it before any write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The login, as OnDemand passes it.
+    pub login: String,
+    /// Its uid in passwd, when known (`reconcile` runs for names that need
+    /// not exist on this node).
+    pub uid: Option<u32>,
+    /// The RBAC subject the hook binds `ood-user` to (prefix + login).
+    pub subject: String,
+}
+
 /// Everything to apply for `user`, the namespace first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredState {
     pub namespace: Namespace,
     /// The login the namespace is for, as its owner record says it
     /// (`owner::decide` checks it against the namespace before any write).
-    pub owner: crate::cluster::owner::Claimant,
+    pub owner: Claimant,
     /// `objects[0]` is the Namespace; the rest live in it.
     pub objects: Vec<Object>,
     /// Whether objects of ours in the namespace that are not in `objects`
@@ -261,7 +274,7 @@ pub fn desired_state(
     objects.extend(site.into_iter().map(Object::Site));
     Ok(DesiredState {
         namespace: namespace.clone(),
-        owner: crate::cluster::owner::Claimant {
+        owner: Claimant {
             login: user.to_string(),
             uid: ids.map(|i| i.uid),
             subject: format!("{}{user}", settings.user_subject_prefix),

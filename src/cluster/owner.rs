@@ -11,19 +11,9 @@
 
 use serde_json::Value;
 
-use crate::cluster::desired::{NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION};
-
-/// The login asking for the namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claimant {
-    /// The login, as OnDemand passes it.
-    pub login: String,
-    /// Its uid in passwd, when known (`reconcile` runs for names that need
-    /// not exist on this node).
-    pub uid: Option<u32>,
-    /// The RBAC subject the hook binds `ood-user` to (prefix + login).
-    pub subject: String,
-}
+use crate::cluster::desired::{
+    Claimant, NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION,
+};
 
 /// What to do with the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,6 @@
 //! expires and says to log in again. `K8S_CREDENTIALS=broker`
 //! ([`crate::credentials::broker`]) refreshes those, as root, with the portal's secret.
 
-use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -32,56 +31,10 @@ use clap::Parser;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::Uid;
-use serde::{Deserialize, Serialize};
 
+use crate::clock::rfc3339;
+use crate::credentials::cache::Cache;
 use crate::credentials::kubeconfig::write::{self, Failure};
-
-/// The cache directory, relative to `~/.kube`.
-pub const CACHE_DIR: &str = "cache/ood-k8s-bootstrap";
-/// A token with less than this left is refreshed (or a third of its
-/// lifetime, when that is shorter: `tokens::is_fresh`).
-const MARGIN: u64 = 30;
-
-/// The per-user token cache (JSON).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cache {
-    pub issuer: String,
-    /// The client the refresh token is refreshed as (no secret).
-    pub client_id: String,
-    /// The bearer token kubectl presents (ID token, else access token).
-    pub token: String,
-    /// Its expiry, Unix seconds.
-    pub expiry: u64,
-    /// When it was obtained, Unix seconds (0 in caches written before this
-    /// was recorded: the margin is then the full [`MARGIN`]).
-    #[serde(default)]
-    pub obtained: u64,
-    pub refresh_token: Option<String>,
-}
-
-impl Cache {
-    /// Parses a cache file. It is the user's own file, so anything may be
-    /// in it; `None` when it is not a cache.
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
-    }
-
-    /// Whether the token is good for a while yet: more than `MARGIN`
-    /// seconds left, or a third of its lifetime when that is shorter.
-    pub fn is_fresh(&self, now: u64) -> bool {
-        crate::credentials::tokens::is_fresh(self.expiry, self.obtained, now, MARGIN)
-    }
-}
-
-impl fmt::Debug for Cache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache")
-            .field("issuer", &self.issuer)
-            .field("client_id", &self.client_id)
-            .field("expiry", &self.expiry)
-            .finish_non_exhaustive()
-    }
-}
 
 /// `ood-k8s-bootstrap credential --issuer URL --client-id ID --cache PATH`
 #[derive(Debug, Parser)]
@@ -329,52 +282,10 @@ async fn refresh(args: &CredentialArgs, refresh_token: &str, now: u64) -> Result
     })
 }
 
-/// The last second RFC 3339 with a four-digit year can write:
-/// 9999-12-31T23:59:59Z.
-pub const RFC3339_MAX: u64 = 253_402_300_799;
-
-/// Unix seconds as RFC 3339 UTC (`2024-01-31T12:00:00Z`); a later time than
-/// [`RFC3339_MAX`] (a token's `exp` is the IdP's word) is written as that,
-/// since kubectl refuses five-digit years.
-pub fn rfc3339(secs: u64) -> String {
-    let secs = secs.min(RFC3339_MAX);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsString;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
-    }
-
-    #[test]
-    fn rfc3339_stops_at_four_digit_years() {
-        assert_eq!(rfc3339(RFC3339_MAX), "9999-12-31T23:59:59Z");
-        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
-    }
 
     #[test]
     fn debug_hides_tokens() {
@@ -452,70 +363,5 @@ mod tests {
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         assert!(run(&args, 1000).unwrap_err().contains("mode 700"));
         std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
-
-        /// Days since 1970 of a civil date (an independent restatement).
-        fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-            let y = if m <= 2 { y - 1 } else { y };
-            let era = y.div_euclid(400);
-            let yoe = y - era * 400;
-            let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-            era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-        }
-
-        fn seconds_of(ts: &str) -> u64 {
-            let n = |r: std::ops::Range<usize>| ts[r].parse::<i64>().unwrap();
-            assert_eq!(
-                (ts.len(), &ts[4..5], &ts[10..11], &ts[19..]),
-                (20, "-", "T", "Z"),
-                "{ts}"
-            );
-            let days = days_from_civil(n(0..4), n(5..7), n(8..10));
-            (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
-        }
-
-        proptest! {
-            /// Every expiry is written as RFC 3339 kubectl can read
-            /// (four-digit years) that turns back into the same second, or
-            /// the last one.
-            #[test]
-            fn rfc3339_turns_back_into_the_second(secs in any::<u64>(), small in 0..=RFC3339_MAX) {
-                prop_assert_eq!(seconds_of(&rfc3339(small)), small);
-                prop_assert_eq!(seconds_of(&rfc3339(secs)), secs.min(RFC3339_MAX));
-            }
-
-            /// A cache file is read back as written, `Debug` shows no token,
-            /// freshness never overflows.
-            #[test]
-            fn cache_round_trip(
-                token in "tok[A-Za-z0-9_-]{5,37}",
-                refresh in proptest::option::of("[A-Za-z0-9._-]{8,40}"),
-                expiry in any::<u64>(),
-                now in any::<u64>(),
-            ) {
-                let c = Cache {
-                    issuer: "https://idp".into(),
-                    client_id: "c".into(),
-                    token: token.clone(),
-                    expiry,
-                    obtained: 0,
-                    refresh_token: refresh,
-                };
-                let json = serde_json::to_vec_pretty(&c).unwrap();
-                prop_assert!(Cache::from_json(&json) == Some(c.clone()));
-                let debug = format!("{c:?}");
-                prop_assert!(!debug.contains(&token));
-                prop_assert_eq!(c.is_fresh(now), expiry > now.saturating_add(MARGIN));
-            }
-
-            #[test]
-            fn arbitrary_cache_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-                let _ = Cache::from_json(&bytes);
-            }
-        }
     }
 }

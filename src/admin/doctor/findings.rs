@@ -8,7 +8,16 @@
 //! warning (⚠, exit status 0) means logins work, but something is degraded,
 //! at risk later, or could not be known.
 
-use super::report::Status;
+use serde::Serialize;
+
+/// A check's outcome: ✓, ⚠ or ✗.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
 
 /// One table: variant, severity, what it means (for `--help`).
 macro_rules! findings {

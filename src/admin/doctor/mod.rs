@@ -18,9 +18,11 @@ pub mod report;
 
 use std::time::Instant;
 
+use crate::PROG;
 use crate::cli::{DoctorArgs, Output};
+use crate::clock::unix_now;
 use crate::exit::Exit;
-use crate::run::{PROG, runtime, unix_now};
+use crate::run::runtime;
 use crate::site::settings::Settings;
 use crate::site::settings::site::Site;
 

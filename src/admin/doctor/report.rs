@@ -5,14 +5,7 @@
 use serde::Serialize;
 
 use super::findings::Finding;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
+pub use super::findings::Status;
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

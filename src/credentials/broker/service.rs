@@ -26,9 +26,11 @@ use super::protocol::{self, ErrorCode, MAX_REQUEST, Response};
 use super::session::{self, End, Lookup, Verdict};
 use super::store::{Found, Replaced, Store, StoreError};
 use super::tokenset::{RefreshError, TokenSet};
+use crate::PROG;
+use crate::clock::unix_now;
 use crate::exit::Exit;
 use crate::record::{Command, Record, Sink};
-use crate::run::{PROG, fail, load_site, unix_now};
+use crate::run::{fail, load_site};
 use crate::site::settings::{CredentialMode, Settings};
 
 /// Time a client has to send its request line.

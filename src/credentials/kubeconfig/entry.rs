@@ -13,7 +13,7 @@ use crate::credentials::broker::plugin::SUBCOMMAND as BROKER_PLUGIN;
 use crate::credentials::broker::tokenset::{
     Bearer, Obtained, RefreshWith, Source, TokenSet, TooLarge,
 };
-use crate::credentials::credential::{CACHE_DIR, Cache};
+use crate::credentials::cache::{CACHE_DIR, Cache};
 use crate::credentials::tokens::{self, TokenError};
 use crate::site::names::{Namespace, Username};
 use crate::site::settings::{CredentialMode, Settings};

@@ -38,7 +38,7 @@ use nix::unistd::{Pid, Uid, UnlinkatFlags, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
 
 use super::merge::{self, Desired, MergeError};
-use crate::credentials::credential::{CACHE_DIR, Cache};
+use crate::credentials::cache::{CACHE_DIR, Cache};
 
 /// A foreign lock file unchanged this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
