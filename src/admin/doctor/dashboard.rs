@@ -1,55 +1,31 @@
 //! The dashboard's side: a cluster config from
 //! `/etc/ood/config/clusters.d/*.yml` as ood_core's Kubernetes adapter reads
 //! it (SPEC §8), with its defaults, so `doctor` can compare it with
-//! hook.env. Pure: text in, [`DashboardCluster`] out.
+//! hook.env. Pure: text in, [`DashboardCluster`] out; the reading itself is
+//! the hook's (`site::settings::clusters::read_job`).
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::facts::DashboardCluster;
+use crate::site::settings::clusters::{DEFAULT_AUTH, read_job};
 
 pub use crate::site::settings::clusters::DEFAULT_CLUSTER;
 
-/// The Kubernetes job settings of one cluster config; `Ok(None)` for a
-/// cluster of another adapter.
+/// The Kubernetes job settings of one cluster config, with ood_core's
+/// defaults; `Ok(None)` for a cluster of another adapter.
 pub fn parse(file: &Path, text: &str) -> Result<Option<DashboardCluster>, String> {
-    let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
-        // The parser's first line only; never echo file content.
-        e.to_string()
-            .lines()
-            .next()
-            .unwrap_or("not YAML")
-            .chars()
-            .take(160)
-            .collect::<String>()
-    })?;
-    let Some(job) = doc.pointer("/v2/job") else {
+    let Some(job) = read_job(text)? else {
         return Ok(None);
     };
-    if string(job.get("adapter")).as_deref() != Some("kubernetes") {
-        return Ok(None);
-    }
-    let cluster = string(job.get("cluster")).unwrap_or_else(|| DEFAULT_CLUSTER.into());
     Ok(Some(DashboardCluster {
         file: file.to_owned(),
-        username_prefix: string(job.get("username_prefix")).unwrap_or_default(),
-        namespace_prefix: string(job.get("namespace_prefix")).unwrap_or_default(),
-        context: string(job.get("context")),
-        cluster,
-        auth_type: string(job.pointer("/auth/type")).unwrap_or_else(|| "managed".into()),
-        config_file: string(job.get("config_file")),
+        username_prefix: job.username_prefix.unwrap_or_default(),
+        namespace_prefix: job.namespace_prefix.unwrap_or_default(),
+        context: job.context,
+        cluster: job.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into()),
+        auth_type: job.auth_type.unwrap_or_else(|| DEFAULT_AUTH.into()),
+        config_file: job.config_file,
     }))
-}
-
-/// A scalar as the Ruby side would see it as a string.
-fn string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -3,15 +3,19 @@
 //! it decides. The dashboard's files are the source of truth for names the
 //! dashboard computes (cluster, context, prefixes, server, kubeconfig file),
 //! so a hook.env that says otherwise is refused, naming both files.
+//! [`read_job`] is the one reader of these files: the hook's [`parse`]
+//! checks what it reads strictly, `doctor` reports on it.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde_json::Value;
 use thiserror::Error;
 
 /// ood_core's cluster name when `job.cluster` is unset (and, for OIDC, its
 /// context name).
 pub const DEFAULT_CLUSTER: &str = "open-ondemand";
+/// ood_core's `job.auth.type` when unset: credentials come from elsewhere.
+pub const DEFAULT_AUTH: &str = "managed";
 
 /// The ERB forms of the user's home directory sites write in `config_file`
 /// (clusters.d files are ERB templates, evaluated as the user).
@@ -68,50 +72,61 @@ pub enum ClusterFileError {
     },
 }
 
-#[derive(Deserialize, Default)]
-struct Top {
-    #[serde(default)]
-    v2: Option<V2>,
+/// A Kubernetes cluster file's `v2.job`: the fields the hook and `doctor`
+/// look at, unset or as the strings Ruby would make of their scalars.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFields {
+    pub cluster: Option<String>,
+    pub context: Option<String>,
+    pub config_file: Option<String>,
+    pub username_prefix: Option<String>,
+    pub namespace_prefix: Option<String>,
+    /// `server.endpoint`.
+    pub endpoint: Option<String>,
+    /// `server.cert_authority_file`.
+    pub ca_file: Option<String>,
+    /// `auth.type`.
+    pub auth_type: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-struct V2 {
-    #[serde(default)]
-    job: Option<Job>,
+/// Reads a clusters.d file's YAML: `None` when it is not a Kubernetes
+/// cluster (another adapter, or a v1 file). The error is the parser's
+/// first words, with no text of the file in it.
+pub fn read_job(text: &str) -> Result<Option<JobFields>, String> {
+    let doc: Value = serde_saphyr::from_str(text)
+        .map_err(|e| crate::oneline::clean(&first_words(&e.to_string()), 200))?;
+    let Some(job) = doc.pointer("/v2/job") else {
+        return Ok(None);
+    };
+    let field = |pointer: &str| scalar(job, pointer);
+    if field("/adapter")?.as_deref() != Some("kubernetes") {
+        return Ok(None);
+    }
+    Ok(Some(JobFields {
+        cluster: field("/cluster")?,
+        context: field("/context")?,
+        config_file: field("/config_file")?,
+        username_prefix: field("/username_prefix")?,
+        namespace_prefix: field("/namespace_prefix")?,
+        endpoint: field("/server/endpoint")?,
+        ca_file: field("/server/cert_authority_file")?,
+        auth_type: field("/auth/type")?,
+    }))
 }
 
-#[derive(Deserialize, Default)]
-struct Job {
-    #[serde(default)]
-    adapter: Option<String>,
-    #[serde(default)]
-    cluster: Option<String>,
-    #[serde(default)]
-    context: Option<String>,
-    #[serde(default)]
-    config_file: Option<String>,
-    #[serde(default)]
-    username_prefix: Option<String>,
-    #[serde(default)]
-    namespace_prefix: Option<String>,
-    #[serde(default)]
-    server: Option<Server>,
-    #[serde(default)]
-    auth: Option<Auth>,
-}
-
-#[derive(Deserialize, Default)]
-struct Server {
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    cert_authority_file: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Auth {
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
+/// The scalar at `pointer` in `job` as the Ruby side would see it as a
+/// string; `None` when unset or null; an error for a list or a map.
+fn scalar(job: &Value, pointer: &str) -> Result<Option<String>, String> {
+    match job.pointer(pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(format!(
+            "job{} is a list or a map, not a single value",
+            pointer.replace('/', ".")
+        )),
+    }
 }
 
 /// The cluster id of a clusters.d file name, if it is a cluster file.
@@ -144,16 +159,13 @@ fn id_of(path: &Path) -> Result<String, ClusterFileError> {
 /// (another adapter, or a v1 file).
 pub fn parse(path: &Path, text: &str) -> Result<Option<ClusterFile>, ClusterFileError> {
     check_erb(path, text)?;
-    let top: Top = serde_saphyr::from_str(text).map_err(|e| ClusterFileError::Yaml {
+    let job = read_job(text).map_err(|why| ClusterFileError::Yaml {
         path: path.to_owned(),
-        why: crate::oneline::clean(&first_words(&e.to_string()), 200),
+        why,
     })?;
-    let Some(job) = top.v2.and_then(|v| v.job) else {
+    let Some(job) = job else {
         return Ok(None);
     };
-    if job.adapter.as_deref() != Some("kubernetes") {
-        return Ok(None);
-    }
     let id = id_of(path)?;
     let kubeconfig_file = config_file(path, job.config_file.as_deref())?;
     Ok(Some(ClusterFile {
@@ -166,7 +178,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Option<ClusterFile>, ClusterFile
 
 /// The values the file decides, defaults included (an unset prefix is the
 /// empty prefix to the dashboard, so a hook.env prefix would contradict it).
-fn decides(job: &Job) -> Vec<Decided> {
+fn decides(job: &JobFields) -> Vec<Decided> {
     let given = |key, field: &str, v: &Option<String>, default: Option<&str>| match (v, default) {
         (Some(v), _) => Some(Decided {
             key,
@@ -183,16 +195,11 @@ fn decides(job: &Job) -> Vec<Decided> {
     // ood_core's default auth is `managed` (credentials from elsewhere):
     // only for oidc does the dashboard write a context, named after the
     // cluster unless `job.context` says otherwise.
-    let oidc = job
-        .auth
-        .as_ref()
-        .and_then(|a| a.kind.as_deref())
-        .is_some_and(|t| t == "oidc");
+    let oidc = job.auth_type.as_deref() == Some("oidc");
     let cluster = job
         .cluster
         .clone()
         .unwrap_or_else(|| DEFAULT_CLUSTER.into());
-    let server = job.server.as_ref();
     [
         given(
             "K8S_CLUSTER_NAME",
@@ -218,16 +225,11 @@ fn decides(job: &Job) -> Vec<Decided> {
             &job.namespace_prefix,
             Some(""),
         ),
-        given(
-            "K8S_SERVER",
-            "server.endpoint",
-            &server.and_then(|s| s.endpoint.clone()),
-            None,
-        ),
+        given("K8S_SERVER", "server.endpoint", &job.endpoint, None),
         given(
             "K8S_CA_FILE",
             "server.cert_authority_file",
-            &server.and_then(|s| s.cert_authority_file.clone()),
+            &job.ca_file,
             None,
         ),
     ]
@@ -451,6 +453,27 @@ v2:
             .to_string();
         assert!(e.contains("not a usable cluster id"), "{e}");
         let typed = "v2:\n  job:\n    adapter: kubernetes\n    cluster: [1, 2]\n";
-        assert!(file("t.yml", typed).is_err());
+        let e = file("t.yml", typed).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yml") && e.contains("job.cluster is a list"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scalars_are_read_as_the_dashboard_would_print_them() {
+        let text = "v2:\n  job:\n    adapter: kubernetes\n    cluster: 7\n    context: ~\n";
+        let job = read_job(text).unwrap().unwrap();
+        assert_eq!(job.cluster.as_deref(), Some("7"));
+        assert_eq!(job.context, None);
+        let decided = file("s.yml", text).unwrap().unwrap().decides;
+        assert!(
+            decided
+                .iter()
+                .any(|d| d.key == "K8S_CLUSTER_NAME" && d.value == "7"),
+            "{decided:?}"
+        );
+        assert_eq!(read_job("v2:\n  job:\n    adapter: slurm\n"), Ok(None));
+        assert_eq!(read_job("v1:\n  title: old\n"), Ok(None));
     }
 }
