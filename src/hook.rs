@@ -13,8 +13,7 @@ use crate::cluster::{desired, outage};
 use crate::credentials::{exchange, kubeconfig};
 use crate::exit::Exit;
 use crate::record::{self, Counts};
-use crate::run::Run;
-use crate::run::{fail, load_clusters, runtime};
+use crate::run::{Run, fail, load_clusters, runtime};
 use crate::site::account::Account;
 use crate::site::names::{Namespace, Username};
 use crate::site::settings::ExchangeSettings;
@@ -383,16 +382,19 @@ impl Gate {
     }
 }
 
-/// The kubeconfig writers: one thread per file, each writing the entries
-/// of every cluster whose `config_file` it is in one locked write, after
-/// those clusters' owner checks.
+/// The kubeconfig writer: one thread, after the clusters' owner checks,
+/// writes every kubeconfig file of the login through one writer child,
+/// each file's entries (of every cluster whose `config_file` it is) in one
+/// locked write.
 struct Writers {
-    threads: Vec<(Vec<usize>, std::thread::JoinHandle<FileResult>)>,
+    thread: Option<std::thread::JoinHandle<Vec<FileResult>>>,
+    /// Each file's clusters (plan indexes), in the order of the results.
+    files: Vec<Vec<usize>>,
     count: usize,
 }
 
-/// What one file's writer did: the file's outcome, and the clusters whose
-/// entries could not be made (a failed token exchange).
+/// What the writer did for one file: the file's outcome, and the clusters
+/// whose entries could not be made (a failed token exchange).
 struct FileResult {
     outcome: Option<Result<kubeconfig::Outcome, KubeError>>,
     failed: Vec<(usize, KubeError)>,
@@ -406,13 +408,18 @@ type KubeDone = (
     Option<Instant>,
 );
 
+/// One file's jobs: each with its cluster's plan index.
+type FileJobs = Vec<(usize, KubeJob)>;
+
 impl Writers {
-    /// Takes the plans' kubeconfig jobs and starts a writer per file; the
-    /// gates (one per plan, in order) are for the cluster sides.
+    /// Takes the plans' kubeconfig jobs and starts the writer; the gates
+    /// (one per plan, in order) are for the cluster sides.
     fn start(plans: &mut [Plan<'_>]) -> (Self, Vec<Option<Gate>>) {
-        let mut files: Vec<(String, Vec<(usize, KubeJob)>)> = Vec::new();
+        let mut files: Vec<(String, FileJobs)> = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel();
         let mut gates: Vec<Option<Gate>> = plans.iter().map(|_| None).collect();
-        let mut waits = Vec::new();
+        let mut wait = OWNER_WAIT;
+        let mut deadline: Option<Instant> = None;
         for (i, p) in plans.iter_mut().enumerate() {
             let Some(job) = p.job.take() else { continue };
             let file = p.settings.kubeconfig.file.clone();
@@ -420,33 +427,40 @@ impl Writers {
                 Some((_, jobs)) => jobs.push((i, job)),
                 None => files.push((file, vec![(i, job)])),
             }
-            waits.push((i, OWNER_WAIT.min(p.settings.timeout / 3), p.deadline));
-        }
-        let mut threads = Vec::new();
-        for (_, jobs) in files {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let members: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
-            for &i in &members {
-                gates[i] = Some(Gate {
-                    index: i,
-                    tx: tx.clone(),
-                });
-            }
-            let mine: Vec<_> = waits.iter().filter(|w| members.contains(&w.0)).collect();
-            let wait = mine.iter().map(|w| w.1).min().unwrap_or(OWNER_WAIT);
-            let deadline = mine.iter().map(|w| w.2).min().unwrap_or_else(Instant::now);
-            let handle = std::thread::spawn(move || write_file(jobs, &rx, wait, deadline));
-            threads.push((members, handle));
+            gates[i] = Some(Gate {
+                index: i,
+                tx: tx.clone(),
+            });
+            wait = wait.min(p.settings.timeout / 3);
+            deadline = Some(deadline.map_or(p.deadline, |d| d.min(p.deadline)));
         }
         let count = plans.len();
-        (Self { threads, count }, gates)
+        let members = files
+            .iter()
+            .map(|(_, jobs)| jobs.iter().map(|(i, _)| *i).collect())
+            .collect();
+        let thread = deadline.map(|deadline| {
+            let files = files.into_iter().map(|(_, jobs)| jobs).collect();
+            std::thread::spawn(move || write_files(files, &rx, wait, deadline))
+        });
+        let writers = Self {
+            thread,
+            files: members,
+            count,
+        };
+        (writers, gates)
     }
 
-    /// Waits for every writer; each plan's kubeconfig outcome, in order.
+    /// Waits for the writer; each plan's kubeconfig outcome, in order.
     fn finish(self, user: &Username) -> Vec<KubeDone> {
         let mut out: Vec<KubeDone> = (0..self.count).map(|_| (None, None)).collect();
-        for (members, handle) in self.threads {
-            let result = handle.join().unwrap_or_else(|_| FileResult {
+        let Some(thread) = self.thread else {
+            return out;
+        };
+        let results = thread.join().unwrap_or_default();
+        let mut results = results.into_iter();
+        for members in self.files {
+            let result = results.next().unwrap_or_else(|| FileResult {
                 outcome: Some(Err(KubeError::Write(kubeconfig::KubeconfigError::Writer {
                     user: user.to_string(),
                     why: "the writer thread panicked".into(),
@@ -470,50 +484,94 @@ impl Writers {
     }
 }
 
-/// One file's writer: waits (at most `wait`) for the owner checks of its
+/// The writer: waits (at most `wait`) for the owner checks of the
 /// clusters, drops the entries of clusters whose namespace is another
-/// login's, and writes the rest in one go.
-fn write_file(
-    jobs: Vec<(usize, KubeJob)>,
+/// login's, makes each file's entries and writes every file in one go.
+fn write_files(
+    files: Vec<FileJobs>,
     gates: &std::sync::mpsc::Receiver<(usize, bool)>,
     wait: std::time::Duration,
     deadline: Instant,
-) -> FileResult {
+) -> Vec<FileResult> {
+    let expected = files.iter().map(Vec::len).sum();
+    let refused = refused_by_gates(gates, expected, wait);
+    let made = make_files(files, &refused, deadline);
+    let has: Vec<bool> = made.iter().map(|(p, _)| p.is_some()).collect();
+    let (prepared, failed_of): (Vec<_>, Vec<_>) = made.into_iter().unzip();
+    let to_write = prepared.into_iter().flatten().collect();
+    let mut written = kubeconfig::execute_all(to_write, deadline).into_iter();
+    let finished = Instant::now();
+    has.into_iter()
+        .zip(failed_of)
+        .map(|(has, failed)| FileResult {
+            outcome: has
+                .then(|| written.next().map(|r| r.map_err(KubeError::Write)))
+                .flatten(),
+            failed,
+            finished,
+        })
+        .collect()
+}
+
+/// The clusters whose owner check refused the write, of the `expected`
+/// answers that came within `wait` (a cluster side whose check failed
+/// answers go: the user's credentials are still worth writing; one that
+/// has not answered by then is not waited for).
+fn refused_by_gates(
+    gates: &std::sync::mpsc::Receiver<(usize, bool)>,
+    expected: usize,
+    wait: std::time::Duration,
+) -> Vec<usize> {
     let until = Instant::now() + wait;
     let mut refused = Vec::new();
-    let mut answered = 0;
-    while answered < jobs.len() {
+    for _ in 0..expected {
         match gates.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok((i, go)) => {
-                answered += 1;
-                if !go {
-                    refused.push(i);
-                }
-            }
+            Ok((i, false)) => refused.push(i),
+            Ok((_, true)) => {}
             Err(_) => break,
         }
     }
-    let mut failed = Vec::new();
-    let mut prepared: Option<kubeconfig::Prepared> = None;
-    for (i, job) in jobs {
-        if refused.contains(&i) {
-            continue;
-        }
-        match job.prepare(deadline) {
-            Ok(p) => {
-                prepared = Some(match prepared {
-                    Some(q) => q.combine(p),
-                    None => p,
-                })
-            }
-            Err(e) => failed.push((i, e)),
-        }
-    }
-    FileResult {
-        outcome: prepared.map(|p| p.execute(deadline).map_err(KubeError::Write)),
-        failed,
-        finished: Instant::now(),
-    }
+    refused
+}
+
+/// A file's checked write (none: nothing left to write) and the clusters
+/// whose entries could not be made.
+type MadeFile = (Option<kubeconfig::Prepared>, Vec<(usize, KubeError)>);
+
+/// Each file's checked write (its clusters' entries combined; none when
+/// none is left) and the clusters whose entries could not be made. Token
+/// exchanges run at once, a thread each.
+fn make_files(files: Vec<FileJobs>, refused: &[usize], deadline: Instant) -> Vec<MadeFile> {
+    std::thread::scope(|scope| {
+        let started: Vec<Vec<_>> = files
+            .into_iter()
+            .map(|jobs| {
+                jobs.into_iter()
+                    .filter(|(i, _)| !refused.contains(i))
+                    .map(|(i, job)| (i, job.start(scope, deadline)))
+                    .collect()
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|jobs| {
+                let mut file: Option<kubeconfig::Prepared> = None;
+                let mut failed = Vec::new();
+                for (i, making) in jobs {
+                    match making.get() {
+                        Ok(p) => {
+                            file = Some(match file.take() {
+                                Some(q) => q.combine(p),
+                                None => p,
+                            })
+                        }
+                        Err(e) => failed.push((i, e)),
+                    }
+                }
+                (file, failed)
+            })
+            .collect()
+    })
 }
 
 /// The kubeconfig's part of the run, done in a thread of its own.
@@ -561,18 +619,51 @@ impl KubeError {
 }
 
 impl KubeJob {
-    /// The checked write, after the token exchange if there is one.
+    /// Starts making the checked write: at once when it is ready, else the
+    /// token exchange first, on a thread of `scope`.
+    fn start<'scope>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        deadline: Instant,
+    ) -> Making<'scope> {
+        match self {
+            KubeJob::Ready(p) => Making::Ready(p),
+            KubeJob::AfterExchange(x) => {
+                Making::Exchanging(scope.spawn(move || x.prepare(deadline)))
+            }
+        }
+    }
+}
+
+/// A checked write being made.
+enum Making<'scope> {
+    Ready(kubeconfig::Prepared),
+    Exchanging(std::thread::ScopedJoinHandle<'scope, Result<kubeconfig::Prepared, KubeError>>),
+}
+
+impl Making<'_> {
+    fn get(self) -> Result<kubeconfig::Prepared, KubeError> {
+        match self {
+            Making::Ready(p) => Ok(p),
+            Making::Exchanging(h) => h.join().unwrap_or_else(|_| {
+                Err(KubeError::Shared(
+                    "the token exchange's thread panicked".into(),
+                    Exit::Software,
+                ))
+            }),
+        }
+    }
+}
+
+impl Exchange {
+    /// The checked write, after the token exchange.
     fn prepare(self, deadline: Instant) -> Result<kubeconfig::Prepared, KubeError> {
-        let x = match self {
-            KubeJob::Ready(p) => return Ok(p),
-            KubeJob::AfterExchange(x) => x,
-        };
-        let login = exchange::exchange(&x.exchange, x.user.as_str(), &x.login, deadline)?;
+        let login = exchange::exchange(&self.exchange, self.user.as_str(), &self.login, deadline)?;
         Ok(kubeconfig::prepare(
-            &x.settings,
-            &x.user,
-            &x.account,
-            &x.namespace,
+            &self.settings,
+            &self.user,
+            &self.account,
+            &self.namespace,
             &login,
         )?)
     }

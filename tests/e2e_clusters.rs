@@ -243,6 +243,42 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         );
     }
 
+    // One writer child does every kubeconfig file of a login, and each file
+    // is written or refused on its own: cluster two's file turned into a
+    // symbolic link is refused and left as it is, while the same login
+    // writes cluster one's file.
+    let elsewhere = home.join("elsewhere");
+    std::fs::rename(&two, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &two).unwrap();
+    let kept = std::fs::read(&elsewhere).unwrap();
+    std::fs::remove_file(&one).unwrap();
+    let (refused, _) = site.login("alice");
+    let err = stderr(&refused);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        err.contains("symbolic link") && err.contains(".kube/two"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("kubeconfig {} updated", one.display())),
+        "cluster one's file is written: {err}"
+    );
+    let first = std::fs::read_to_string(&one).unwrap();
+    assert!(first.contains("one-alice") && !first.contains("two-alice"));
+    assert!(
+        std::fs::symlink_metadata(&two)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read(&elsewhere).unwrap(),
+        kept,
+        "the link's target"
+    );
+    std::fs::remove_file(&two).unwrap();
+    std::fs::remove_file(&elsewhere).unwrap();
+
     // Both clusters in one file: one write holds both clusters' entries,
     // and the dashboard's calls work on either through it.
     let two_yml = site.dir.join("clusters.d/two.yml");

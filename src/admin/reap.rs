@@ -22,8 +22,7 @@ use crate::cluster::desired::{
 };
 use crate::exit::Exit;
 use crate::record::{self, Record};
-use crate::run::Run;
-use crate::run::{fail, runtime};
+use crate::run::{Run, fail, runtime};
 use crate::site::settings::{ReapSettings, Settings};
 
 const DAY: u64 = 24 * 60 * 60;

@@ -2,8 +2,9 @@
 //! `/proc/self/exe __write-kubeconfig` with the user's uid, gid and
 //! supplementary groups set between fork and exec (so the child never has a
 //! thread, or a moment, with root's privileges after exec), an empty
-//! environment and `/` as working directory. The job, tokens included,
-//! goes to the child's stdin as JSON; the reply comes back on its stdout.
+//! environment and `/` as working directory. One child does every
+//! kubeconfig file of a login: the jobs, one per file, tokens included, go
+//! to its stdin as JSON; the replies come back on its stdout.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -19,11 +20,21 @@ use super::write::{self, FailKind, Failure, Job, Reply};
 pub const CHILD_ARG: &str = "__write-kubeconfig";
 const MAX_JOB: u64 = 4 << 20;
 
-/// Runs `job` in a child process as `user` (uid/gid/groups), waiting at
-/// most `timeout`. Must be called as root.
-pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String> {
-    let uid = Uid::from_raw(job.uid);
-    let gid = Gid::from_raw(job.gid);
+/// Runs `jobs` (one per kubeconfig file, all of `user`) in one child
+/// process as `user` (uid/gid/groups), waiting at most `timeout`; a reply
+/// per job, in order. Must be called as root.
+pub fn run_as(user: &str, jobs: &[&Job], timeout: Duration) -> Result<Vec<Reply>, String> {
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
+    if jobs
+        .iter()
+        .any(|j| (j.uid, j.gid) != (first.uid, first.gid))
+    {
+        return Err("the kubeconfig jobs are not all for the same uid and gid".into());
+    }
+    let uid = Uid::from_raw(first.uid);
+    let gid = Gid::from_raw(first.gid);
     if uid.is_root() {
         return Err("refusing to write as uid 0".into());
     }
@@ -31,7 +42,7 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
     // NSS lookups happen here, in the parent: only raw syscalls after fork.
     let groups = getgrouplist(&name, gid)
         .map_err(|e| format!("cannot list the supplementary groups of {user}: {e}"))?;
-    let input = serde_json::to_vec(job).map_err(|e| format!("cannot encode the job: {e}"))?;
+    let input = serde_json::to_vec(jobs).map_err(|e| format!("cannot encode the jobs: {e}"))?;
 
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(CHILD_ARG)
@@ -78,22 +89,22 @@ pub fn run_as(user: &str, job: &Job, timeout: Duration) -> Result<Reply, String>
                 // Not even spawned: stopped before its exec.
                 Err(_) => children_of_this_process().into_iter().for_each(kill),
             }
-            return Ok(Reply::Failed(Failure::new(
-                FailKind::LockTimeout,
-                &job.path(),
-                format!(
-                    "the writer did not finish within {:.1} s (HOOK_TIMEOUT_SECONDS) and was killed \
-                     (a hung home file system, or the user stopped it)",
-                    timeout.as_secs_f64()
-                ),
-            )));
+            let why = format!(
+                "the writer did not finish within {:.1} s (HOOK_TIMEOUT_SECONDS) and was killed \
+                 (a hung home file system, or the user stopped it)",
+                timeout.as_secs_f64()
+            );
+            return Ok(jobs
+                .iter()
+                .map(|j| Reply::Failed(Failure::new(FailKind::LockTimeout, &j.path(), &why)))
+                .collect());
         }
     };
     // Both pipes are closed: the child has exited (or closed them and is
     // about to).
     let status = reap(&mut child);
     let status = status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string());
-    match Reply::from_child(&out) {
+    match Reply::from_child(&out, jobs.len()) {
         Some(r) => Ok(r),
         None => {
             let mut e = format!("the writer exited with {status} without an answer");
@@ -193,7 +204,8 @@ fn reap(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
 }
 
 /// `ood-k8s-bootstrap __write-kubeconfig`: the privilege-dropped child.
-/// Reads a [`Job`] (JSON) from stdin, writes a [`Reply`] (JSON) to stdout.
+/// Reads a list of [`Job`]s (JSON) from stdin, does them in order, writes
+/// a list of [`Reply`]s (JSON) to stdout.
 pub fn child_main() -> ExitCode {
     // First of all: not dumpable, so that the user it runs as cannot
     // ptrace it or read its memory (the job holds the tokens) through
@@ -211,7 +223,7 @@ pub fn child_main() -> ExitCode {
         eprintln!("ood-k8s-bootstrap {CHILD_ARG}: cannot read the job from stdin");
         return ExitCode::from(70);
     }
-    let job = match Job::from_json(&input) {
+    let jobs = match Job::list_from_json(&input) {
         Some(j) => j,
         None => {
             eprintln!(
@@ -222,19 +234,24 @@ pub fn child_main() -> ExitCode {
     };
     drop(input);
     let me = Uid::current();
-    let reply = if me.is_root() || Uid::effective().is_root() || me.as_raw() != job.uid {
-        Reply::Failed(Failure::new(
-            FailKind::Unsafe,
-            &job.home,
-            format!(
-                "the writer runs as uid {me}, not as the user's uid {}; refusing",
-                job.uid
-            ),
-        ))
-    } else {
-        write::run(&job)
-    };
-    match serde_json::to_string(&reply) {
+    let replies: Vec<Reply> = jobs
+        .iter()
+        .map(|job| {
+            if me.is_root() || Uid::effective().is_root() || me.as_raw() != job.uid {
+                Reply::Failed(Failure::new(
+                    FailKind::Unsafe,
+                    &job.home,
+                    format!(
+                        "the writer runs as uid {me}, not as the user's uid {}; refusing",
+                        job.uid
+                    ),
+                ))
+            } else {
+                write::run(job)
+            }
+        })
+        .collect();
+    match serde_json::to_string(&replies) {
         Ok(s) => {
             println!("{s}");
             ExitCode::SUCCESS

@@ -262,38 +262,73 @@ impl Prepared {
             (Prepared::Done(Outcome::Disabled), d) | (d, Prepared::Done(_)) => d,
         }
     }
+}
 
-    /// Does the file work: as the user in a child process when we are root,
-    /// in-process when we are that user. The child is killed at `deadline`
-    /// (the run's), whatever it is doing.
-    pub fn execute(self, deadline: Instant) -> Result<Outcome, KubeconfigError> {
-        let w = match self {
-            Prepared::Done(outcome) => return Ok(outcome),
-            Prepared::Write(w) => *w,
-        };
-        let PreparedWrite {
-            who,
-            user,
-            job,
-            has_tokens,
-            as_root,
-            broker,
-        } = w;
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        // The tokens first: the entry that makes kubectl ask for them after.
-        let mut stored = None;
-        for (dir, set) in &broker {
-            stored = Some(store_for_broker(&who, dir, set)?);
-        }
-        let outcome = write_kubeconfig(who, &user, &job, has_tokens, as_root, timeout)?;
-        Ok(match stored {
-            Some(tokens) => Outcome::Brokered {
-                kubeconfig: Box::new(outcome),
-                tokens,
-            },
-            None => outcome,
+/// Does the file work of one login's kubeconfig files (one [`Prepared`]
+/// each): as the user in one child process for all of them when we are
+/// root, in-process when we are that user. The child is killed at
+/// `deadline` (the run's), whatever it is doing. An outcome per file, in
+/// order.
+pub fn execute_all(
+    prepared: Vec<Prepared>,
+    deadline: Instant,
+) -> Vec<Result<Outcome, KubeconfigError>> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    // The tokens first: the entry that makes kubectl ask for them after.
+    let staged: Vec<Result<Staged, KubeconfigError>> = prepared
+        .into_iter()
+        .map(|p| match p {
+            Prepared::Done(outcome) => Ok(Staged::Done(outcome)),
+            Prepared::Write(w) => Ok(Staged::Write(store_all_for_broker(&w)?, w)),
         })
+        .collect();
+    let writes: Vec<&PreparedWrite> = staged
+        .iter()
+        .filter_map(|s| match s {
+            Ok(Staged::Write(_, w)) => Some(&**w),
+            _ => None,
+        })
+        .collect();
+    let mut replies = write_all(&writes, timeout).into_iter();
+    staged
+        .into_iter()
+        .map(|s| match s? {
+            Staged::Done(outcome) => Ok(outcome),
+            Staged::Write(stored, w) => {
+                let reply = replies.next().unwrap_or_else(|| {
+                    Err(KubeconfigError::Writer {
+                        user: w.who.clone(),
+                        why: "the writer gave no answer for this file".into(),
+                    })
+                })?;
+                let kubeconfig = outcome_of(&w.who, reply, w.has_tokens)?;
+                Ok(match stored {
+                    Some(tokens) => Outcome::Brokered {
+                        kubeconfig: Box::new(kubeconfig),
+                        tokens,
+                    },
+                    None => kubeconfig,
+                })
+            }
+        })
+        .collect()
+}
+
+/// A file's state between the broker's token store and the writer.
+enum Staged {
+    Done(Outcome),
+    /// The broker's token file, if any, and the write.
+    Write(Option<PathBuf>, Box<PreparedWrite>),
+}
+
+/// Stores the broker's token sets of one file's clusters; the last one's
+/// file (none outside broker mode).
+fn store_all_for_broker(w: &PreparedWrite) -> Result<Option<PathBuf>, KubeconfigError> {
+    let mut stored = None;
+    for (dir, set) in &w.broker {
+        stored = Some(store_for_broker(&w.who, dir, set)?);
     }
+    Ok(stored)
 }
 
 /// Stores a login's token set root-only for the broker; returns its file.
@@ -311,23 +346,32 @@ fn store_for_broker(
     Ok(store.file(set.uid))
 }
 
-/// Runs the writer (as the user when we are root) and reads its reply.
-fn write_kubeconfig(
-    who: String,
-    user: &str,
-    job: &Job,
-    has_tokens: bool,
-    as_root: bool,
-    timeout: Duration,
-) -> Result<Outcome, KubeconfigError> {
-    let reply = if as_root {
-        as_user::run_as(user, job, timeout).map_err(|why| KubeconfigError::Writer {
-            user: who.clone(),
-            why,
-        })?
-    } else {
-        write::run(job)
+/// Runs the writer for every file (one child, as the user, when we are
+/// root) and reads its replies, one per file.
+fn write_all(writes: &[&PreparedWrite], timeout: Duration) -> Vec<Result<Reply, KubeconfigError>> {
+    let Some(first) = writes.first() else {
+        return Vec::new();
     };
+    if !first.as_root {
+        return writes.iter().map(|w| Ok(write::run(&w.job))).collect();
+    }
+    let jobs: Vec<&Job> = writes.iter().map(|w| &w.job).collect();
+    match as_user::run_as(&first.user, &jobs, timeout) {
+        Ok(replies) => replies.into_iter().map(Ok).collect(),
+        Err(why) => writes
+            .iter()
+            .map(|w| {
+                Err(KubeconfigError::Writer {
+                    user: w.who.clone(),
+                    why: why.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// What a file's reply means for the login.
+fn outcome_of(who: &str, reply: Reply, has_tokens: bool) -> Result<Outcome, KubeconfigError> {
     match reply {
         Reply::Done {
             path,
@@ -346,7 +390,7 @@ fn write_kubeconfig(
             })
         }
         Reply::Failed(f) => {
-            let (user, path, why) = (who, f.path, f.why);
+            let (user, path, why) = (who.to_owned(), f.path, f.why);
             Err(match f.kind {
                 FailKind::Unsafe => KubeconfigError::Unsafe { user, path, why },
                 FailKind::Io => KubeconfigError::Io { user, path, why },

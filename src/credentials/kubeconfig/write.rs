@@ -46,8 +46,9 @@ pub const STALE_AFTER: Duration = Duration::from_secs(3);
 const MAX_CONFIG: u64 = 16 << 20;
 const TMP_MARK: &str = ".ood-k8s-bootstrap.";
 
-/// What the privilege-dropped child is asked to do (sent as JSON on its
-/// stdin; holds tokens, so it never goes to argv, env or logs).
+/// What the privilege-dropped child is asked to do for one kubeconfig file
+/// (a list of them, one per file, is sent as JSON on its stdin; holds
+/// tokens, so it never goes to argv, env or logs).
 #[derive(Serialize, Deserialize, PartialEq)]
 pub struct Job {
     pub user: String,
@@ -74,10 +75,13 @@ impl Job {
 }
 
 impl Job {
-    /// Parses the job the child reads on its stdin (anyone may start the
-    /// child and send anything: it runs as the sender's own uid).
-    pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+    /// Parses the jobs the child reads on its stdin, one per file (anyone
+    /// may start the child and send anything: it runs as the sender's own
+    /// uid); none is not a job list.
+    pub fn list_from_json(bytes: &[u8]) -> Option<Vec<Self>> {
+        serde_json::from_slice::<Vec<Self>>(bytes)
+            .ok()
+            .filter(|jobs| !jobs.is_empty())
     }
 }
 
@@ -88,7 +92,8 @@ pub const MAX_REPLY: u64 = 64 << 10;
 const MAX_WARNINGS: usize = 8;
 const MAX_TEXT: usize = 400;
 
-/// The child's answer (JSON on stdout).
+/// The child's answer for one job (a list of them, in the jobs' order, is
+/// JSON on its stdout).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Reply {
     Done {
@@ -100,14 +105,20 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Parses the child's answer. The child runs as the user, who may be
+    /// Parses the child's answers, one per job of `jobs`; `None` unless
+    /// there is exactly one each. The child runs as the user, who may be
     /// able to tamper with it (ptrace), and root logs parts of it: every
     /// text is made one short line, and at most [`MAX_WARNINGS`] warnings
     /// are kept.
-    pub fn from_child(bytes: &[u8]) -> Option<Self> {
+    pub fn from_child(bytes: &[u8], jobs: usize) -> Option<Vec<Self>> {
+        let replies: Vec<Self> = serde_json::from_slice(bytes).ok()?;
+        (replies.len() == jobs).then(|| replies.into_iter().map(Self::sanitised).collect())
+    }
+
+    fn sanitised(self) -> Self {
         let line = |s: &str| crate::oneline::clean(s, MAX_TEXT);
         let path = |p: &Path| PathBuf::from(line(&p.to_string_lossy()));
-        Some(match serde_json::from_slice(bytes).ok()? {
+        match self {
             Reply::Done {
                 path: p,
                 changed,
@@ -126,7 +137,7 @@ impl Reply {
                 path: path(&f.path),
                 why: line(&f.why),
             }),
-        })
+        }
     }
 }
 
@@ -816,6 +827,28 @@ mod tests {
         std::fs::remove_dir_all(&home).unwrap();
     }
 
+    #[test]
+    fn the_fuzz_seeds_are_a_job_list_and_one_reply_each() {
+        let seed = |name: &str| {
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("fuzz/corpus/writer_pipe")
+                    .join(name),
+            )
+            .unwrap()
+        };
+        let jobs = Job::list_from_json(&seed("jobs.json")).expect("jobs.json is a job list");
+        assert_eq!(
+            jobs.iter().map(|j| j.file.as_str()).collect::<Vec<_>>(),
+            ["config", "gpu"]
+        );
+        assert!(Job::list_from_json(b"[]").is_none());
+        for name in ["reply-done.json", "reply-failed.json"] {
+            assert!(Reply::from_child(&seed(name), 1).is_some(), "{name}");
+            assert!(Reply::from_child(&seed(name), 2).is_none(), "{name}");
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -850,14 +883,17 @@ mod tests {
                 path in "(?s).{0,600}",
             ) {
                 let fits = |t: &str| !t.chars().any(char::is_control) && t.chars().count() <= MAX_TEXT + 1;
-                let done = serde_json::to_vec(&Reply::Done { path: PathBuf::from(&path), changed: true, warnings }).unwrap();
-                let Some(Reply::Done { path: p, warnings: w, .. }) = Reply::from_child(&done) else {
+                let done = serde_json::to_vec(&[Reply::Done { path: PathBuf::from(&path), changed: true, warnings }]).unwrap();
+                prop_assert!(Reply::from_child(&done, 2).is_none());
+                let replies = Reply::from_child(&done, 1);
+                let Some([Reply::Done { path: p, warnings: w, .. }]) = replies.as_deref() else {
                     return Err(TestCaseError::fail("a Done reply"));
                 };
                 prop_assert!(w.len() <= MAX_WARNINGS);
                 prop_assert!(w.iter().all(|t| fits(t)) && fits(&p.to_string_lossy()));
-                let failed = serde_json::to_vec(&Reply::Failed(Failure::new(FailKind::Io, Path::new(&path), why))).unwrap();
-                let Some(Reply::Failed(f)) = Reply::from_child(&failed) else {
+                let failed = serde_json::to_vec(&[Reply::Failed(Failure::new(FailKind::Io, Path::new(&path), why))]).unwrap();
+                let replies = Reply::from_child(&failed, 1);
+                let Some([Reply::Failed(f)]) = replies.as_deref() else {
                     return Err(TestCaseError::fail("a Failed reply"));
                 };
                 prop_assert!(fits(&f.why) && fits(&f.path.to_string_lossy()));
