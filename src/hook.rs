@@ -408,8 +408,8 @@ type KubeDone = (
     Option<Instant>,
 );
 
-/// One file's jobs: each with its cluster's plan index.
-type FileJobs = Vec<(usize, KubeJob)>;
+/// One file's jobs: each with its cluster's plan index and deadline.
+type FileJobs = Vec<(usize, KubeJob, Instant)>;
 
 impl Writers {
     /// Takes the plans' kubeconfig jobs and starts the writer; the gates
@@ -423,21 +423,24 @@ impl Writers {
         for (i, p) in plans.iter_mut().enumerate() {
             let Some(job) = p.job.take() else { continue };
             let file = p.settings.kubeconfig.file.clone();
+            let job = (i, job, p.deadline);
             match files.iter_mut().find(|(f, _)| *f == file) {
-                Some((_, jobs)) => jobs.push((i, job)),
-                None => files.push((file, vec![(i, job)])),
+                Some((_, jobs)) => jobs.push(job),
+                None => files.push((file, vec![job])),
             }
             gates[i] = Some(Gate {
                 index: i,
                 tx: tx.clone(),
             });
             wait = wait.min(p.settings.timeout / 3);
-            deadline = Some(deadline.map_or(p.deadline, |d| d.min(p.deadline)));
+            // The writer child may take until the last cluster's deadline
+            // (the run lasts that long anyway); each exchange has its own.
+            deadline = Some(deadline.map_or(p.deadline, |d| d.max(p.deadline)));
         }
         let count = plans.len();
         let members = files
             .iter()
-            .map(|(_, jobs)| jobs.iter().map(|(i, _)| *i).collect())
+            .map(|(_, jobs)| jobs.iter().map(|(i, _, _)| *i).collect())
             .collect();
         let thread = deadline.map(|deadline| {
             let files = files.into_iter().map(|(_, jobs)| jobs).collect();
@@ -495,7 +498,7 @@ fn write_files(
 ) -> Vec<FileResult> {
     let expected = files.iter().map(Vec::len).sum();
     let refused = refused_by_gates(gates, expected, wait);
-    let made = make_files(files, &refused, deadline);
+    let made = make_files(files, &refused);
     let has: Vec<bool> = made.iter().map(|(p, _)| p.is_some()).collect();
     let (prepared, failed_of): (Vec<_>, Vec<_>) = made.into_iter().unzip();
     let to_write = prepared.into_iter().flatten().collect();
@@ -540,15 +543,16 @@ type MadeFile = (Option<kubeconfig::Prepared>, Vec<(usize, KubeError)>);
 
 /// Each file's checked write (its clusters' entries combined; none when
 /// none is left) and the clusters whose entries could not be made. Token
-/// exchanges run at once, a thread each.
-fn make_files(files: Vec<FileJobs>, refused: &[usize], deadline: Instant) -> Vec<MadeFile> {
+/// exchanges run at once, a thread each, each within its cluster's
+/// deadline.
+fn make_files(files: Vec<FileJobs>, refused: &[usize]) -> Vec<MadeFile> {
     std::thread::scope(|scope| {
         let started: Vec<Vec<_>> = files
             .into_iter()
             .map(|jobs| {
                 jobs.into_iter()
-                    .filter(|(i, _)| !refused.contains(i))
-                    .map(|(i, job)| (i, job.start(scope, deadline)))
+                    .filter(|(i, _, _)| !refused.contains(i))
+                    .map(|(i, job, deadline)| (i, job.start(scope, deadline)))
                     .collect()
             })
             .collect();
