@@ -6,7 +6,8 @@
 //! - [`write`] does the file work as the user: no symlinks followed, locks,
 //!   write beside and rename;
 //! - [`as_user`] runs [`write`] in a child with the user's uid, gid and
-//!   groups when we are root (the job goes through a pipe).
+//!   groups when we are root: one child for all of a login's kubeconfig
+//!   files ([`execute_all`]; the jobs go through a pipe).
 
 pub mod as_user;
 pub mod entry;
