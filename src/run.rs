@@ -101,7 +101,7 @@ pub fn init_logging(verbose: u8) {
 static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
 
 /// Remembers `line` as the run's error (called by [`fail`]).
-pub fn note_error(line: &str) {
+fn note_error(line: &str) {
     if let Ok(mut e) = LAST_ERROR.lock() {
         *e = Some(line.to_owned());
     }

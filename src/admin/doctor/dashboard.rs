@@ -7,9 +7,7 @@
 use std::path::Path;
 
 use super::facts::DashboardCluster;
-use crate::site::settings::clusters::{DEFAULT_AUTH, read_job};
-
-pub use crate::site::settings::clusters::DEFAULT_CLUSTER;
+use crate::site::settings::clusters::{DEFAULT_AUTH, DEFAULT_CLUSTER, read_job};
 
 /// The Kubernetes job settings of one cluster config, with ood_core's
 /// defaults; `Ok(None)` for a cluster of another adapter.
