@@ -1,0 +1,70 @@
+# Shared settings for tests/cluster/node/{build,images,up,down}. Sourced.
+#
+# The node: kubelet, kube-scheduler and kube-proxy of the same Kubernetes
+# release as the control plane, containerd + runc, the standard CNI plugins
+# and kube-router's NetworkPolicy firewall, every one built from its Go
+# module (see build). Its network never leaves the machine: a bridge of the
+# harness's own carries the node's address and the pods' (NODE_CIDR below),
+# with no route or NAT to anywhere else.
+
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+
+NODE_DIR="$CLUSTER_DIR/node"
+NODE_STATE="$STATE_DIR/node"
+
+CONTAINERD_VERSION="v2.4.2"
+RUNC_VERSION="v1.5.3"
+CNI_PLUGINS_VERSION="v1.10.0"
+# The only kube-router v2 release the Go module proxy serves (go list -m
+# -versions github.com/cloudnativelabs/kube-router/v2): v2.2+ are "not
+# available" there.
+KUBE_ROUTER_VERSION="v2.1.0"
+
+# The harness's own network: a bridge, the node's InternalIP on it (also the
+# pods' gateway and the source of the host's own connections to pods) and the
+# pods' range, host-local IPAM. Nothing routes this range off the machine.
+NODE_BRIDGE="${OOD_TEST_NODE_BRIDGE:-ood-br0}"
+NODE_CIDR="${OOD_TEST_NODE_CIDR:-10.213.0.0/24}"
+NODE_IP="${OOD_TEST_NODE_IP:-10.213.0.1}"
+NODE_NAME="${OOD_TEST_NODE_NAME:-ood-node-1}"
+# The apiserver's --service-cluster-ip-range (tests/cluster/up).
+SERVICE_CIDR="10.96.0.0/16"
+NODE_PORT_RANGE="30000-32767"
+
+# Ports of the node's daemons (all on the node address or loopback), away
+# from the upstream defaults so a second setup on this machine does not clash.
+KUBELET_PORT="${OOD_TEST_KUBELET_PORT:-21250}"
+KUBELET_HEALTHZ_PORT="${OOD_TEST_KUBELET_HEALTHZ_PORT:-21248}"
+SCHEDULER_PORT="${OOD_TEST_SCHEDULER_PORT:-21259}"
+KUBE_PROXY_HEALTHZ_PORT="${OOD_TEST_KUBE_PROXY_HEALTHZ_PORT:-21256}"
+KUBE_PROXY_METRICS_PORT="${OOD_TEST_KUBE_PROXY_METRICS_PORT:-21249}"
+KUBE_ROUTER_HEALTH_PORT="${OOD_TEST_KUBE_ROUTER_HEALTH_PORT:-21244}"
+
+# The workload image (Debian's busybox-static) and the pause image, both
+# built locally (images) and imported into containerd; never pulled.
+TEST_IMAGE="localhost/ood-test/busybox:1"
+PAUSE_IMAGE="localhost/ood-test/pause:1"
+
+nlog() { printf '[node] %s\n' "$*" >&2; }
+ndie() { printf '[node] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# A key that changes whenever anything that goes into the node's binaries
+# changes.
+node_build_key() {
+    cat "$NODE_DIR"/go/kube/go.mod "$NODE_DIR"/go/kube/go.sum "$NODE_DIR"/build \
+        | { cat; go version; echo "$K8S_VERSION $CONTAINERD_VERSION $RUNC_VERSION $CNI_PLUGINS_VERSION $KUBE_ROUTER_VERSION"; } \
+        | sha256sum | cut -c1-16
+}
+node_bin_dir() { echo "$CACHE_DIR/node-bin-$(node_build_key)"; }
+
+# The images' key: the recipe, and the Debian package it unpacks.
+images_dir() {
+    local key
+    key="$({ cat "$NODE_DIR/images"; cat "$NODE_DIR/oci-archive.py"; } | sha256sum | cut -c1-16)"
+    echo "$CACHE_DIR/node-images-$key"
+}
+
+node_alive() {
+    local pidfile="$NODE_STATE/$1.pid"
+    [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
