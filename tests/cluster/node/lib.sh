@@ -31,14 +31,15 @@ NODE_NAME="${OOD_TEST_NODE_NAME:-ood-node-1}"
 SERVICE_CIDR="10.96.0.0/16"
 NODE_PORT_RANGE="30000-32767"
 
-# Ports of the node's daemons (all on the node address or loopback), away
+# Ports of the node's daemons (on the node address or loopback; kube-router's
+# health and metrics ports are off, containerd's streaming port is a random
+# loopback one), away
 # from the upstream defaults so a second setup on this machine does not clash.
 KUBELET_PORT="${OOD_TEST_KUBELET_PORT:-21250}"
 KUBELET_HEALTHZ_PORT="${OOD_TEST_KUBELET_HEALTHZ_PORT:-21248}"
 SCHEDULER_PORT="${OOD_TEST_SCHEDULER_PORT:-21259}"
 KUBE_PROXY_HEALTHZ_PORT="${OOD_TEST_KUBE_PROXY_HEALTHZ_PORT:-21256}"
 KUBE_PROXY_METRICS_PORT="${OOD_TEST_KUBE_PROXY_METRICS_PORT:-21249}"
-KUBE_ROUTER_HEALTH_PORT="${OOD_TEST_KUBE_ROUTER_HEALTH_PORT:-21244}"
 
 # The workload image (Debian's busybox-static) and the pause image, both
 # built locally (images) and imported into containerd; never pulled.
