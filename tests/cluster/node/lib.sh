@@ -19,6 +19,8 @@ CNI_PLUGINS_VERSION="v1.10.0"
 # -versions github.com/cloudnativelabs/kube-router/v2): v2.2+ are "not
 # available" there.
 KUBE_ROUTER_VERSION="v2.1.0"
+# The image registry for the pull-secret tests (htpasswd, TLS, loopback).
+REGISTRY_VERSION="v3.1.2"
 
 # The harness's own network: a bridge, the node's InternalIP on it (also the
 # pods' gateway and the source of the host's own connections to pods) and the
@@ -45,6 +47,11 @@ KUBE_PROXY_METRICS_PORT="${OOD_TEST_KUBE_PROXY_METRICS_PORT:-21249}"
 # built locally (images) and imported into containerd; never pulled.
 TEST_IMAGE="localhost/ood-test/busybox:1"
 PAUSE_IMAGE="localhost/ood-test/pause:1"
+# The private image's repository and tag in the local registry
+# (PRIVATE_IMAGE=127.0.0.1:REGISTRY_PORT/PRIVATE_IMAGE_NAME).
+PRIVATE_IMAGE_NAME="ood-test/private:1"
+REGISTRY_PORT="${OOD_TEST_REGISTRY_PORT:-21500}"
+REGISTRY_USER="ood-puller"
 
 nlog() { printf '[node] %s\n' "$*" >&2; }
 ndie() { printf '[node] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -53,7 +60,7 @@ ndie() { printf '[node] ERROR: %s\n' "$*" >&2; exit 1; }
 # changes.
 node_build_key() {
     cat "$NODE_DIR"/go/kube/go.mod "$NODE_DIR"/go/kube/go.sum "$NODE_DIR"/build \
-        | { cat; go version; echo "$K8S_VERSION $CONTAINERD_VERSION $RUNC_VERSION $CNI_PLUGINS_VERSION $KUBE_ROUTER_VERSION"; } \
+        | { cat; go version; echo "$K8S_VERSION $CONTAINERD_VERSION $RUNC_VERSION $CNI_PLUGINS_VERSION $KUBE_ROUTER_VERSION $REGISTRY_VERSION"; } \
         | sha256sum | cut -c1-16
 }
 node_bin_dir() { echo "$CACHE_DIR/node-bin-$(node_build_key)"; }
@@ -61,7 +68,7 @@ node_bin_dir() { echo "$CACHE_DIR/node-bin-$(node_build_key)"; }
 # The images' key: the recipe, and the Debian package it unpacks.
 images_dir() {
     local key
-    key="$({ cat "$NODE_DIR/images"; cat "$NODE_DIR/oci-archive.py"; } | sha256sum | cut -c1-16)"
+    key="$({ cat "$NODE_DIR/images" "$NODE_DIR/oci-archive.py"; echo "$PAUSE_IMAGE $TEST_IMAGE $PRIVATE_IMAGE_NAME"; } | sha256sum | cut -c1-16)"
     echo "$CACHE_DIR/node-images-$key"
 }
 
