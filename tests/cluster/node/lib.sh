@@ -76,3 +76,18 @@ node_alive() {
     local pidfile="$NODE_STATE/$1.pid"
     [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
+
+# The host's firewall as ./up records it before it starts and ./down compares
+# with at its end: per table, the chains other than the built-in ones, the
+# built-in chains' policies other than ACCEPT, and every rule (no counters).
+# A table the node's components loaded stays loaded once empty (iptables-nft
+# keeps its built-in chains, ACCEPT, no rules): that is not a difference.
+fw_save() {
+    "$1-save" | awk '
+        /^\*/ { t = substr($0, 2) }
+        /^:/ { c = substr($1, 2)
+               if (c ~ /^(INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING)$/) {
+                   if ($2 != "ACCEPT") print t " policy " c " " $2
+               } else print t " chain " c }
+        /^-A / { print t " " $0 }'
+}
