@@ -29,6 +29,14 @@ NODE_BRIDGE="${OOD_TEST_NODE_BRIDGE:-ood-br0}"
 NODE_CIDR="${OOD_TEST_NODE_CIDR:-10.213.0.0/24}"
 NODE_IP="${OOD_TEST_NODE_IP:-10.213.0.1}"
 NODE_NAME="${OOD_TEST_NODE_NAME:-ood-node-1}"
+# The web node: a network namespace of the harness's own on the bridge
+# (WEB_NODE_NETNS, entered with nsenter --net=...). The host itself (the
+# node, NODE_IP) is always let through by kube-router to the pods on it, as
+# NetworkPolicy lets a node reach its own pods; connections from this
+# namespace are what NETWORK_POLICY_ALLOW_CIDR decides. Pod addresses start
+# at .10 of NODE_CIDR: .2-.9 are the harness's.
+WEB_NODE_IP="${OOD_TEST_WEB_NODE_IP:-10.213.0.2}"
+POD_RANGE_START="${OOD_TEST_POD_RANGE_START:-10.213.0.10}"
 # The apiserver's --service-cluster-ip-range (tests/cluster/up).
 SERVICE_CIDR="10.96.0.0/16"
 NODE_PORT_RANGE="30000-32767"
