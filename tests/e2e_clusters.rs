@@ -27,21 +27,27 @@ struct Site {
 }
 
 /// The CAs where every user can read them (kubectl runs as the user).
+/// Copied once per test process and never written again: the tests run
+/// side by side, and a copy truncated under a reading kubectl would fail it.
 fn user_cas() -> (PathBuf, PathBuf) {
-    let c = cluster();
-    let dir = PathBuf::from(format!("/tmp/ood-e2e-cas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = |var: &str, name: &str| {
-        let to = dir.join(name);
-        std::fs::copy(c.var(var), &to).unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
-        to
-    };
-    (
-        copy("K8S_CA_FILE", "ca1.crt"),
-        copy("K8S_CA_FILE_2", "ca2.crt"),
-    )
+    static CAS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    CAS.get_or_init(|| {
+        let c = cluster();
+        let dir = PathBuf::from(format!("/tmp/ood-e2e-cas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = |var: &str, name: &str| {
+            let to = dir.join(name);
+            std::fs::copy(c.var(var), &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+            to
+        };
+        (
+            copy("K8S_CA_FILE", "ca1.crt"),
+            copy("K8S_CA_FILE_2", "ca2.crt"),
+        )
+    })
+    .clone()
 }
 
 impl Site {
