@@ -661,7 +661,8 @@ fn limits_refuse_and_the_broker_stays_up() {
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     assert_eq!(code(&b.raw(b"{\"v\":1}\n")), "busy");
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // Told before the idle ones time out (5 s), not after a slot freed.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // The idle ones are answered "timeout" and closed after 5 s.
     for mut s in idle {
         let mut answer = String::new();
@@ -669,7 +670,11 @@ fn limits_refuse_and_the_broker_stays_up() {
         s.read_to_string(&mut answer).unwrap();
         assert!(answer.contains("\"timeout\""), "{answer}");
     }
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5) + common::MARGIN,
+        "{:?}",
+        t.elapsed()
+    );
 
     // An oversized request: refused, connection closed.
     let mut s = UnixStream::connect(&b.socket).unwrap();
@@ -1258,8 +1263,10 @@ fn a_refresh_while_the_idp_hangs_or_is_down_is_bounded_and_survived() {
         .local_addr()
         .unwrap()
         .port();
-    for (what, port, at_least, under) in [("hangs", hung_port, 2, 8), ("is down", down_port, 0, 2)]
-    {
+    // Bounded by BROKER_IDP_TIMEOUT_SECONDS (2 s) plus a margin for a busy
+    // machine; how quick is the benchmark's to say.
+    let under = 2 + common::MARGIN.as_secs();
+    for (what, port, at_least) in [("hangs", hung_port, 2), ("is down", down_port, 0)] {
         b.edit_stored(uid, |set| {
             set["expiry"] = now().into();
             set["refresh"]["token_endpoint"] = format!("https://127.0.0.1:{port}/token").into();

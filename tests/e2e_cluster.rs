@@ -684,7 +684,7 @@ fn unreachable_api_server_fails_fast_naming_the_server() {
         text(&out)
     );
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(3) + common::MARGIN,
         "took {took:?} with a 3 s deadline"
     );
 }
@@ -722,7 +722,7 @@ fn hanging_api_server_is_bounded_by_the_deadline() {
     let took = started.elapsed();
     assert!(matches!(out.status.code(), Some(69 | 75)), "{}", text(&out));
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(2) + common::MARGIN,
         "took {took:?} with a 2 s deadline"
     );
 }

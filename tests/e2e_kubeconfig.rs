@@ -950,7 +950,10 @@ fn unreachable_idp_for_the_exchange_is_bounded() {
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{}", text(&out));
-    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(3) + common::MARGIN,
+        "took {took:?}"
+    );
     assert!(
         stderr.contains("cannot reach the IdP") && stderr.contains("namespace "),
         "{stderr}"
@@ -1050,7 +1053,7 @@ fn a_stopped_writer_cannot_hang_the_hook() {
     let out = hook.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(75), "{}", text(&out));
     assert!(
-        took < deadline + Duration::from_millis(1500),
+        took < deadline + common::MARGIN,
         "took {took:?} with a {deadline:?} deadline"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
