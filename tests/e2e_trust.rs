@@ -119,14 +119,20 @@ fn unsafe_hook_env_is_refused_before_anything_happens() {
     assert_made(&out, &ns);
 }
 
-/// A hook.env that cannot be read names no prefix: the run's login is
-/// this test's own prefix, so the namespace it would make (the default
-/// empty prefix + login) is known, unique and recorded for cleanup.
+/// A hook.env that cannot be read names no prefix: the run's login is a
+/// real Linux account of this test's own, named with this run's prefix, so
+/// the namespace it would make (the default empty prefix + login) is
+/// known, unique and recorded for cleanup; a hook.env that can be read
+/// makes it, so the refusals' check looked at the right namespace. (A
+/// login with no account would be refused anyway, and no namespace made
+/// whatever the hook did with the FIFO.)
 #[test]
 fn fifo_directory_and_huge_hook_env_are_refused_without_blocking() {
+    let c = cluster();
     let dir = scratch("trust-kinds");
     let (prefix, line) = own_prefix("trust-kinds");
-    let login = format!("{prefix}alice");
+    let login = format!("{prefix}u");
+    linux_user(&login);
     let fifo = dir.join("fifo.env");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (out, took) = run_as(&login, &fifo, None);
@@ -134,6 +140,15 @@ fn fifo_directory_and_huge_hook_env_are_refused_without_blocking() {
 
     let (out, took) = run_as(&login, &dir, None);
     assert_refused(&out, took, "directory", &login);
+
+    let readable = dir.join("readable");
+    std::fs::create_dir(&readable).unwrap();
+    let env = c.hook_env(&readable, "K8S_CREDENTIALS=none\n");
+    let (out, _) = run_as(&login, &env, None);
+    assert_made(&out, &login);
+    let _ = std::process::Command::new("userdel")
+        .args(["-r", &login])
+        .output();
 
     let huge = dir.join("huge.env");
     let mut f = std::fs::File::create(&huge).unwrap();
