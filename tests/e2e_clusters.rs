@@ -385,6 +385,46 @@ fn a_cluster_that_is_down_fails_alone_within_its_deadline_and_then_fast() {
     let _ = std::fs::remove_dir_all(&site.dir);
 }
 
+/// Nothing of `user`'s on cluster two: the ondemand account wrote nothing
+/// to or in namespace `ns` (the audit log), no object of any kind the hook
+/// writes is there, no RoleBinding of the user's (`USER-…`) is anywhere,
+/// and the user's kubeconfig holds nothing of cluster two.
+fn assert_nothing_on_two(user: &str, ns: &str, home: &Path) {
+    audit_settled_on("KUBECONFIG_ADMIN_2", "AUDIT_LOG_2");
+    assert_eq!(
+        ondemand_writes_in("AUDIT_LOG_2", ns),
+        0,
+        "the ondemand account wrote to {ns} on two"
+    );
+    assert!(!namespace_exists_2(ns), "namespace {ns} on two");
+    let kinds = "rolebindings,roles,networkpolicies,serviceaccounts,secrets,configmaps,\
+                 resourcequotas,limitranges,persistentvolumeclaims";
+    let out = admin_2(&["get", kinds, "--all-namespaces", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| {
+            let meta = &o["metadata"];
+            meta["namespace"] == ns
+                || (o["kind"] == "RoleBinding"
+                    && meta["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&format!("{user}-"))))
+        })
+        .map(|o| format!("{} {}/{}", o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]))
+        .collect();
+    assert!(ours.is_empty(), "{user}'s objects on two: {ours:?}");
+    assert!(!home.join(".kube/two").exists(), "a kubeconfig for two");
+    let config = std::fs::read_to_string(home.join(".kube/config")).unwrap_or_default();
+    assert!(
+        !config.contains(&format!("two-{user}")),
+        "cluster two in {user}'s kubeconfig:\n{config}"
+    );
+}
+
 #[test]
 fn a_group_gated_cluster_is_only_for_its_groups() {
     linux_user("erin");
@@ -400,6 +440,8 @@ fn a_group_gated_cluster_is_only_for_its_groups() {
 
     // erin (not in the group) is this test's own login: the broker test
     // beside it writes dave's `one-dave` entries.
+    let (_, _, erin_home) = linux_user("erin");
+    let _ = std::fs::remove_dir_all(erin_home.join(".kube"));
     let (out, _) = site.login("erin");
     let err = stderr(&out);
     assert!(out.status.success(), "{}", text(&out));
@@ -410,10 +452,7 @@ fn a_group_gated_cluster_is_only_for_its_groups() {
         "{err}"
     );
     assert!(namespace_exists_1(&format!("{}erin", site.ns1)));
-    assert!(
-        !namespace_exists_2(&format!("{}erin", site.ns2)),
-        "nothing of erin's on two"
-    );
+    assert_nothing_on_two("erin", &format!("{}erin", site.ns2), &erin_home);
 
     let (out, _) = site.login("frank");
     assert!(out.status.success(), "{}", text(&out));
