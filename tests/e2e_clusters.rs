@@ -241,11 +241,14 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
     let (again, _) = site.login("alice");
     let err = stderr(&again);
     assert!(again.status.success(), "{}", text(&again));
-    for id in ["one", "two"] {
+    for (id, ns) in [("one", &ns1), ("two", &ns2)] {
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(&format!("alice: {id}: namespace {ns}: ")))
+            .collect();
         assert!(
-            err.contains(&format!("alice: {id}: namespace"))
-                && err.contains(" 0 created, 1 changed, 4 unchanged"),
-            "{err}"
+            matches!(lines[..], [l] if l.contains(": 0 created, 1 changed, 4 unchanged")),
+            "cluster {id}'s own summary line: {lines:?} in:\n{err}"
         );
     }
 
