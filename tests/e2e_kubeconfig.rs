@@ -954,9 +954,20 @@ fn unreachable_idp_for_the_exchange_is_bounded() {
         took < Duration::from_secs(3) + common::MARGIN,
         "took {took:?}"
     );
+    assert!(stderr.contains("cannot reach the IdP"), "{stderr}");
+    // The cluster side applied, as the API server says: the namespace of
+    // this run's own prefix exists, with the login's RoleBinding.
+    let ns = format!("{}carol-smith", prefix("kcxd"));
     assert!(
-        stderr.contains("cannot reach the IdP") && stderr.contains("namespace "),
-        "{stderr}"
+        cluster().get_json(&["namespace", &ns]).is_some(),
+        "no namespace {ns}:\n{stderr}"
+    );
+    let binding = format!("{user}-ood-user");
+    assert!(
+        cluster()
+            .get_json(&["rolebinding", "-n", &ns, &binding])
+            .is_some(),
+        "no RoleBinding {binding} in {ns}"
     );
     let cfg = config(&home_of(user));
     assert!(entry(&cfg, "users", &format!("kcxd-{user}")).is_none());
