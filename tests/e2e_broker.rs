@@ -1149,6 +1149,9 @@ fn refreshes(b: &Broker) -> usize {
 /// Several kubectl calls at the moment the token is due: the broker asks
 /// Dex (which rotates refresh tokens) once, every call succeeds with the
 /// one new token, and the session goes on — the next refresh works too.
+/// "Once" is counted at the IdP: the stored set's token endpoint is Dex's
+/// own behind a pass-through proxy of the test's, which counts the refresh
+/// requests Dex answered.
 #[test]
 fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
     let user = "erin";
@@ -1168,8 +1171,18 @@ fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
     // Dex keeps one refresh token per user and client: a login of its own.
     let out = b.hook(user, Some(&cluster().login("erin")));
     assert!(out.status.success(), "{}", text(&out));
+    let endpoint = b.stored(uid)["refresh"]["token_endpoint"]
+        .as_str()
+        .expect("the stored token endpoint")
+        .to_owned();
+    let idp = common::CountingProxy::start(&logs, &endpoint);
+    b.edit_stored(uid, |set| {
+        set["refresh"]["token_endpoint"] = idp.via(&endpoint).into();
+    });
+    let idp_refreshes = || idp.answered("POST", "/token", 200);
     for round in 0..2 {
         let before = refreshes(&b);
+        let at_idp = idp_refreshes();
         let used = b.stored(uid)["refresh_token"].as_str().unwrap().to_owned();
         b.edit_stored(uid, |set| set["expiry"] = now().into());
         let calls: Vec<_> = (0..6)
@@ -1186,6 +1199,12 @@ fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
                 b.log_text()
             );
         }
+        assert_eq!(
+            idp_refreshes() - at_idp,
+            1,
+            "round {round}: the IdP answered not one refresh for the burst\n{}",
+            b.log_text()
+        );
         assert_eq!(
             refreshes(&b) - before,
             1,

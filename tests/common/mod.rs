@@ -795,6 +795,95 @@ pub fn output_within(
     (output, took)
 }
 
+/// A pass-through HTTPS proxy of the test's own in front of an IdP (or any
+/// server whose certificate the test CA signed): tests/chaos's proxy with
+/// no faults, its certificate signed by the same CA, writing one JSON line
+/// per request it forwards and per answer it got. What the IdP was asked
+/// is counted there, not in the client's own log. Stopped when dropped.
+pub struct CountingProxy {
+    child: std::process::Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    events: PathBuf,
+}
+
+impl CountingProxy {
+    /// In front of the server of `upstream` (`https://HOST:PORT`, any path
+    /// left out), with its files in `dir`.
+    pub fn start(dir: &Path, upstream: &str) -> CountingProxy {
+        let rest = upstream.strip_prefix("https://").expect("an https URL");
+        let upstream = format!("https://{}", rest.split('/').next().unwrap_or(rest));
+        use std::io::BufRead;
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        let bin = BIN.get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/build");
+            let out = Command::new(&script).output().expect("run tests/chaos/build");
+            assert!(out.status.success(), "tests/chaos/build failed:\n{}", text(&out));
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        });
+        let ca = PathBuf::from(cluster().var("OIDC_CA_FILE"));
+        let events = dir.join("idp-proxy-events.jsonl");
+        let log = std::fs::File::create(dir.join("idp-proxy.log")).expect("proxy log");
+        let mut child = Command::new(bin)
+            .arg("-upstream")
+            .arg(&upstream)
+            .arg("-ca")
+            .arg(&ca)
+            .arg("-ca-key")
+            .arg(ca.with_file_name("ca.key"))
+            .arg("-events")
+            .arg(&events)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("proxy stdout"))
+            .read_line(&mut line)
+            .expect("read the proxy's address");
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("the proxy did not start: {line:?}"))
+            .trim();
+        CountingProxy {
+            child,
+            url: format!("https://{addr}"),
+            events,
+        }
+    }
+
+    /// `url` (`https://HOST:PORT/PATH`) with this proxy's origin instead.
+    pub fn via(&self, url: &str) -> String {
+        let rest = url.strip_prefix("https://").expect("an https URL");
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        format!("{}{path}", self.url)
+    }
+
+    /// Answers the upstream gave to `method` requests whose path ends with
+    /// `suffix`, with HTTP status `status`.
+    pub fn answered(&self, method: &str, suffix: &str, status: u16) -> usize {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["kind"] == "answer"
+                    && e["method"] == method
+                    && e["path"].as_str().is_some_and(|p| p.ends_with(suffix))
+                    && e["status"] == status
+            })
+            .count()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `cmd` with `input` on stdin.
 pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
     let mut child = cmd
