@@ -709,7 +709,10 @@ fn concurrent_runs_for_one_user() {
 /// run leaves the kubeconfig as it was or as it would have written it —
 /// never empty, truncated or without the user's own entries. Every run
 /// changes the file (two logins' tokens, alternating), so the kills land
-/// in writes. The seed is printed; OOD_TEST_SEED replays one.
+/// in writes; the test fails unless at least one kill landed inside a
+/// write (it left the writer's lock or temporary file behind), running
+/// more than the first 50 if need be (at most 200). The seed is printed;
+/// OOD_TEST_SEED replays one.
 #[test]
 fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
     let user = "kc-kill";
@@ -773,7 +776,13 @@ fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
         });
     eprintln!("killed_at_random_moments: seed {seed} (replay with OOD_TEST_SEED={seed})");
     let mut killed_in_write = 0;
-    for i in 0..50 {
+    let mut replaced = 0;
+    let mut runs = 0;
+    for i in 0..200 {
+        if i >= 50 && killed_in_write > 0 {
+            break;
+        }
+        runs += 1;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -800,10 +809,28 @@ fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
             "run {i} (killed after {delay} us, seed {seed}): neither the old file nor the new:\n{text}"
         );
         if std::fs::read(&path).unwrap() != before {
+            replaced += 1;
+        }
+        // Inside a write: the writer had taken its lock or begun its
+        // temporary file, and neither was removed.
+        let left: Vec<String> = std::fs::read_dir(home.join(".kube"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".lock") || n.ends_with(".tmp"))
+            .collect();
+        if !left.is_empty() {
             killed_in_write += 1;
         }
     }
-    eprintln!("killed_at_random_moments: {killed_in_write} of 50 runs had replaced the file");
+    eprintln!(
+        "killed_at_random_moments: {replaced} of {runs} runs had replaced the file, \
+         {killed_in_write} were killed inside a write"
+    );
+    assert!(
+        killed_in_write > 0,
+        "no kill of {runs} landed inside a write (seed {seed}): the test proved nothing"
+    );
     // afterwards the hook still works, and cleans up after the killed runs
     let out = run_hook(user, &env, Some(&logins[0]));
     assert!(out.status.success(), "{}", text(&out));
