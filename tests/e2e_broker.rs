@@ -576,7 +576,8 @@ fn broker_down_is_a_clear_quick_error() {
 /// so the IdP is not asked again and nothing is left to serve; a new login
 /// recovers. (The stored access token is made due for a refresh by
 /// editing its expiry in the root-only store, rather than waiting for it.)
-/// carol.smith's home is shared by the tests below that use her.
+/// carol.smith's home, and her one Dex refresh token, are shared by the
+/// tests that use her.
 static CAROL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -967,19 +968,33 @@ fn plugin_as(user: &str, b: &Broker) -> Output {
 
 /// Issue 16 (2): a set older than BROKER_MAX_SESSION_HOURS since its login
 /// is refused and deleted (its login time is moved back in the root-only
-/// store, as if the login had been that long ago).
+/// store, as if the login had been that long ago). A refresh within the
+/// bound (the access token made due) keeps the login time, so the bound
+/// still counts from the login. The Dex login is carol.smith's, whose
+/// refresh token no test beside this one replaces (CAROL).
 #[test]
 fn a_session_older_than_the_maximum_ends() {
+    let _carol = CAROL.lock().unwrap_or_else(|e| e.into_inner());
     let user = "brk-old";
     let (uid, _) = fresh_home(user);
     let b = Broker::start("brkold", "BROKER_MAX_SESSION_HOURS=2\n");
-    let out = b.hook(user, Some(&cluster().login("alice")));
+    let out = b.hook(user, Some(&cluster().login("carol.smith")));
     assert!(out.status.success(), "{}", text(&out));
     let stored_at = b.stored(uid)["stored_at"].as_u64().expect("stored_at");
     assert!(stored_at.abs_diff(now()) < 60, "{stored_at}");
-    // Within the bound: served (also after a refresh, which keeps it).
-    b.edit_stored(uid, |s| s["stored_at"] = (now() - 2 * 3600 + 120).into());
+    // Within the bound: served, also by a refresh, which keeps the login
+    // time.
+    let login_at = now() - 2 * 3600 + 120;
+    let used = b.stored(uid)["refresh_token"].clone();
+    b.edit_stored(uid, |s| {
+        s["stored_at"] = login_at.into();
+        s["expiry"] = now().into();
+    });
     token_of(&plugin(user, &b));
+    let set = b.stored(uid);
+    assert_eq!(set["source"], "refresh", "the due token was not refreshed");
+    assert_ne!(set["refresh_token"], used, "the due token was not refreshed");
+    assert_eq!(set["stored_at"], login_at, "the refresh moved the login time");
     b.edit_stored(uid, |s| s["stored_at"] = (now() - 2 * 3600 - 1).into());
     let out = plugin(user, &b);
     assert!(!out.status.success(), "{}", text(&out));
@@ -999,7 +1014,7 @@ fn a_session_older_than_the_maximum_ends() {
         b.log_text()
     );
     // A new login starts a new session.
-    let out = b.hook(user, Some(&cluster().login("alice")));
+    let out = b.hook(user, Some(&cluster().login("carol.smith")));
     assert!(out.status.success(), "{}", text(&out));
     token_of(&plugin(user, &b));
 }
