@@ -508,8 +508,11 @@ impl Drop for Stopped {
 /// scope), cluster two a token exchange for the `kubernetes` audience. The
 /// broker keeps a token set per user for each (two files), and kubectl as
 /// the user gets each cluster's own through the plugin, on both clusters.
+/// Both sets come from one issuer (Keycloak) and one client (the portal's),
+/// and neither is refreshed here: that each set is refreshed at its own
+/// issuer as its own client is not what this test shows.
 #[test]
-fn the_broker_keeps_a_token_set_per_issuer_client_and_audience() {
+fn the_broker_keeps_a_set_per_cluster_the_logins_own_and_an_exchanged_one() {
     let c = cluster();
     let user = "dave";
     let (uid, _, home) = linux_user(user);
