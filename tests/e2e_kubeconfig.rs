@@ -913,14 +913,17 @@ fn tokens_never_in_argv_or_the_writers_environment() {
 
 /// Token exchange refused by a real IdP (Dex has no RFC 8693 exchange for
 /// OAuth clients): exit 77 with the IdP's error and a hint, the cluster side
-/// applied, the kubeconfig's existing credentials untouched.
+/// applied, the kubeconfig's existing credentials untouched. The Linux
+/// account is the test's own (carol.smith's kubeconfig, compared byte for
+/// byte, is written by the exec-mode test beside it); the login is Dex's
+/// carol.smith.
 #[test]
 fn refused_token_exchange_keeps_existing_credentials() {
-    let user = "carol.smith";
+    let user = "kc-xrefused";
     linux_user(user);
     let home = home_of(user);
     let dir = scratch("kc-xchg-refused");
-    let tokens = cluster().login(user);
+    let tokens = cluster().login("carol.smith");
     let plain = hook_env(&dir, "kcxr", "token", "");
     let out = run_hook(user, &plain, Some(&tokens));
     assert!(out.status.success(), "{}", text(&out));
