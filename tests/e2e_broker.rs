@@ -993,8 +993,14 @@ fn a_session_older_than_the_maximum_ends() {
     token_of(&plugin(user, &b));
     let set = b.stored(uid);
     assert_eq!(set["source"], "refresh", "the due token was not refreshed");
-    assert_ne!(set["refresh_token"], used, "the due token was not refreshed");
-    assert_eq!(set["stored_at"], login_at, "the refresh moved the login time");
+    assert_ne!(
+        set["refresh_token"], used,
+        "the due token was not refreshed"
+    );
+    assert_eq!(
+        set["stored_at"], login_at,
+        "the refresh moved the login time"
+    );
     b.edit_stored(uid, |s| s["stored_at"] = (now() - 2 * 3600 - 1).into());
     let out = plugin(user, &b);
     assert!(!out.status.success(), "{}", text(&out));

@@ -320,7 +320,11 @@ fn a_cluster_that_is_down_fails_alone_within_its_deadline_and_then_fast() {
     // Cluster two's deadline is 3 s, the others' 30 s: a run bounded by
     // cluster two's own deadline (plus a margin for a busy machine) is
     // told apart from one waiting out the others'.
-    let site = Site::new("down", "HOOK_TIMEOUT_SECONDS=30\n", "HOOK_TIMEOUT_SECONDS=3\n");
+    let site = Site::new(
+        "down",
+        "HOOK_TIMEOUT_SECONDS=30\n",
+        "HOOK_TIMEOUT_SECONDS=3\n",
+    );
     let deadline = Duration::from_secs(3);
     // Cluster two's root kubeconfig now leads to a port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -373,7 +377,10 @@ fn a_cluster_that_is_down_fails_alone_within_its_deadline_and_then_fast() {
     let (out, took) = site.login("bob");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(69), "{}", text(&out));
-    assert!(took < deadline, "waited out the deadline again: {took:?}: {err}");
+    assert!(
+        took < deadline,
+        "waited out the deadline again: {took:?}: {err}"
+    );
     assert!(
         err.contains("FAST_FAIL_SECONDS") && err.contains("error: two: "),
         "{err}"
@@ -417,7 +424,12 @@ fn assert_nothing_on_two(user: &str, ns: &str, home: &Path) {
                         .as_str()
                         .is_some_and(|n| n.starts_with(&format!("{user}-"))))
         })
-        .map(|o| format!("{} {}/{}", o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]))
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]
+            )
+        })
         .collect();
     assert!(ours.is_empty(), "{user}'s objects on two: {ours:?}");
     assert!(!home.join(".kube/two").exists(), "a kubeconfig for two");

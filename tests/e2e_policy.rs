@@ -1414,7 +1414,9 @@ fn a_missing_or_full_log_socket_never_fails_a_login_and_journald_gets_fields() {
     linux_user("dave");
     let hook = |user: &str, env: &Path, extra: &[&str]| -> Output {
         let mut cmd = c.hook();
-        cmd.args(["--user", user, "--hook-env"]).arg(env).args(extra);
+        cmd.args(["--user", user, "--hook-env"])
+            .arg(env)
+            .args(extra);
         let limit = common::DEFAULT_DEADLINE + common::MARGIN;
         common::output_within(&mut cmd, limit, "the hook with this log socket").0
     };

@@ -917,7 +917,10 @@ mod idp {
         let env = hook_env(&dir, "");
         let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
         assert!(out.status.success(), "{}", text(&out));
-        let want = format!("✓ issuer: OIDC discovery at {} works", cluster().var("OIDC_ISSUER"));
+        let want = format!(
+            "✓ issuer: OIDC discovery at {} works",
+            cluster().var("OIDC_ISSUER")
+        );
         assert!(
             lines(&out, "✓").iter().any(|l| l.starts_with(&want)),
             "no {want:?}:\n{}",

@@ -772,8 +772,18 @@ pub fn output_within(
             buf
         })
     };
-    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the run") {
             break status;
@@ -817,8 +827,14 @@ impl CountingProxy {
         static BIN: OnceLock<PathBuf> = OnceLock::new();
         let bin = BIN.get_or_init(|| {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/build");
-            let out = Command::new(&script).output().expect("run tests/chaos/build");
-            assert!(out.status.success(), "tests/chaos/build failed:\n{}", text(&out));
+            let out = Command::new(&script)
+                .output()
+                .expect("run tests/chaos/build");
+            assert!(
+                out.status.success(),
+                "tests/chaos/build failed:\n{}",
+                text(&out)
+            );
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         });
         let ca = PathBuf::from(cluster().var("OIDC_CA_FILE"));
