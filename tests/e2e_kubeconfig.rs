@@ -789,6 +789,7 @@ fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
         // anywhere in a run, mostly near its end where the file is written
         let delay = seed % (full + full / 4 + 1);
         let before = std::fs::read(&path).unwrap();
+        let marks_before = write_marks(&home);
         let mut cmd = hook_cmd(user, &env, Some(&logins[i % 2]));
         cmd.process_group(0);
         let child = cmd.spawn().unwrap();
@@ -811,15 +812,11 @@ fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
         if std::fs::read(&path).unwrap() != before {
             replaced += 1;
         }
-        // Inside a write: the writer had taken its lock or begun its
-        // temporary file, and neither was removed.
-        let left: Vec<String> = std::fs::read_dir(home.join(".kube"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".lock") || n.ends_with(".tmp"))
-            .collect();
-        if !left.is_empty() {
+        // Inside a write: this run's writer had taken its lock or begun its
+        // temporary file (one not there, as it is, before the run: an
+        // earlier killed run's stale lock is not this run's), and neither
+        // was removed.
+        if !write_marks(&home).is_subset(&marks_before) {
             killed_in_write += 1;
         }
     }
@@ -835,6 +832,22 @@ fn killed_at_random_moments_the_file_is_old_or_new_never_torn() {
     let out = run_hook(user, &env, Some(&logins[0]));
     assert!(out.status.success(), "{}", text(&out));
     assert_clean_kube(&home, "kckill-kc-kill");
+}
+
+/// The kubeconfig writer's lock and temporary files in `home`'s ~/.kube,
+/// each as (name, inode, modification time in ns): a file made or taken
+/// over anew is a new element.
+fn write_marks(home: &Path) -> std::collections::BTreeSet<(String, u64, i128)> {
+    std::fs::read_dir(home.join(".kube"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.metadata().ok()?;
+            let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            (name.ends_with(".lock") || name.ends_with(".tmp")).then_some((name, meta.ino(), ns))
+        })
+        .collect()
 }
 
 /// Every process's argv (and the writer child's environment) while the
