@@ -576,7 +576,8 @@ fn broker_down_is_a_clear_quick_error() {
 /// so the IdP is not asked again and nothing is left to serve; a new login
 /// recovers. (The stored access token is made due for a refresh by
 /// editing its expiry in the root-only store, rather than waiting for it.)
-/// carol.smith's home is shared by the tests below that use her.
+/// carol.smith's home, and her one Dex refresh token, are shared by the
+/// tests that use her.
 static CAROL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -661,7 +662,8 @@ fn limits_refuse_and_the_broker_stays_up() {
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     assert_eq!(code(&b.raw(b"{\"v\":1}\n")), "busy");
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // Told before the idle ones time out (5 s), not after a slot freed.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // The idle ones are answered "timeout" and closed after 5 s.
     for mut s in idle {
         let mut answer = String::new();
@@ -669,7 +671,11 @@ fn limits_refuse_and_the_broker_stays_up() {
         s.read_to_string(&mut answer).unwrap();
         assert!(answer.contains("\"timeout\""), "{answer}");
     }
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5) + common::MARGIN,
+        "{:?}",
+        t.elapsed()
+    );
 
     // An oversized request: refused, connection closed.
     let mut s = UnixStream::connect(&b.socket).unwrap();
@@ -962,19 +968,39 @@ fn plugin_as(user: &str, b: &Broker) -> Output {
 
 /// Issue 16 (2): a set older than BROKER_MAX_SESSION_HOURS since its login
 /// is refused and deleted (its login time is moved back in the root-only
-/// store, as if the login had been that long ago).
+/// store, as if the login had been that long ago). A refresh within the
+/// bound (the access token made due) keeps the login time, so the bound
+/// still counts from the login. The Dex login is carol.smith's, whose
+/// refresh token no test beside this one replaces (CAROL).
 #[test]
 fn a_session_older_than_the_maximum_ends() {
+    let _carol = CAROL.lock().unwrap_or_else(|e| e.into_inner());
     let user = "brk-old";
     let (uid, _) = fresh_home(user);
     let b = Broker::start("brkold", "BROKER_MAX_SESSION_HOURS=2\n");
-    let out = b.hook(user, Some(&cluster().login("alice")));
+    let out = b.hook(user, Some(&cluster().login("carol.smith")));
     assert!(out.status.success(), "{}", text(&out));
     let stored_at = b.stored(uid)["stored_at"].as_u64().expect("stored_at");
     assert!(stored_at.abs_diff(now()) < 60, "{stored_at}");
-    // Within the bound: served (also after a refresh, which keeps it).
-    b.edit_stored(uid, |s| s["stored_at"] = (now() - 2 * 3600 + 120).into());
+    // Within the bound: served, also by a refresh, which keeps the login
+    // time.
+    let login_at = now() - 2 * 3600 + 120;
+    let used = b.stored(uid)["refresh_token"].clone();
+    b.edit_stored(uid, |s| {
+        s["stored_at"] = login_at.into();
+        s["expiry"] = now().into();
+    });
     token_of(&plugin(user, &b));
+    let set = b.stored(uid);
+    assert_eq!(set["source"], "refresh", "the due token was not refreshed");
+    assert_ne!(
+        set["refresh_token"], used,
+        "the due token was not refreshed"
+    );
+    assert_eq!(
+        set["stored_at"], login_at,
+        "the refresh moved the login time"
+    );
     b.edit_stored(uid, |s| s["stored_at"] = (now() - 2 * 3600 - 1).into());
     let out = plugin(user, &b);
     assert!(!out.status.success(), "{}", text(&out));
@@ -994,7 +1020,7 @@ fn a_session_older_than_the_maximum_ends() {
         b.log_text()
     );
     // A new login starts a new session.
-    let out = b.hook(user, Some(&cluster().login("alice")));
+    let out = b.hook(user, Some(&cluster().login("carol.smith")));
     assert!(out.status.success(), "{}", text(&out));
     token_of(&plugin(user, &b));
 }
@@ -1035,8 +1061,13 @@ fn tokens_too_large_to_store_are_refused_at_login() {
         "{err}"
     );
     assert!(!err.contains(&login.access));
-    // refused before anything was changed, on the cluster too
-    assert!(!err.contains("created"), "{err}");
+    // refused before anything was changed, on the cluster too (asked of
+    // the API server: the namespace of this run's prefix was never made)
+    let ns = format!("{}{user}", prefix("brkbig"));
+    assert!(
+        cluster().get_json(&["namespace", &ns]).is_none(),
+        "the refused login made namespace {ns}"
+    );
     assert!(!b.state.join(format!("{uid}.json")).exists());
     assert!(!home.join(".kube/config").exists());
 }
@@ -1139,6 +1170,9 @@ fn refreshes(b: &Broker) -> usize {
 /// Several kubectl calls at the moment the token is due: the broker asks
 /// Dex (which rotates refresh tokens) once, every call succeeds with the
 /// one new token, and the session goes on — the next refresh works too.
+/// "Once" is counted at the IdP: the stored set's token endpoint is Dex's
+/// own behind a pass-through proxy of the test's, which counts the refresh
+/// requests Dex answered.
 #[test]
 fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
     let user = "erin";
@@ -1158,8 +1192,17 @@ fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
     // Dex keeps one refresh token per user and client: a login of its own.
     let out = b.hook(user, Some(&cluster().login("erin")));
     assert!(out.status.success(), "{}", text(&out));
+    // Dex's token endpoint (the set leaves it to discovery), through the
+    // proxy.
+    let endpoint = format!("{}/token", cluster().var("OIDC_ISSUER"));
+    let idp = common::CountingProxy::start(&logs, &endpoint);
+    b.edit_stored(uid, |set| {
+        set["refresh"]["token_endpoint"] = idp.via(&endpoint).into();
+    });
+    let idp_refreshes = || idp.answered("POST", "/token", 200);
     for round in 0..2 {
         let before = refreshes(&b);
+        let at_idp = idp_refreshes();
         let used = b.stored(uid)["refresh_token"].as_str().unwrap().to_owned();
         b.edit_stored(uid, |set| set["expiry"] = now().into());
         let calls: Vec<_> = (0..6)
@@ -1176,6 +1219,12 @@ fn a_burst_at_expiry_refreshes_once_and_the_session_survives() {
                 b.log_text()
             );
         }
+        assert_eq!(
+            idp_refreshes() - at_idp,
+            1,
+            "round {round}: the IdP answered not one refresh for the burst\n{}",
+            b.log_text()
+        );
         assert_eq!(
             refreshes(&b) - before,
             1,
@@ -1258,8 +1307,10 @@ fn a_refresh_while_the_idp_hangs_or_is_down_is_bounded_and_survived() {
         .local_addr()
         .unwrap()
         .port();
-    for (what, port, at_least, under) in [("hangs", hung_port, 2, 8), ("is down", down_port, 0, 2)]
-    {
+    // Bounded by BROKER_IDP_TIMEOUT_SECONDS (2 s) plus a margin for a busy
+    // machine; how quick is the benchmark's to say.
+    let under = 2 + common::MARGIN.as_secs();
+    for (what, port, at_least) in [("hangs", hung_port, 2), ("is down", down_port, 0)] {
         b.edit_stored(uid, |set| {
             set["expiry"] = now().into();
             set["refresh"]["token_endpoint"] = format!("https://127.0.0.1:{port}/token").into();

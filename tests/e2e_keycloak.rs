@@ -344,14 +344,19 @@ fn dex_tokens_still_authenticate_next_to_keycloak() {
 /// no line claims the cluster side was applied; with it present the
 /// summary line shows the cluster side done and the refusal line that the
 /// kubeconfig's credentials were left as they are (byte for byte).
+///
+/// The login is Keycloak's dave, the Linux account one of this test's own
+/// (`kc-refused`): the kubeconfig compared byte for byte is written by no
+/// other test running beside it (dave's is, by the exchange test above).
 #[test]
 fn refused_exchange_says_what_happened_to_each_side() {
+    use std::os::unix::fs::PermissionsExt;
     let c = cluster();
-    let user = "dave";
-    let (_, _, home) = linux_user(user);
+    let user = "kc-refused";
+    let (uid, gid, home) = linux_user(user);
     let id = c.var("KEYCLOAK_NOEXCHANGE_CLIENT_ID");
     let secret = c.var("KEYCLOAK_NOEXCHANGE_CLIENT_SECRET");
-    let tokens = c.keycloak_login_client(user, id, secret, None);
+    let tokens = c.keycloak_login_client("dave", id, secret, None);
     let tag = "kcxr";
     let ns_prefix = prefix(tag);
     let dir = scratch("kc-refused");
@@ -371,7 +376,21 @@ fn refused_exchange_says_what_happened_to_each_side() {
         ),
     )
     .expect("write hook.env");
-    let kubeconfig = home.join(".kube/config");
+    // A kubeconfig of the user's own from an earlier login, to be left as
+    // it is.
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).expect("mkdir ~/.kube");
+    let kubeconfig = kube.join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n# earlier login\n",
+    )
+    .expect("write the earlier kubeconfig");
+    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for p in [&kube, &kubeconfig] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown to the user");
+    }
     let before = std::fs::read(&kubeconfig).ok();
     let namespace = format!("{ns_prefix}{user}");
     let refused = "refused the token exchange";

@@ -1402,15 +1402,24 @@ fn fifty_concurrent_hooks_are_counted_exactly_and_the_file_always_parses() {
 }
 
 /// Issue 18 (2): a log socket that is missing or full never fails a login
-/// (a blocking send to the full one would hang the hook: the test would
-/// not end); with journald owning the socket, the record goes to
-/// journald's native socket beside it, every field its own.
+/// (a blocking send to the full one would hang the hook: each run is
+/// bounded by the deadline plus a margin, and fails the test when it
+/// hangs); with journald owning the socket, the record goes to journald's
+/// native socket beside it, every field its own.
 #[test]
 fn a_missing_or_full_log_socket_never_fails_a_login_and_journald_gets_fields() {
     let c = cluster();
     let dir = scratch("logsock");
     let prefix = common::prefix("logsock");
     linux_user("dave");
+    let hook = |user: &str, env: &Path, extra: &[&str]| -> Output {
+        let mut cmd = c.hook();
+        cmd.args(["--user", user, "--hook-env"])
+            .arg(env)
+            .args(extra);
+        let limit = common::DEFAULT_DEADLINE + common::MARGIN;
+        common::output_within(&mut cmd, limit, "the hook with this log socket").0
+    };
     let env_with = |socket: &Path| {
         let d = dir.join(format!(
             "env-{}",

@@ -379,8 +379,16 @@ fn doctor_passes_on_the_healthy_setup() {
     ] {
         assert!(ok.contains(want), "no {want:?}:\n{}", text(&out));
     }
-    if !cluster().external() {
-        assert!(ok.contains("✓ issuer: OIDC discovery at"), "{}", text(&out));
+    // The issuer is checked where hook.env names one: here only locally
+    // (idp::doctor_checks_the_test_idps_issuer, which tests/external-run
+    // lists as not run); against an existing cluster there is no test IdP,
+    // hook.env names none, and doctor says nothing about an issuer.
+    if cluster().external() {
+        assert!(
+            !stdout(&out).lines().any(|l| l.contains(" issuer: ")),
+            "an issuer line with no IDP_ISSUER_URL:\n{}",
+            text(&out)
+        );
     }
     // The renewal is reported: by systemd's timer, or when it is due.
     if let Some(p) = common::renewal_line_problem(&stdout(&out)) {
@@ -898,6 +906,27 @@ fn root_token_refuses_a_symlinked_kubeconfig() {
 /// run against an existing cluster (tests/external-run says so).
 mod idp {
     use super::*;
+
+    /// The healthy setup's issuer check, with the test IdP's issuer in
+    /// hook.env (doctor_passes_on_the_healthy_setup runs in external mode
+    /// too, where there is none).
+    #[test]
+    fn doctor_checks_the_test_idps_issuer() {
+        let _lock = shared();
+        let dir = scratch("doctor-issuer-ok");
+        let env = hook_env(&dir, "");
+        let out = doctor(&env, ondemand_kubeconfig(), &[], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let want = format!(
+            "✓ issuer: OIDC discovery at {} works",
+            cluster().var("OIDC_ISSUER")
+        );
+        assert!(
+            lines(&out, "✓").iter().any(|l| l.starts_with(&want)),
+            "no {want:?}:\n{}",
+            text(&out)
+        );
+    }
 
     #[test]
     fn doctor_fails_when_issuer_url_is_the_token_endpoint() {

@@ -1,6 +1,6 @@
 //! End-to-end: what root trusts and how it behaves while the cluster is
 //! down. hook.env and the files it names must be root's and closed to
-//! others (refused with 78, naming the file, within a second, before any
+//! others (refused with 78, naming the file, without waiting, before any
 //! write); after a run found the API server unreachable, the next runs fail
 //! at once, and recovery is picked up by the very next run.
 
@@ -11,9 +11,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{cluster, linux_user, scratch, text};
+use common::{DEFAULT_DEADLINE, MARGIN, cluster, linux_user, output_within, scratch, text};
 
 fn run(hook_env: &Path, kubeconfig: Option<&Path>) -> (Output, Duration) {
     run_as("alice", hook_env, kubeconfig)
@@ -24,13 +24,8 @@ fn run_as(user: &str, hook_env: &Path, kubeconfig: Option<&Path>) -> (Output, Du
     if let Some(kc) = kubeconfig {
         cmd.env("KUBECONFIG", kc);
     }
-    let started = Instant::now();
-    let out = cmd
-        .args(["--user", user, "--hook-env"])
-        .arg(hook_env)
-        .output()
-        .expect("run hook");
-    (out, started.elapsed())
+    cmd.args(["--user", user, "--hook-env"]).arg(hook_env);
+    output_within(&mut cmd, DEFAULT_DEADLINE + MARGIN, "the hook")
 }
 
 /// A namespace prefix of this test's own (recorded for external-mode
@@ -49,7 +44,9 @@ fn chown(p: &Path, uid: u32) {
     std::os::unix::fs::chown(p, Some(uid), None).expect("chown");
 }
 
-/// Asserts a refusal: 78, quick, naming `what`, and the cluster untouched:
+/// Asserts a refusal: 78, before the run's deadline (it waits for nothing;
+/// how quick it is, is the benchmark's to say), naming `what`, and the
+/// cluster untouched:
 /// the namespace `ns` the run would have made first (every write of a run
 /// is to it or in it) does not exist. It is asked of the API server, so
 /// this holds in external mode too, and needs no wait for an audit log.
@@ -57,7 +54,7 @@ fn assert_refused(out: &Output, took: Duration, what: &str, ns: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{}", text(out));
     assert!(stderr.contains(what), "should name {what}:\n{}", text(out));
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < DEFAULT_DEADLINE, "took {took:?}");
     assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
     assert!(
         cluster().get_json(&["namespace", ns]).is_none(),
@@ -122,14 +119,20 @@ fn unsafe_hook_env_is_refused_before_anything_happens() {
     assert_made(&out, &ns);
 }
 
-/// A hook.env that cannot be read names no prefix: the run's login is
-/// this test's own prefix, so the namespace it would make (the default
-/// empty prefix + login) is known, unique and recorded for cleanup.
+/// A hook.env that cannot be read names no prefix: the run's login is a
+/// real Linux account of this test's own, named with this run's prefix, so
+/// the namespace it would make (the default empty prefix + login) is
+/// known, unique and recorded for cleanup; a hook.env that can be read
+/// makes it, so the refusals' check looked at the right namespace. (A
+/// login with no account would be refused anyway, and no namespace made
+/// whatever the hook did with the FIFO.)
 #[test]
-fn fifo_directory_and_huge_hook_env_are_refused_within_a_second() {
+fn fifo_directory_and_huge_hook_env_are_refused_without_blocking() {
+    let c = cluster();
     let dir = scratch("trust-kinds");
     let (prefix, line) = own_prefix("trust-kinds");
-    let login = format!("{prefix}alice");
+    let login = format!("{prefix}u");
+    linux_user(&login);
     let fifo = dir.join("fifo.env");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (out, took) = run_as(&login, &fifo, None);
@@ -137,6 +140,15 @@ fn fifo_directory_and_huge_hook_env_are_refused_within_a_second() {
 
     let (out, took) = run_as(&login, &dir, None);
     assert_refused(&out, took, "directory", &login);
+
+    let readable = dir.join("readable");
+    std::fs::create_dir(&readable).unwrap();
+    let env = c.hook_env(&readable, "K8S_CREDENTIALS=none\n");
+    let (out, _) = run_as(&login, &env, None);
+    assert_made(&out, &login);
+    let _ = std::process::Command::new("userdel")
+        .args(["-r", &login])
+        .output();
 
     let huge = dir.join("huge.env");
     let mut f = std::fs::File::create(&huge).unwrap();
@@ -332,11 +344,12 @@ fn while_the_api_server_is_down_runs_fail_at_once_and_recovery_is_immediate() {
     let dir = scratch("fastfail");
     let port = free_port();
     let kc = ondemand_kubeconfig_via(&dir, port);
+    let deadline = Duration::from_secs(3);
     let env = c.hook_env(&dir, "HOOK_TIMEOUT_SECONDS=3\nK8S_CREDENTIALS=none\n");
 
     let (first, took) = run(&env, Some(&kc));
     assert_eq!(first.status.code(), Some(69), "{}", text(&first));
-    assert!(took < Duration::from_secs(4), "first run took {took:?}");
+    assert!(took < deadline + MARGIN, "first run took {took:?}");
     let meta = std::fs::metadata(state_file(port)).expect("outage remembered");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
@@ -344,7 +357,8 @@ fn while_the_api_server_is_down_runs_fail_at_once_and_recovery_is_immediate() {
         let (out, took) = run(&env, Some(&kc));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(69), "{}", text(&out));
-        assert!(took < Duration::from_secs(1), "fast fail took {took:?}");
+        // Not waiting out the deadline again (the message below says why).
+        assert!(took < deadline, "fast fail took {took:?}");
         assert!(
             stderr.contains(&format!("https://127.0.0.1:{port}"))
                 && stderr.contains("is unreachable")
@@ -357,7 +371,7 @@ fn while_the_api_server_is_down_runs_fail_at_once_and_recovery_is_immediate() {
     relay(port);
     let (out, took) = run(&env, Some(&kc));
     assert!(out.status.success(), "after recovery:\n{}", text(&out));
-    assert!(took < Duration::from_secs(3), "recovery run took {took:?}");
+    assert!(took < deadline + MARGIN, "recovery run took {took:?}");
     assert!(
         !state_file(port).exists(),
         "outage forgotten after recovery"

@@ -738,6 +738,168 @@ pub fn until_uid_gid_policy_refuses(ns: &str, create_as_root: impl Fn(&str) -> O
     }
 }
 
+/// How far past its deadline a test lets a run go before calling it
+/// unbounded. Generous on purpose: the suites run beside fuzzers and each
+/// other on few cores, so a test checks that a run is bounded by its
+/// deadline and leaves how fast it is to the benchmark (bench/run).
+pub const MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The hook's deadline when hook.env sets none (HOOK_TIMEOUT_SECONDS).
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `cmd`, its stdout and stderr captured, and waits at most `limit`:
+/// a run still going then is killed and the test fails naming `what`, so a
+/// run that hangs fails the test instead of hanging the suite. Returns the
+/// output and how long the run took.
+pub fn output_within(
+    cmd: &mut Command,
+    limit: std::time::Duration,
+    what: &str,
+) -> (Output, std::time::Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the run") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Not waiting for the output: a child of the run may hold it.
+            panic!("{what}: still running after {limit:?}, killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let output = Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    (output, took)
+}
+
+/// A pass-through HTTPS proxy of the test's own in front of an IdP (or any
+/// server whose certificate the test CA signed): tests/chaos's proxy with
+/// no faults, its certificate signed by the same CA, writing one JSON line
+/// per request it forwards and per answer it got. What the IdP was asked
+/// is counted there, not in the client's own log. Stopped when dropped.
+pub struct CountingProxy {
+    child: std::process::Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    events: PathBuf,
+}
+
+impl CountingProxy {
+    /// In front of the server of `upstream` (`https://HOST:PORT`, any path
+    /// left out), with its files in `dir`.
+    pub fn start(dir: &Path, upstream: &str) -> CountingProxy {
+        let rest = upstream.strip_prefix("https://").expect("an https URL");
+        let upstream = format!("https://{}", rest.split('/').next().unwrap_or(rest));
+        use std::io::BufRead;
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        let bin = BIN.get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chaos/build");
+            let out = Command::new(&script)
+                .output()
+                .expect("run tests/chaos/build");
+            assert!(
+                out.status.success(),
+                "tests/chaos/build failed:\n{}",
+                text(&out)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        });
+        let ca = PathBuf::from(cluster().var("OIDC_CA_FILE"));
+        let events = dir.join("idp-proxy-events.jsonl");
+        let log = std::fs::File::create(dir.join("idp-proxy.log")).expect("proxy log");
+        let mut child = Command::new(bin)
+            .arg("-upstream")
+            .arg(&upstream)
+            .arg("-ca")
+            .arg(&ca)
+            .arg("-ca-key")
+            .arg(ca.with_file_name("ca.key"))
+            .arg("-events")
+            .arg(&events)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start the proxy");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("proxy stdout"))
+            .read_line(&mut line)
+            .expect("read the proxy's address");
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("the proxy did not start: {line:?}"))
+            .trim();
+        CountingProxy {
+            child,
+            url: format!("https://{addr}"),
+            events,
+        }
+    }
+
+    /// `url` (`https://HOST:PORT/PATH`) with this proxy's origin instead.
+    pub fn via(&self, url: &str) -> String {
+        let rest = url.strip_prefix("https://").expect("an https URL");
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        format!("{}{path}", self.url)
+    }
+
+    /// Answers the upstream gave to `method` requests whose path ends with
+    /// `suffix`, with HTTP status `status`.
+    pub fn answered(&self, method: &str, suffix: &str, status: u16) -> usize {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["kind"] == "answer"
+                    && e["method"] == method
+                    && e["path"].as_str().is_some_and(|p| p.ends_with(suffix))
+                    && e["status"] == status
+            })
+            .count()
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `cmd` with `input` on stdin.
 pub fn pipe(cmd: &mut Command, input: &[u8]) -> Output {
     let mut child = cmd
@@ -870,7 +1032,13 @@ pub fn prefix(tag: &str) -> String {
 /// namespaces starting with `prefix`, from the API server's audit log. A
 /// create answered "already exists" (409) wrote nothing and is not counted.
 pub fn ondemand_writes(prefix: &str) -> usize {
-    let log = std::fs::read_to_string(cluster().var("AUDIT_LOG")).expect("audit log");
+    ondemand_writes_in("AUDIT_LOG", prefix)
+}
+
+/// [`ondemand_writes`] on the API server whose audit log the env file
+/// names `log_var` (`AUDIT_LOG`, or `AUDIT_LOG_2` for the second cluster).
+pub fn ondemand_writes_in(log_var: &str, prefix: &str) -> usize {
+    let log = std::fs::read_to_string(cluster().var(log_var)).expect("audit log");
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["user"]["username"] == "system:serviceaccount:ondemand:ondemand")
@@ -964,6 +1132,13 @@ pub fn renewal_line_problem(stdout: &str) -> Option<String> {
 /// lines of every request answered before it. A count taken afterwards
 /// cannot miss a late line (a fixed wait could). Panics after 20 s.
 pub fn audit_settled() {
+    audit_settled_on("KUBECONFIG_ADMIN", "AUDIT_LOG");
+}
+
+/// [`audit_settled`] on the API server the admin kubeconfig `admin_var`
+/// reaches, whose audit log is `log_var` (`KUBECONFIG_ADMIN_2` and
+/// `AUDIT_LOG_2` for the second cluster).
+pub fn audit_settled_on(admin_var: &str, log_var: &str) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let c = cluster();
@@ -973,10 +1148,10 @@ pub fn audit_settled() {
         N.fetch_add(1, Ordering::Relaxed)
     );
     // NotFound is the answer; the request is what counts.
-    let _ = c.kubectl_as(c.var("KUBECONFIG_ADMIN"), &["get", "namespace", &marker]);
+    let _ = c.kubectl_as(c.var(admin_var), &["get", "namespace", &marker]);
     let started = std::time::Instant::now();
     loop {
-        let log = std::fs::read_to_string(c.var("AUDIT_LOG")).expect("audit log");
+        let log = std::fs::read_to_string(c.var(log_var)).expect("audit log");
         if log.contains(&marker) {
             return;
         }
