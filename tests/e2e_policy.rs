@@ -1401,6 +1401,71 @@ fn fifty_concurrent_hooks_are_counted_exactly_and_the_file_always_parses() {
     assert!(reads > 0);
 }
 
+/// The names in `dir` and under it, with each file's inode and length.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    common::files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::symlink_metadata(&f).unwrap();
+            (f, (m.ino(), m.len()))
+        })
+        .collect()
+}
+
+/// Issue 25 (1): a name that is not a login — `../escape`, an absolute
+/// path, the old call form with an absolute path — is refused with the
+/// unknown-user status and an error naming it, and nothing is made or
+/// replaced, outside LAST_RUN_DIR or in it (the record took the raw name,
+/// and the last-run file was that name joined to the directory).
+#[test]
+fn a_name_that_is_not_a_login_never_becomes_a_last_run_file() {
+    let c = cluster();
+    let dir = scratch("lre");
+    let last_run = dir.join("runs").join("last-run");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\nLAST_RUN_DIR={}\n",
+            common::prefix("lre"),
+            last_run.display()
+        ),
+    );
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "root's own file\n").unwrap();
+    let before = tree(&dir);
+    let absolute = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let old_form = |user: &str| c.hook().arg(user).arg(&env).output().expect("run the hook");
+    let runs = [
+        ("../escape".to_owned(), hook("../escape", &env, &[])),
+        ("../../escape".to_owned(), hook("../../escape", &env, &[])),
+        (absolute("victim"), hook(&absolute("victim"), &env, &[])),
+        (absolute("made"), hook(&absolute("made"), &env, &[])),
+        (absolute("victim"), old_form(&absolute("victim"))),
+        (absolute("made-old"), old_form(&absolute("made-old"))),
+    ];
+    for (name, out) in &runs {
+        assert_eq!(out.status.code(), Some(67), "{name}: {}", text(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("username {name:?} cannot be a login name")),
+            "{name}: {}",
+            text(out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root's own file\n"
+    );
+    let after = tree(&dir);
+    let new: Vec<_> = after.keys().filter(|f| !before.contains_key(*f)).collect();
+    assert!(new.is_empty(), "made: {new:?}");
+    assert_eq!(before, after, "a file was replaced");
+    for escaped in ["escape", "runs/escape", "made", "made-old"] {
+        assert!(!dir.join(escaped).exists(), "{escaped}");
+    }
+}
+
 /// Issue 18 (2): a log socket that is missing or full never fails a login
 /// (a blocking send to the full one would hang the hook: the test would
 /// not end); with journald owning the socket, the record goes to
