@@ -1466,6 +1466,123 @@ fn a_name_that_is_not_a_login_never_becomes_a_last_run_file() {
     }
 }
 
+/// A hook run bounded by `limit`: its output, or None when it had to be
+/// killed (it hung).
+fn hook_within(user: &str, hook_env: &Path, limit: Duration) -> Option<Output> {
+    use std::process::Stdio;
+    let mut child = cluster()
+        .hook()
+        .args(["--user", user, "--hook-env"])
+        .arg(hook_env)
+        .arg("--cluster-only")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the hook");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// Issue 25 (3): whoever owns METRICS_FILE's directory (node-exporter's
+/// account, as Debian sets it up) cannot hold a login: a FIFO there, or
+/// its lock held forever, and the hook still ends within its deadline
+/// (with a generous margin), warns in one line naming METRICS_FILE, and
+/// exits as it would without metrics; a symlink there is not followed
+/// (the link and its target stay as they were).
+#[test]
+fn a_hostile_metrics_file_never_holds_a_login() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let c = cluster();
+    let dir = scratch("mhostile");
+    let prefix = common::prefix("mhostile");
+    linux_user("dave");
+    let deadline = 10;
+    let limit = Duration::from_secs(deadline + 20);
+    let env_with = |tag: &str, metrics: &Path| {
+        let d = dir.join(format!("env-{tag}"));
+        std::fs::create_dir_all(&d).unwrap();
+        c.hook_env(
+            &d,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\nHOOK_TIMEOUT_SECONDS={deadline}\nMETRICS_FILE={}\n",
+                metrics.display()
+            ),
+        )
+    };
+    let without = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\n"),
+    );
+    let plain = hook_within("dave", &without, limit).expect("the hook without metrics hung");
+    assert_ok(&plain);
+    let warned = |what: &str, out: &Output, metrics: &Path| {
+        assert_eq!(
+            out.status.code(),
+            plain.status.code(),
+            "{what}: {}",
+            text(out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(&format!("warning: METRICS_FILE {}", metrics.display())))
+            .collect();
+        assert_eq!(lines.len(), 1, "{what}: {}", text(out));
+    };
+
+    // A FIFO with no writer: reading it would block forever.
+    let fifo = dir.join("fifo.prom");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let out = hook_within("dave", &env_with("fifo", &fifo), limit)
+        .expect("a FIFO at METRICS_FILE hung the hook past its deadline");
+    warned("fifo", &out, &fifo);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // The lock (the `.NAME.lock` file beside it) held by another process.
+    let locked = dir.join("locked.prom");
+    std::fs::write(&locked, "").unwrap();
+    let lock = std::fs::File::create(dir.join(".locked.prom.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let out = hook_within("dave", &env_with("locked", &locked), limit)
+        .expect("a lock held forever hung the hook past its deadline");
+    warned("locked", &out, &locked);
+    drop(held);
+
+    // A symlink to a file of root's: neither followed nor replaced.
+    let target = dir.join("target");
+    std::fs::write(&target, "root's own file\n").unwrap();
+    let ino = std::fs::metadata(&target).unwrap().ino();
+    let link = dir.join("link.prom");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = hook_within("dave", &env_with("link", &link), limit).expect("hung");
+    warned("link", &out, &link);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "root's own file\n"
+    );
+    assert_eq!(std::fs::metadata(&target).unwrap().ino(), ino);
+}
+
 /// Issue 18 (2): a log socket that is missing or full never fails a login
 /// (a blocking send to the full one would hang the hook: the test would
 /// not end); with journald owning the socket, the record goes to
