@@ -39,7 +39,12 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
             "no user given; usage: ood-k8s-bootstrap --user USERNAME (see --help)",
         );
     };
-    run.record.user = Some(user.to_owned());
+    // Only a validated login reaches the record (issue 25: a raw name
+    // became the last-run file's path).
+    let parsed = Username::parse(user);
+    if let Ok(u) = &parsed {
+        run.user(u);
+    }
     let clusters = match load_clusters(&args.common.hook_env, args.choice.cluster.as_deref()) {
         Ok(c) => c,
         Err(exit) => return exit,
@@ -48,7 +53,7 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
         return Exit::Ok;
     };
     run.configured(first);
-    let user = match Username::parse(user) {
+    let user = match parsed {
         Ok(u) => u,
         Err(e) => return fail(Exit::NoUser, e),
     };

@@ -13,6 +13,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use crate::cluster::apply::{Applied, Change};
+use crate::site::names::Username;
 use crate::site::settings::{LogTarget, Settings};
 
 /// The syslog identifier (`journalctl -t ood-k8s-bootstrap`).
@@ -305,10 +306,30 @@ fn now_rfc3339() -> String {
     crate::clock::rfc3339(crate::clock::unix_now())
 }
 
+/// `DIR/NAME`, the last-run file of login `name`, only when `name` is one
+/// plain path component (no `/`, not `.` or `..`, no leading dot): what
+/// [`Username`] guarantees, checked again here, where a name becomes a
+/// path root writes.
+fn last_run_path(dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let mut parts = Path::new(name).components();
+    let plain = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(n)), None) if n == name
+    );
+    if !plain || name.starts_with('.') || name.contains('/') {
+        return Err(std::io::Error::other(format!(
+            "{name:?} is not a plain file name; no last-run file kept for it"
+        )));
+    }
+    Ok(dir.join(name))
+}
+
 /// Keeps `record` as `user`'s last run: `DIR/USER`, root-only, replaced
-/// atomically. `user` is a validated login (no `/`, no leading dot).
-pub fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()> {
+/// atomically. Only a validated login reaches here, and its name is
+/// checked once more to be a single plain file name.
+pub fn save_last(dir: &Path, user: &Username, record: &Record) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let path = last_run_path(dir, user.as_str())?;
     if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -324,7 +345,7 @@ pub fn save_last(dir: &Path, user: &str, record: &Record) -> std::io::Result<()>
     let line = format!("time=\"{}\" {}\n", now_rfc3339(), record.logfmt());
     // Not synced: a record lost in a crash costs nothing, a login's
     // fsync would cost every login.
-    replace_file(&dir.join(user), line.as_bytes(), 0o600, false)
+    replace_file(&path, line.as_bytes(), 0o600, false)
 }
 
 /// Replaces `path` with `bytes` atomically: a new file of `mode` beside
@@ -359,7 +380,7 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std:
 pub fn read_last(dir: &Path, user: &str) -> Result<Option<String>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(user);
+    let path = last_run_path(dir, user).map_err(|e| e.to_string())?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
@@ -433,6 +454,32 @@ mod tests {
             ),
             "{j}"
         );
+    }
+
+    /// Issue 25 (1): a name that is not one plain file name never
+    /// becomes a path beside or outside the directory.
+    #[test]
+    fn last_run_path_takes_only_a_plain_file_name() {
+        let dir = Path::new("/var/lib/ood/last-run");
+        assert_eq!(last_run_path(dir, "alice").unwrap(), dir.join("alice"));
+        assert!(last_run_path(dir, "carol.smith@ad").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/abs/path",
+            "a/b",
+            "a/",
+            ".hidden",
+            "./a",
+        ] {
+            let e = last_run_path(dir, bad).expect_err(bad);
+            assert!(
+                e.to_string().contains("not a plain file name"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

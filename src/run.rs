@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::PROG;
 use crate::exit::Exit;
 use crate::record::{Command, Record, Sink};
+use crate::site::names::Username;
 use crate::site::settings::site::Site;
 use crate::site::settings::{Settings, SettingsError};
 
@@ -117,6 +118,9 @@ pub struct Run {
     started: Instant,
     pub record: Record,
     pub sink: Sink,
+    /// The validated login whose run this is ([`Run::user`]): the only
+    /// name that reaches the record and the last-run file.
+    login: Option<Username>,
 }
 
 impl Run {
@@ -126,7 +130,16 @@ impl Run {
             started: Instant::now(),
             record: Record::new(command),
             sink: Sink::of(None),
+            login: None,
         }
+    }
+
+    /// The run is `user`'s, a validated login: it goes into the record
+    /// and names the last-run file. (A name that did not validate never
+    /// gets here: only the error line shows it.)
+    pub fn user(&mut self, user: &Username) {
+        self.record.user = Some(user.to_string());
+        self.login = Some(user.clone());
     }
 
     /// What hook.env says about logging, and the credential mode.
@@ -149,7 +162,7 @@ impl Run {
             crate::metrics::count_run(path, &self.record);
         }
         if let (Command::Hook, Some(dir), Some(user)) =
-            (self.record.command, &self.sink.last_run, &self.record.user)
+            (self.record.command, &self.sink.last_run, &self.login)
             && let Err(e) = crate::record::save_last(dir, user, &self.record)
         {
             eprintln!("{PROG}: warning: LAST_RUN_DIR {}: {e}", dir.display());

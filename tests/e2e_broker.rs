@@ -1074,14 +1074,26 @@ fn tokens_too_large_to_store_are_refused_at_login() {
 
 /// Issue 16 (2): one user cannot drown the broker's log. 200 refused
 /// requests of one uid (root, without tokens) in a few seconds give one
-/// log line, and the count of the others, at shutdown.
+/// log line, and the count of the others, at shutdown. Issue 25 (9): the
+/// metric counts all 200 (the log folds lines; the metric must not), the
+/// last ones written at shutdown.
 #[test]
 fn a_flood_of_refusals_is_one_log_line_with_a_count() {
-    let mut b = Broker::start("brkflood", "");
+    let metrics_file = scratch("brkflood-m").join("ood.prom");
+    let mut b = Broker::start(
+        "brkflood",
+        &format!("METRICS_FILE={}\n", metrics_file.display()),
+    );
     for _ in 0..200 {
         assert!(b.raw(b"{\"v\":1}\n")["error"]["code"].is_string());
     }
     b.stop(Signal::SIGTERM);
+    let metrics = std::fs::read_to_string(&metrics_file).unwrap_or_default();
+    assert!(
+        metrics.contains("\nood_k8s_bootstrap_broker_refusals_total 200\n"),
+        "{metrics}\n{}",
+        b.log_text()
+    );
     let log = b.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("uid 0: ")).collect();
     assert_eq!(lines.len(), 2, "{log}");
@@ -1090,6 +1102,75 @@ fn a_flood_of_refusals_is_one_log_line_with_a_count() {
         lines[1].ends_with("uid 0: 199 more refusals not logged since its last line"),
         "{log}"
     );
+}
+
+/// Issue 25 (3): a FIFO at METRICS_FILE (its directory is node-exporter's
+/// account's) and refusals of several uids do not stop a valid user being
+/// served: counting never holds a thread a request needs (the refusals'
+/// metric updates blocked on the FIFO and took the broker's whole
+/// blocking pool). The broker warns about the file, and stays up.
+#[test]
+fn a_fifo_metrics_file_and_many_refusals_do_not_stop_a_valid_user() {
+    let user = "brk-mfifo";
+    fresh_home(user);
+    let refused: Vec<String> = (1..=6).map(|n| format!("brk-mfifo-r{n}")).collect();
+    for r in &refused {
+        linux_user(r);
+    }
+    let metrics_file = scratch("brkmfifo-m").join("ood.prom");
+    let mut b = Broker::start(
+        "brkmfifo",
+        &format!("METRICS_FILE={}\n", metrics_file.display()),
+    );
+    let out = b.hook(user, Some(&cluster().login("alice")));
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = std::fs::remove_file(&metrics_file);
+    nix::unistd::mkfifo(
+        &metrics_file,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    // Each uid refused (no stored set), twice.
+    let calls: Vec<_> = refused
+        .iter()
+        .chain(refused.iter())
+        .map(|r| {
+            let (r, socket, tag) = (r.clone(), b.socket.clone(), b.tag.clone());
+            std::thread::spawn(move || {
+                as_user(
+                    &r,
+                    &bin(),
+                    &[
+                        "broker-credential",
+                        "--socket",
+                        &socket.to_string_lossy(),
+                        "--cluster",
+                        &tag,
+                    ],
+                )
+            })
+        })
+        .collect();
+    for call in calls {
+        let out = call.join().unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+    }
+    for round in 0..3 {
+        let out = plugin(user, &b);
+        assert!(
+            out.status.success(),
+            "round {round}: {}\nbroker log:\n{}",
+            text(&out),
+            b.log_text()
+        );
+    }
+    assert!(b.running(), "{}", b.log_text());
+    let log = b.log_text();
+    assert!(
+        log.contains(&format!("warning: METRICS_FILE {}", metrics_file.display())),
+        "{log}"
+    );
+    b.stop(Signal::SIGTERM);
 }
 
 /// The shipped units, started as shipped: the socket unit's ExecStartPre

@@ -440,6 +440,79 @@ fn assert_nothing_on_two(user: &str, ns: &str, home: &Path) {
     );
 }
 
+/// Issue 25 (promises): a login over two clusters is one run: one record
+/// on the log and one LAST_RUN_DIR file, each naming both clusters, and
+/// the runs counter goes up by exactly one, not one per cluster.
+#[test]
+fn a_login_over_two_clusters_is_one_record_and_one_run_counted() {
+    let user = "rec-two";
+    let (_, _, home) = linux_user(user);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let logs = scratch("clusters-rec-log");
+    let log = SyslogListener::bind(&logs, "log.sock");
+    let (metrics, last_run) = (logs.join("ood.prom"), logs.join("last-run"));
+    let site = Site::new(
+        "rec",
+        &format!(
+            "K8S_CREDENTIALS=none\nSYSLOG_SOCKET={}\nMETRICS_FILE={}\nLAST_RUN_DIR={}\n",
+            log.path.display(),
+            metrics.display(),
+            last_run.display()
+        ),
+        "",
+    );
+    let (out, _) = site.run(user, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{user}: one: namespace"))
+            && err.contains(&format!("{user}: two: namespace")),
+        "{err}"
+    );
+    let records: Vec<_> = log
+        .received()
+        .iter()
+        .filter_map(|d| rfc5424_fields(d))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (
+            r["command"].as_str(),
+            r["user"].as_str(),
+            r["exit"].as_str()
+        ),
+        ("hook", user, "0"),
+        "{r:?}"
+    );
+    assert_eq!(r["cluster"], "one,two", "{r:?}");
+    let kept: Vec<_> = std::fs::read_dir(&last_run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept, [user], "{kept:?}");
+    let line = std::fs::read_to_string(last_run.join(user)).unwrap();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains(&format!("command=\"hook\" user=\"{user}\""))
+            && line.contains("cluster=\"one,two\""),
+        "{line}"
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    for want in [
+        "ood_k8s_bootstrap_runs_total{command=\"hook\",exit=\"0\"} 1\n",
+        "ood_k8s_bootstrap_run_duration_seconds_count{command=\"hook\"} 1\n",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    assert_eq!(
+        text.matches("ood_k8s_bootstrap_runs_total{").count(),
+        1,
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&site.dir);
+}
+
 #[test]
 fn a_group_gated_cluster_is_only_for_its_groups() {
     linux_user("erin");

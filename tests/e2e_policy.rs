@@ -1401,6 +1401,188 @@ fn fifty_concurrent_hooks_are_counted_exactly_and_the_file_always_parses() {
     assert!(reads > 0);
 }
 
+/// The names in `dir` and under it, with each file's inode and length.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    common::files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::symlink_metadata(&f).unwrap();
+            (f, (m.ino(), m.len()))
+        })
+        .collect()
+}
+
+/// Issue 25 (1): a name that is not a login — `../escape`, an absolute
+/// path, the old call form with an absolute path — is refused with the
+/// unknown-user status and an error naming it, and nothing is made or
+/// replaced, outside LAST_RUN_DIR or in it (the record took the raw name,
+/// and the last-run file was that name joined to the directory).
+#[test]
+fn a_name_that_is_not_a_login_never_becomes_a_last_run_file() {
+    let c = cluster();
+    let dir = scratch("lre");
+    let last_run = dir.join("runs").join("last-run");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\nLAST_RUN_DIR={}\n",
+            common::prefix("lre"),
+            last_run.display()
+        ),
+    );
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "root's own file\n").unwrap();
+    let before = tree(&dir);
+    let absolute = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let old_form = |user: &str| c.hook().arg(user).arg(&env).output().expect("run the hook");
+    let runs = [
+        ("../escape".to_owned(), hook("../escape", &env, &[])),
+        ("../../escape".to_owned(), hook("../../escape", &env, &[])),
+        (absolute("victim"), hook(&absolute("victim"), &env, &[])),
+        (absolute("made"), hook(&absolute("made"), &env, &[])),
+        (absolute("victim"), old_form(&absolute("victim"))),
+        (absolute("made-old"), old_form(&absolute("made-old"))),
+    ];
+    for (name, out) in &runs {
+        assert_eq!(out.status.code(), Some(67), "{name}: {}", text(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("username {name:?} cannot be a login name")),
+            "{name}: {}",
+            text(out)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root's own file\n"
+    );
+    let after = tree(&dir);
+    let new: Vec<_> = after.keys().filter(|f| !before.contains_key(*f)).collect();
+    assert!(new.is_empty(), "made: {new:?}");
+    assert_eq!(before, after, "a file was replaced");
+    for escaped in ["escape", "runs/escape", "made", "made-old"] {
+        assert!(!dir.join(escaped).exists(), "{escaped}");
+    }
+}
+
+/// A hook run bounded by `limit`: its output, or None when it had to be
+/// killed (it hung).
+fn hook_within(user: &str, hook_env: &Path, limit: Duration) -> Option<Output> {
+    use std::process::Stdio;
+    let mut child = cluster()
+        .hook()
+        .args(["--user", user, "--hook-env"])
+        .arg(hook_env)
+        .arg("--cluster-only")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the hook");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// Issue 25 (3): whoever owns METRICS_FILE's directory (node-exporter's
+/// account, as Debian sets it up) cannot hold a login: a FIFO there, or
+/// its lock held forever, and the hook still ends within its deadline
+/// (with a generous margin), warns in one line naming METRICS_FILE, and
+/// exits as it would without metrics; a symlink there is not followed
+/// (the link and its target stay as they were).
+#[test]
+fn a_hostile_metrics_file_never_holds_a_login() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let c = cluster();
+    let dir = scratch("mhostile");
+    let prefix = common::prefix("mhostile");
+    linux_user("dave");
+    let deadline = 10;
+    let limit = Duration::from_secs(deadline + 20);
+    let env_with = |tag: &str, metrics: &Path| {
+        let d = dir.join(format!("env-{tag}"));
+        std::fs::create_dir_all(&d).unwrap();
+        c.hook_env(
+            &d,
+            &format!(
+                "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\nHOOK_TIMEOUT_SECONDS={deadline}\nMETRICS_FILE={}\n",
+                metrics.display()
+            ),
+        )
+    };
+    let without = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nLOG_TARGET=none\n"),
+    );
+    let plain = hook_within("dave", &without, limit).expect("the hook without metrics hung");
+    assert_ok(&plain);
+    let warned = |what: &str, out: &Output, metrics: &Path| {
+        assert_eq!(
+            out.status.code(),
+            plain.status.code(),
+            "{what}: {}",
+            text(out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains(&format!("warning: METRICS_FILE {}", metrics.display())))
+            .collect();
+        assert_eq!(lines.len(), 1, "{what}: {}", text(out));
+    };
+
+    // A FIFO with no writer: reading it would block forever.
+    let fifo = dir.join("fifo.prom");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let out = hook_within("dave", &env_with("fifo", &fifo), limit)
+        .expect("a FIFO at METRICS_FILE hung the hook past its deadline");
+    warned("fifo", &out, &fifo);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // The lock (the `.NAME.lock` file beside it) held by another process.
+    let locked = dir.join("locked.prom");
+    std::fs::write(&locked, "").unwrap();
+    let lock = std::fs::File::create(dir.join(".locked.prom.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let out = hook_within("dave", &env_with("locked", &locked), limit)
+        .expect("a lock held forever hung the hook past its deadline");
+    warned("locked", &out, &locked);
+    drop(held);
+
+    // A symlink to a file of root's: neither followed nor replaced.
+    let target = dir.join("target");
+    std::fs::write(&target, "root's own file\n").unwrap();
+    let ino = std::fs::metadata(&target).unwrap().ino();
+    let link = dir.join("link.prom");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = hook_within("dave", &env_with("link", &link), limit).expect("hung");
+    warned("link", &out, &link);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "root's own file\n"
+    );
+    assert_eq!(std::fs::metadata(&target).unwrap().ino(), ino);
+}
+
 /// Issue 18 (2): a log socket that is missing or full never fails a login
 /// (a blocking send to the full one would hang the hook: each run is
 /// bounded by the deadline plus a margin, and fails the test when it

@@ -142,8 +142,10 @@ struct Broker {
     /// `BROKER_MAX_SESSION_HOURS`.
     max_session_hours: u32,
     verbose: bool,
-    /// Where refresh and refusal records go (`LOG_TARGET`, `METRICS_FILE`).
+    /// Where refresh and refusal records go (`LOG_TARGET`).
     sink: Sink,
+    /// Their counts (`METRICS_FILE`), written by a thread of their own.
+    metrics: Option<crate::metrics::Background>,
 }
 
 impl Broker {
@@ -173,26 +175,45 @@ impl Broker {
             )),
             None => {}
         }
-        // The record, at the same limited rate, counts the unlogged ones.
-        if let Some(n) = admitted {
-            let mut r = Record::new(Command::BrokerRefusal);
-            r.exit = 1;
-            r.error = Some(line.to_string());
-            r.extra = vec![("uid", uid.to_string()), ("refusals", (n + 1).to_string())];
-            self.record(&r, usize::try_from(n + 1).unwrap_or(usize::MAX));
+        let r = refusal_record(uid, &line.to_string(), admitted.map(|n| n + 1));
+        // The log folds lines; the metric counts every refusal, now.
+        self.count(&r);
+        if admitted.is_some() {
+            r.send(&self.sink);
         }
     }
 
-    /// Sends `r` to the log and adds it `times` times to the metrics (off
-    /// the async thread: the update takes a lock and fsyncs).
-    fn record(&self, r: &Record, times: usize) {
+    /// Sends `r` to the log and counts it.
+    fn record(&self, r: &Record) {
         r.send(&self.sink);
-        if let Some(path) = self.sink.metrics.clone() {
-            let r = r.clone();
-            tokio::task::spawn_blocking(move || crate::metrics::count_times(&path, &r, times));
+        self.count(r);
+    }
+
+    /// Adds `r` to the metrics (in memory: a thread of their own writes
+    /// the file).
+    fn count(&self, r: &Record) {
+        if let Some(m) = &self.metrics {
+            m.add(r);
         }
     }
 }
+
+/// The record of a refusal of `uid`: `refusals` is how many refusals of
+/// it the record stands for in the log (the ones not logged since its
+/// last line and this one); the metrics count each refusal once.
+fn refusal_record(uid: u32, line: &str, refusals: Option<u64>) -> Record {
+    let mut r = Record::new(Command::BrokerRefusal);
+    r.exit = 1;
+    r.error = Some(line.to_owned());
+    r.extra = vec![("uid", uid.to_string())];
+    if let Some(n) = refusals {
+        r.extra.push(("refusals", n.to_string()));
+    }
+    r
+}
+
+/// How long the metrics' last write may take at shutdown.
+const METRICS_FLUSH: Duration = Duration::from_secs(5);
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn main(hook_env: &Path, verbose: u8) -> Exit {
@@ -256,6 +277,7 @@ pub fn main(hook_env: &Path, verbose: u8) -> Exit {
         max_session_hours: b.max_session_hours,
         verbose: verbose > 0,
         sink: Sink::of(Some(settings)),
+        metrics: metrics_writer(settings),
     });
     files_for(b.max_connections);
     // A few blocking threads for the token store's fsyncs, no more.
@@ -361,11 +383,34 @@ async fn serve(listener: UnixListener, broker: Arc<Broker>, max: usize) -> Exit 
         .map(|mut l| l.unlogged())
         .unwrap_or_default();
     for (uid, n) in unlogged {
+        let line = format!("{n} more refusals not logged since its last line");
+        log(format_args!("uid {uid}: {line}"));
+        // Already counted in the metrics: only the log gets it.
+        refusal_record(uid, &line, Some(n)).send(&broker.sink);
+    }
+    if let Some(m) = &broker.metrics
+        && !m.stop(METRICS_FLUSH)
+    {
         log(format_args!(
-            "uid {uid}: {n} more refusals not logged since its last line"
+            "warning: METRICS_FILE: the last counts were not written within {} s",
+            METRICS_FLUSH.as_secs()
         ));
     }
     Exit::Ok
+}
+
+/// The metrics writer for `METRICS_FILE`, if set (a warning if its
+/// thread cannot start: the broker serves without metrics).
+fn metrics_writer(settings: &Settings) -> Option<crate::metrics::Background> {
+    let path = settings.log.metrics_file.clone()?;
+    crate::metrics::Background::start(path.clone())
+        .map_err(|e| {
+            log(format_args!(
+                "warning: METRICS_FILE {}: cannot start its writer ({e}); not counting",
+                path.display()
+            ))
+        })
+        .ok()
 }
 
 /// Raises the soft limit on open files to what `max` connections need
@@ -727,7 +772,7 @@ async fn refresh(
         r.exit = 1;
         r.error = Some(e.to_string());
     }
-    broker.record(&r, 1);
+    broker.record(&r);
     let fresh = match answer.and_then(|a| set.refreshed(&a, unix_now())) {
         Ok(fresh) => fresh,
         Err(RefreshError::Refused(why)) => {
@@ -840,6 +885,45 @@ async fn read_line(stream: &mut UnixStream) -> Result<Vec<u8>, Line> {
 mod tests {
     use super::*;
     use crate::site::settings::keys::{self, MAX_BROKER_CONNECTIONS};
+
+    /// Issue 25 (9): the log folds a uid's refusals into one line a
+    /// minute; the metric counts each of them, the folded ones too, and
+    /// has them all once the broker stops.
+    #[test]
+    fn every_refusal_is_counted_though_the_log_folds_them() {
+        let d = std::env::temp_dir().join(format!("ood-brk-refusals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("ood.prom");
+        let mut sink = Sink::of(None);
+        sink.target = crate::site::settings::LogTarget::None;
+        let broker = Broker {
+            sets: Vec::new(),
+            rate: Mutex::new(RateLimit::new(60)),
+            open: Mutex::new(PerUid::new(16)),
+            refreshing: Mutex::new(HashMap::new()),
+            log_limit: Mutex::new(LogLimit::new(LOG_EVERY)),
+            max_session_hours: 12,
+            verbose: false,
+            sink,
+            metrics: Some(crate::metrics::Background::start(path.clone()).unwrap()),
+        };
+        for uid in [7, 7, 7, 7, 7, 8, 8, 8] {
+            broker.log_refusal(uid, format_args!("refused: NoCredentials"));
+        }
+        assert!(
+            broker
+                .metrics
+                .as_ref()
+                .unwrap()
+                .stop(Duration::from_secs(30))
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\nood_k8s_bootstrap_broker_refusals_total 8\n"),
+            "{text}"
+        );
+    }
 
     /// The shipped unit's LimitNOFILE covers the largest
     /// BROKER_MAX_CONNECTIONS the key accepts, with the headroom.
