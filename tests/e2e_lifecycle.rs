@@ -323,3 +323,64 @@ fn reap_refuses_to_judge_departures_in_a_pod() {
     assert!(out.status.success(), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 25 (a promise no test exercised): `reconcile --all --dry-run`
+/// lists a collision — a namespace the old hook made (no owner record)
+/// whose `ood-user` binding names another login than its name maps back to
+/// — as that user's failure, reconciles the others, and changes nothing.
+#[test]
+fn reconcile_all_dry_run_lists_collisions() {
+    let c = cluster();
+    let dir = scratch("lc-collide");
+    let prefix = common::prefix("lccol");
+    linux_user("lc-ok");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    let out = hook("lc-ok", &env, &["--cluster-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // As the old scripts left it, but bound to login lc.other.
+    let ns = format!("{prefix}lc-col");
+    c.admin(&["create", "namespace", &ns]);
+    c.admin(&[
+        "label",
+        "namespace",
+        &ns,
+        "app.kubernetes.io/name=open-ondemand",
+    ]);
+    c.admin(&[
+        "create",
+        "rolebinding",
+        "lc.other-ood-user",
+        "--clusterrole=ood-user",
+        "--user=lc.other",
+        "-n",
+        &ns,
+    ]);
+    let before = namespace(&ns).unwrap();
+    let out = c
+        .hook()
+        .env("KUBECONFIG", c.var("KUBECONFIG_ADMIN"))
+        .args(["reconcile", "--all", "--dry-run", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        err.contains("reconciled 1 of 2 users")
+            && err.contains("(dry run)")
+            && err.contains(&format!(
+                "failed: lc-col: namespace {ns} has no owner record and its RoleBinding \
+                 lc.other-ood-user binds user lc.other"
+            )),
+        "{err}"
+    );
+    let after = namespace(&ns).unwrap();
+    assert_eq!(
+        before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"],
+        "a dry run changed the namespace"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
