@@ -16,8 +16,8 @@ use crate::record::{self, Counts};
 use crate::run::{Run, fail, load_clusters, runtime};
 use crate::site::account::Account;
 use crate::site::names::{Namespace, Username};
-use crate::site::settings::ExchangeSettings;
 use crate::site::settings::Settings;
+use crate::site::settings::{ExchangeSettings, GateRefusal};
 
 /// Runs the hook for `args.user`; every failure is already printed.
 pub fn run_hook(args: &HookArgs) -> Exit {
@@ -120,19 +120,25 @@ fn plan_all<'a>(
     let account = Account::lookup(user).map_err(|e| fail(e.exit(), e))?;
     let groups = match gated(clusters) {
         true => account.group_names(user).map_err(|e| fail(e.exit(), e))?,
-        false => Vec::new(),
+        false => Default::default(),
     };
     let login = kubeconfig::Login::from_env();
     let mut plans = Vec::new();
     for (s, ns) in named {
-        if let Some(why) = s.groups.refuses(&groups) {
-            eprintln!(
-                "{PROG}: {user}: {}: skipped: {why}; nothing there touched",
-                s.cluster_label()
-            );
-            continue;
-        }
-        match Plan::make(s, user, &account, ns, &login, args, started) {
+        let plan = match s.groups.refuses(&groups) {
+            Some(GateRefusal::NotFor(why)) => {
+                eprintln!(
+                    "{PROG}: {user}: {}: skipped: {why}; nothing there touched",
+                    s.cluster_label()
+                );
+                continue;
+            }
+            Some(GateRefusal::Undecided(why)) => {
+                Err((Exit::TempFail, format!("user {user}: {why}")))
+            }
+            None => Plan::make(s, user, &account, ns, &login, args, started),
+        };
+        match plan {
             Ok(p) => plans.push(p),
             Err((e, text)) if failed(e) => return Err(fail(e, text)),
             Err((e, text)) => {

@@ -851,3 +851,79 @@ fn reconcile_through_faults_reports_each_failing_user_and_does_the_rest() {
         assert!(matches_reference(user), "{user} did not converge");
     }
 }
+
+// ---- reap racing a login --------------------------------------------------
+
+/// Issue 25 (a promise no test exercised): a login between reap's judging
+/// and its deleting keeps the namespace. The proxy holds reap's DELETE of
+/// the idle namespace for 4 s; meanwhile the user logs in (straight to the
+/// API server), which changes the namespace; the held DELETE, conditional
+/// on the version reap judged, is refused (409) and the namespace kept.
+#[test]
+fn a_login_between_reaps_judging_and_deleting_keeps_the_namespace() {
+    let c = cluster();
+    let dir = scratch("chaos-reap-race");
+    let prefix = common::prefix("reaprace");
+    linux_user("lc-racer");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nREAP_IDLE_DAYS=30\n"),
+    );
+    let ns = format!("{prefix}lc-racer");
+    let login = || {
+        c.hook()
+            .args(["--user", "lc-racer", "--cluster-only", "--hook-env"])
+            .arg(&env)
+            .output()
+            .unwrap()
+    };
+    let out = login();
+    assert!(out.status.success(), "{}", text(&out));
+    c.admin(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        &ns,
+        "openondemand.org/last-hook-execution=1000000000",
+    ]);
+    let proxy = Proxy::start(
+        &dir,
+        json!({"rules": [{"fault": "delay_headers", "delay_ms": 4000, "method": "DELETE",
+                          "path": format!("^/api/v1/namespaces/{ns}$")}]}),
+    );
+    let reaper = std::fs::read_to_string(common::reaper_kubeconfig(&dir)).unwrap();
+    let via_proxy = dir.join("reaper-via-proxy.kubeconfig");
+    std::fs::write(&via_proxy, reaper.replace(c.var("K8S_SERVER"), &proxy.url)).unwrap();
+    std::fs::set_permissions(&via_proxy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let reap = c
+        .hook()
+        .env("KUBECONFIG", &via_proxy)
+        .args(["reap", "--hook-env"])
+        .arg(&env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Judged and held: the DELETE has reached the proxy.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !proxy
+        .requests()
+        .iter()
+        .any(|r| r["method"] == "DELETE" && r["fault"] == "delay_headers")
+    {
+        assert!(Instant::now() < until, "reap sent no DELETE");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = login();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = reap.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("kept         {ns}: changed since it was judged")),
+        "{}",
+        text(&out)
+    );
+    let live = c.get_json(&["namespace", &ns]).expect("the namespace");
+    assert!(live["metadata"]["deletionTimestamp"].is_null(), "{live}");
+}

@@ -258,6 +258,20 @@ pub fn plan<T>(qualifying: Doomed<T>, max: usize) -> Result<Doomed<T>, (TooMany,
     Ok(qualifying)
 }
 
+/// Why `REAP_DEPARTED=true` is refused, if it is: in a pod (the CronJob's
+/// way, `KUBERNETES_SERVICE_HOST` set) the container's passwd is not the
+/// site's, so every login would look departed and only the cap would stand
+/// between reap and everyone's namespaces.
+pub fn departed_refused(reap: &ReapSettings, in_pod: bool) -> Option<String> {
+    (reap.departed && in_pod).then(|| {
+        "reap: REAP_DEPARTED=true in a pod (KUBERNETES_SERVICE_HOST is set): a container's passwd \
+         is not the site's, so every login would look departed; in the cluster reap by idleness \
+         only (REAP_DEPARTED=false, REAP_IDLE_DAYS), and judge departures on a web node \
+         (ood-k8s-bootstrap-reap.timer), which also deletes the broker's stored tokens"
+            .to_owned()
+    })
+}
+
 /// Runs `reap` on each chosen cluster (`--cluster`; every cluster of
 /// CLUSTERS_D by default), each with its own run record; every failure is
 /// already printed and the most serious status wins.
@@ -286,6 +300,10 @@ pub fn main(hook_env: &std::path::Path, cluster: Option<&str>, options: &Options
 }
 
 async fn run(settings: &Settings, options: &Options, recorded: &mut Run) -> Exit {
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if let Some(why) = departed_refused(&settings.reap, in_pod) {
+        return fail(Exit::Config, why);
+    }
     let started = Instant::now();
     let deadline = started + settings.timeout.max(Duration::from_secs(60));
     let cluster = match Cluster::connect(&settings.root, settings.timeout).await {
@@ -541,10 +559,12 @@ fn lookup(login: &str) -> Passwd {
 struct TokenReport {
     deleted: Vec<String>,
     problems: Vec<String>,
+    /// Sets kept because passwd could not be asked (warned about).
+    unsure: Vec<String>,
 }
 
 fn reap_token_sets(settings: &Settings) -> TokenReport {
-    use crate::credentials::broker::session::{Lookup, Verdict, decide};
+    use crate::credentials::broker::session::{Verdict, decide};
     use crate::credentials::broker::store::{Found, Store};
     let dir = &settings.broker.state_dir;
     let mut report = TokenReport::default();
@@ -568,16 +588,9 @@ fn reap_token_sets(settings: &Settings) -> TokenReport {
             }
         };
         let Found::Set(set) = &found else { continue };
-        let lookup = Lookup::Found {
-            uid_name: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name),
-            login_uid: match lookup(&set.user) {
-                Passwd::Uid(u) => u,
-                Passwd::Failed(_) => continue,
-            },
-        };
+        let uid_name =
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map(|u| u.map(|u| u.name));
+        let lookup = set_lookup(uid_name, lookup(&set.user));
         let verdict = decide(
             set,
             uid,
@@ -585,19 +598,42 @@ fn reap_token_sets(settings: &Settings) -> TokenReport {
             unix_now(),
             settings.broker.max_session_hours,
         );
-        if let Verdict::Delete(why @ crate::credentials::broker::session::End::OtherOwner { .. }) =
-            verdict
-        {
-            match store.remove_if(uid, &found) {
-                Ok(true) => report
-                    .deleted
-                    .push(format!("uid {uid} ({}): {why}", set.user)),
-                Ok(false) => {}
-                Err(e) => report.problems.push(e.to_string()),
+        match verdict {
+            Verdict::Delete(why @ crate::credentials::broker::session::End::OtherOwner { .. }) => {
+                match store.remove_if(uid, &found) {
+                    Ok(true) => report
+                        .deleted
+                        .push(format!("uid {uid} ({}): {why}", set.user)),
+                    Ok(false) => {}
+                    Err(e) => report.problems.push(e.to_string()),
+                }
             }
+            Verdict::Unsure(why) => report.unsure.push(format!(
+                "kept the stored token set of uid {uid} ({}): passwd could not be asked ({why})",
+                set.user
+            )),
+            _ => {}
         }
     }
     report
+}
+
+/// What passwd says of a stored set's uid (`getpwuid`) and login, for the
+/// broker's `decide`: a failed lookup of either (NSS down) is `Failed`,
+/// which keeps the set — never "no such user", which would delete it.
+fn set_lookup(
+    uid_name: nix::Result<Option<String>>,
+    login: Passwd,
+) -> crate::credentials::broker::session::Lookup {
+    use crate::credentials::broker::session::Lookup;
+    match (uid_name, login) {
+        (Err(e), _) => Lookup::Failed(format!("passwd lookup of the uid: {e}")),
+        (_, Passwd::Failed(why)) => Lookup::Failed(format!("passwd lookup of the login: {why}")),
+        (Ok(uid_name), Passwd::Uid(login_uid)) => Lookup::Found {
+            uid_name,
+            login_uid,
+        },
+    }
 }
 
 fn summary(
@@ -628,6 +664,9 @@ fn summary(
     }
     for p in &tokens.problems {
         eprintln!("{PROG}: reap: broker store: {p}");
+    }
+    for u in &tokens.unsure {
+        eprintln!("{PROG}: reap: warning: {u}");
     }
     eprintln!(
         "{PROG}: reap: {}{} deleted ({} idle, {departed} departed), {} kept, {failed} failed; \
@@ -788,6 +827,68 @@ mod tests {
         assert!(err.to_string().contains("deleted none"), "{err}");
         assert!(err.to_string().contains("--max-per-run 51"), "{err}");
         assert_eq!(plan(many, 51).unwrap().len(), 51);
+    }
+
+    /// Issue 25 (8): a stored token set whose uid passwd cannot look up
+    /// (NSS down) is kept, as the broker keeps it; only a lookup that
+    /// answers "no such uid" (or another login) deletes it.
+    #[test]
+    fn a_failed_passwd_lookup_keeps_a_stored_token_set() {
+        use crate::credentials::broker::session::{End, Lookup, Verdict, decide};
+        use crate::credentials::broker::tokenset::{
+            Bearer, Obtained, RefreshWith, Source, TokenSet,
+        };
+        let access = crate::credentials::tokens::fake_jwt(&json!({"exp": NOW + 300}));
+        let tokens = Obtained {
+            access_token: &access,
+            id_token: None,
+            refresh_token: Some("r"),
+            bearer: Bearer::AccessToken,
+            source: Source::Login,
+        };
+        let with = RefreshWith {
+            issuer: "https://idp".into(),
+            token_endpoint: None,
+            client_id: "c".into(),
+            audience: None,
+            scope: None,
+        };
+        let set = TokenSet::new(5000, "alice", &tokens, with, NOW).unwrap();
+        let verdict = |uid_name, login| decide(&set, 5000, &set_lookup(uid_name, login), NOW, 24);
+        let down = nix::Error::EIO;
+        assert!(matches!(
+            verdict(Err(down), Passwd::Uid(Some(5000))),
+            Verdict::Unsure(why) if why.contains("passwd lookup of the uid")
+        ));
+        assert!(matches!(
+            verdict(Ok(Some("alice".into())), Passwd::Failed("sssd".into())),
+            Verdict::Unsure(_)
+        ));
+        assert_eq!(
+            set_lookup(Ok(None), Passwd::Uid(None)),
+            Lookup::Found {
+                uid_name: None,
+                login_uid: None
+            }
+        );
+        assert!(matches!(
+            verdict(Ok(None), Passwd::Uid(None)),
+            Verdict::Delete(End::OtherOwner { .. })
+        ));
+        assert_eq!(
+            verdict(Ok(Some("alice".into())), Passwd::Uid(Some(5000))),
+            Verdict::Serve
+        );
+    }
+
+    /// Issue 25 (12): the CronJob's pod has no site passwd, so departures
+    /// are not judged there.
+    #[test]
+    fn departed_is_refused_in_a_pod() {
+        let why = departed_refused(&reap(Some(30), true), true).unwrap();
+        assert!(why.contains("REAP_DEPARTED=true") && why.contains("KUBERNETES_SERVICE_HOST"));
+        assert_eq!(departed_refused(&reap(Some(30), true), false), None);
+        assert_eq!(departed_refused(&reap(Some(30), false), true), None);
     }
 
     #[test]

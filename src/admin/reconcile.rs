@@ -18,9 +18,9 @@ use crate::cluster::desired::{self, NAME_LABEL, NAME_LABEL_VALUE, USER_ANNOTATIO
 use crate::exit::Exit;
 use crate::record::{self, Counts, Record};
 use crate::run::Run;
-use crate::site::account::Account;
+use crate::site::account::{Account, AccountError};
 use crate::site::names::{Namespace, Username};
-use crate::site::settings::Settings;
+use crate::site::settings::{GateRefusal, Settings};
 
 /// Where the user names come from.
 pub enum Source<'a> {
@@ -111,6 +111,7 @@ async fn run(
     let mut progress = Progress::new(total);
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
 
     let mut results = futures::stream::iter(names)
         .map(|name| {
@@ -123,12 +124,13 @@ async fn run(
         .buffer_unordered(concurrency);
     while let Some((name, result)) = results.next().await {
         match result {
-            Ok(applied) => {
+            Ok(Done::Applied(applied)) => {
                 record.counts.add(Counts::of(&applied));
                 for a in applied {
                     *counts.entry(change_word(a.change)).or_default() += 1;
                 }
             }
+            Ok(Done::Skipped(why)) => skipped.push(format!("{name}: {why}")),
             Err(msg) => failures.push(format!("{name}: {msg}")),
         }
         progress.tick();
@@ -137,8 +139,8 @@ async fn run(
 
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "ood-k8s-bootstrap: reconciled {} of {total} users in {secs:.1}s ({:.0} users/s){}: objects {} created, {} changed, {} unchanged{}; {} failed",
-        total - failures.len(),
+        "ood-k8s-bootstrap: reconciled {} of {total} users in {secs:.1}s ({:.0} users/s){}: objects {} created, {} changed, {} unchanged{}; {}{} failed",
+        total - failures.len() - skipped.len(),
         total as f64 / secs.max(1e-9),
         if dry_run { " (dry run)" } else { "" },
         counts.get("created").unwrap_or(&0),
@@ -149,8 +151,16 @@ async fn run(
         } else {
             String::new()
         },
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!("{} skipped (not for their groups), ", skipped.len())
+        },
         failures.len(),
     );
+    for s in &skipped {
+        eprintln!("  skipped: {s}; nothing of theirs touched");
+    }
     for f in &failures {
         eprintln!("  failed: {f}");
     }
@@ -169,29 +179,44 @@ async fn run(
     }
 }
 
+/// What reconciling one user came to.
+enum Done {
+    Applied(Vec<Applied>),
+    /// `ALLOWED_GROUPS`/`DENIED_GROUPS` keep the cluster from the user, as
+    /// at a login: nothing of theirs touched.
+    Skipped(String),
+}
+
 async fn reconcile_one(
     cluster: &Cluster,
     settings: &Settings,
     name: &str,
     mode: Mode,
     now: u64,
-) -> Result<Vec<Applied>, String> {
+) -> Result<Done, String> {
     let user = Username::parse(name).map_err(|e| e.to_string())?;
     let namespace =
         Namespace::for_user(&settings.namespace_prefix, &user).map_err(|e| e.to_string())?;
+    let account = Account::lookup(&user);
+    if let Some(why) = gate(settings, &user, account.as_ref())? {
+        return Ok(Done::Skipped(why));
+    }
     // The uid goes into the namespace's owner record; a name that is not
     // on this node keeps the record it has (owner.rs).
-    let ids = match Account::lookup(&user).and_then(|a| a.ids(&user, settings.publish.groups)) {
+    let ids = match account.and_then(|a| a.ids(&user, settings.publish.groups)) {
         Ok(ids) => Some(ids),
         Err(e) if settings.needs_ids() => return Err(e.to_string()),
         Err(_) => None,
     };
-    let state = desired::desired_state(settings, &user, &namespace, ids.as_ref(), now)
+    let mut state = desired::desired_state(settings, &user, &namespace, ids.as_ref(), now)
         .map_err(|e| e.to_string())?;
+    // Not a login: the namespace's idle clock stays as it is.
+    state.login = false;
     let deadline = Instant::now() + settings.timeout;
     cluster
         .apply(user.as_str(), &state, mode, deadline)
         .await
+        .map(Done::Applied)
         .map_err(|e| match e {
             // Drop the repeated "user X:" prefix; the summary line names the user.
             e @ ApplyError::Kubeconfig { .. } => e.to_string(),
@@ -200,6 +225,28 @@ async fn reconcile_one(
                 .split_once(": ")
                 .map_or_else(|| e.to_string(), |(_, rest)| rest.to_owned()),
         })
+}
+
+/// The cluster's group gate, as a login meets it (`GroupGate::refuses`):
+/// why the user is skipped, if they are; an error where it cannot be
+/// decided (no account on this node, a group without a name).
+fn gate(
+    settings: &Settings,
+    user: &Username,
+    account: Result<&Account, &AccountError>,
+) -> Result<Option<String>, String> {
+    if settings.groups.is_open() {
+        return Ok(None);
+    }
+    let groups = account
+        .map_err(|e| e.to_string())
+        .and_then(|a| a.group_names(user).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{e}; ALLOWED_GROUPS/DENIED_GROUPS cannot be checked: refused"))?;
+    match settings.groups.refuses(&groups) {
+        None => Ok(None),
+        Some(GateRefusal::NotFor(why)) => Ok(Some(why)),
+        Some(GateRefusal::Undecided(why)) => Err(why),
+    }
 }
 
 fn change_word(c: Change) -> &'static str {

@@ -21,7 +21,9 @@ use serde_json::Value;
 use thiserror::Error;
 
 pub use crate::cluster::desired::FIELD_MANAGER;
-use crate::cluster::desired::{DEFAULT_SERVICE_ACCOUNT, DesiredState, Object};
+use crate::cluster::desired::{
+    DEFAULT_SERVICE_ACCOUNT, DesiredState, LAST_HOOK_ANNOTATION, Object,
+};
 use crate::cluster::kinds::Kind;
 use crate::cluster::owner;
 use crate::cluster::prune::{self, Found};
@@ -1062,7 +1064,7 @@ impl Ctx<'_> {
                         .await
                 }
                 d => {
-                    let body = owner::namespace_body(&desired, d);
+                    let body = owner::namespace_body(&desired, d, state.login);
                     self.write(&Target::of(ns_obj), Write::Apply(body), false)
                         .await
                 }
@@ -1351,8 +1353,12 @@ impl Ctx<'_> {
         rest: &[Object],
     ) -> Result<Vec<Applied>, ApplyError> {
         let mut report = Vec::new();
-        let ns_exists = self.read(ns_obj).await?.is_some();
-        report.push(self.dry_run_one(ns_obj).await?);
+        let before = self.read(ns_obj).await?;
+        let ns_exists = before.is_some();
+        report.push(match before {
+            Some(b) if !state.login => self.dry_run_kept_namespace(ns_obj, b).await?,
+            _ => self.dry_run_one(ns_obj).await?,
+        });
         if !ns_exists {
             // Nothing can be dry-run inside a namespace that does not exist.
             report.extend(rest.iter().map(|o| Applied {
@@ -1373,6 +1379,32 @@ impl Ctx<'_> {
             self.prune(&state.objects, &found?, true).await?,
         );
         Ok(report)
+    }
+
+    /// The namespace in a dry run that is no login: with the last-hook
+    /// annotation it has (`before`), as the real run would write it.
+    async fn dry_run_kept_namespace(
+        &self,
+        ns_obj: &Object,
+        before: Value,
+    ) -> Result<Applied, ApplyError> {
+        let mut body = ns_obj.to_json();
+        let kept = before
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(LAST_HOOK_ANNOTATION))
+            .and_then(Value::as_str);
+        owner::keep_last_hook(&mut body, kept);
+        let after = self
+            .write(&Target::of(ns_obj), Write::Apply(body), true)
+            .await?;
+        Ok(Applied {
+            object: ns_obj.describe(),
+            change: if comparable(&before) == comparable(&after.body) {
+                Change::Unchanged
+            } else {
+                Change::Changed
+            },
+        })
     }
 
     async fn dry_run_one(&self, obj: &Object) -> Result<Applied, ApplyError> {

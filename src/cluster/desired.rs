@@ -153,6 +153,11 @@ pub struct DesiredState {
     /// Whether objects of ours in the namespace that are not in `objects`
     /// are to be deleted (`PRUNE=true`, `reconcile --prune`).
     pub prune: bool,
+    /// Whether applying this is a login, the only activity: a login sets
+    /// [`LAST_HOOK_ANNOTATION`] (reap's idle clock) to now; anything else
+    /// (`reconcile`) keeps the value the namespace has, and only a namespace
+    /// it creates gets now. True unless the caller says otherwise.
+    pub login: bool,
 }
 
 /// Why the objects for a user cannot be computed (before any change).
@@ -281,6 +286,7 @@ pub fn desired_state(
         },
         objects,
         prune: settings.prune,
+        login: true,
     })
 }
 

@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 use crate::cluster::desired::{
-    Claimant, NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION,
+    Claimant, LAST_HOOK_ANNOTATION, NAME_LABEL, NAME_LABEL_VALUE, UID_ANNOTATION, USER_ANNOTATION,
 };
 
 /// What to do with the namespace.
@@ -40,6 +40,8 @@ pub struct Existing {
     /// the login, or gave it to someone new): the record is updated, and
     /// the run warns.
     pub uid_changed: Option<(String, u32)>,
+    /// Its last-hook annotation, kept by what is not a login.
+    pub last_hook: Option<String>,
 }
 
 /// Why a login may not have the namespace.
@@ -136,6 +138,7 @@ pub fn decide(
             _ => None,
         },
         recorded_uid: recorded_uid.clone(),
+        last_hook: annotation(LAST_HOOK_ANNOTATION),
     };
     // A record is the login and the uid together: earlier versions wrote
     // the login alone (for `reconcile`), whoever logged in last.
@@ -191,12 +194,18 @@ fn foreign_user_binding(who: &Claimant, bindings: &[Value]) -> Option<(String, S
 /// The namespace body to write for `decision`: the desired one, with the
 /// owner record completed from the existing one where the claimant's uid
 /// is not known (server-side apply would otherwise drop the recorded uid),
-/// and, for a claim, the resourceVersion read as a precondition.
-pub fn namespace_body(desired: &Value, decision: &Decision) -> Value {
+/// and, for a claim, the resourceVersion read as a precondition. Unless
+/// it is a `login`, the last-hook annotation is the one read (sent, as
+/// leaving it out would drop it), on condition that nobody changed the
+/// namespace since: a login meanwhile is not undone.
+pub fn namespace_body(desired: &Value, decision: &Decision, login: bool) -> Value {
     let mut body = desired.clone();
     let (Decision::Owned(e) | Decision::Claim(e)) = decision else {
         return body;
     };
+    if !login {
+        keep_last_hook(&mut body, e.last_hook.as_deref());
+    }
     let has_uid = body
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(UID_ANNOTATION))
@@ -209,8 +218,9 @@ pub fn namespace_body(desired: &Value, decision: &Decision) -> Value {
     ) {
         annotations.insert(UID_ANNOTATION.to_owned(), Value::String(uid.clone()));
     }
-    if let (Decision::Claim(_), Some(meta)) = (
-        decision,
+    let conditional = matches!(decision, Decision::Claim(_)) || !login;
+    if let (true, Some(meta)) = (
+        conditional,
         body.get_mut("metadata").and_then(Value::as_object_mut),
     ) {
         meta.insert(
@@ -219,6 +229,21 @@ pub fn namespace_body(desired: &Value, decision: &Decision) -> Value {
         );
     }
     body
+}
+
+/// `body`'s last-hook annotation made `existing` (the value read), or left
+/// out where the namespace has none: not a login, so not activity.
+pub fn keep_last_hook(body: &mut Value, existing: Option<&str>) {
+    let Some(annotations) = body
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    match existing {
+        Some(v) => annotations.insert(LAST_HOOK_ANNOTATION.to_owned(), Value::String(v.into())),
+        None => annotations.remove(LAST_HOOK_ANNOTATION),
+    };
 }
 
 #[cfg(test)]
@@ -382,13 +407,59 @@ mod tests {
             resource_version: "42".into(),
             recorded_uid: Some("1003".into()),
             uid_changed: None,
+            last_hook: None,
         };
-        let owned = namespace_body(&desired, &Decision::Owned(e.clone()));
+        let owned = namespace_body(&desired, &Decision::Owned(e.clone()), true);
         assert_eq!(owned["metadata"]["annotations"][UID_ANNOTATION], "1003");
         assert!(owned["metadata"].get("resourceVersion").is_none());
-        let claim = namespace_body(&desired, &Decision::Claim(e));
+        let claim = namespace_body(&desired, &Decision::Claim(e), true);
         assert_eq!(claim["metadata"]["resourceVersion"], "42");
-        assert_eq!(namespace_body(&desired, &Decision::Create), desired);
+        assert_eq!(namespace_body(&desired, &Decision::Create, true), desired);
+    }
+
+    /// Issue 25 (6): only a login is activity. What is not a login sends
+    /// the idle clock it read (leaving the field out would make server-side
+    /// apply drop it), conditional on the version read, so a login
+    /// meanwhile is not undone; a namespace it creates gets now.
+    #[test]
+    fn what_is_not_a_login_keeps_the_idle_clock() {
+        let desired = json!({"metadata": {"name": "carol-smith", "annotations": {
+            USER_ANNOTATION: "carol.smith", LAST_HOOK_ANNOTATION: "1800000000"}}});
+        let n = ns(
+            json!({USER_ANNOTATION: "carol.smith", UID_ANNOTATION: "1003",
+                   LAST_HOOK_ANNOTATION: "1700000000"}),
+            true,
+        );
+        let decision = decide_for(&carol("carol.smith", Some(1003)), &n, None);
+        assert!(
+            matches!(&decision, Decision::Owned(e) if e.last_hook.as_deref() == Some("1700000000"))
+        );
+        let kept = namespace_body(&desired, &decision, false);
+        assert_eq!(
+            kept["metadata"]["annotations"][LAST_HOOK_ANNOTATION],
+            "1700000000"
+        );
+        assert!(kept["metadata"]["resourceVersion"].is_string());
+        let login = namespace_body(&desired, &decision, true);
+        assert_eq!(
+            login["metadata"]["annotations"][LAST_HOOK_ANNOTATION],
+            "1800000000"
+        );
+        assert!(login["metadata"].get("resourceVersion").is_none());
+        // None read: none written (its age stays unknown to reap).
+        let bare = ns(
+            json!({USER_ANNOTATION: "carol.smith", UID_ANNOTATION: "1003"}),
+            true,
+        );
+        let decision = decide_for(&carol("carol.smith", Some(1003)), &bare, None);
+        let body = namespace_body(&desired, &decision, false);
+        assert!(
+            body["metadata"]["annotations"]
+                .get(LAST_HOOK_ANNOTATION)
+                .is_none()
+        );
+        // Created now: now.
+        assert_eq!(namespace_body(&desired, &Decision::Create, false), desired);
     }
 
     mod properties {

@@ -29,6 +29,14 @@ pub struct Ids {
     pub groups: Option<Vec<u32>>,
 }
 
+/// The user's groups by name, for `ALLOWED_GROUPS`/`DENIED_GROUPS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupNames {
+    pub names: Vec<String>,
+    /// The gids whose name could not be looked up, each with why.
+    pub unnamed: Vec<(u32, String)>,
+}
+
 #[derive(Debug, Error)]
 pub enum AccountError {
     #[error(
@@ -99,26 +107,26 @@ impl Account {
 
     /// The names of every group the user is in (the primary one included),
     /// as NSS reports them: what `ALLOWED_GROUPS`/`DENIED_GROUPS` name. A
-    /// group without a name is left out.
-    pub fn group_names(&self, user: &Username) -> Result<Vec<String>, AccountError> {
+    /// group whose name cannot be looked up (no entry, or NSS failed) is
+    /// kept aside with why, so that the gate can refuse rather than guess.
+    pub fn group_names(&self, user: &Username) -> Result<GroupNames, AccountError> {
         let name = CString::new(user.as_str()).unwrap_or_default();
         let gids = getgrouplist(&name, self.gid).map_err(|source| AccountError::Groups {
             user: user.to_string(),
             source,
         })?;
-        let mut names = Vec::new();
+        let mut found = GroupNames::default();
         for gid in gids {
             match nix::unistd::Group::from_gid(gid) {
-                Ok(Some(g)) => names.push(g.name),
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(AccountError::Groups {
-                        user: user.to_string(),
-                        source,
-                    });
-                }
+                Ok(Some(g)) => found.names.push(g.name),
+                Ok(None) => found
+                    .unnamed
+                    .push((gid.as_raw(), "no entry in the group database".into())),
+                Err(e) => found
+                    .unnamed
+                    .push((gid.as_raw(), format!("looking it up failed: {e}"))),
             }
         }
-        Ok(names)
+        Ok(found)
     }
 }

@@ -849,7 +849,10 @@ pub const KEYS: &[Key] = &[
         name: "DENIED_GROUPS",
         section: Section::New,
         per_cluster: true,
-        doc: "Unix groups whose members never get this cluster, even when in ALLOWED_GROUPS.",
+        doc: "Unix groups whose members never get this cluster, even when in ALLOWED_GROUPS: \
+              matched ignoring case and a domain part (SSSD's group@DOMAIN, DOMAIN\\group); \
+              a user with a group NSS cannot name is refused (fail closed). reconcile applies \
+              both keys as a login does.",
         value: "GROUP[,GROUP...], or empty",
         default: "",
         example: "",

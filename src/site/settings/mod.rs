@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::cluster::templates::{TemplateError, TemplateSet};
 use crate::secret::Secret;
+use crate::site::account::GroupNames;
 use crate::site::names::{ObjectName, truncate};
 use crate::site::trusted::{self, TrustError};
 
@@ -335,17 +336,57 @@ pub struct GroupGate {
     pub denied: Vec<String>,
 }
 
+/// Why a user does not get a gated cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateRefusal {
+    /// The user's groups say no: the cluster is skipped for them.
+    NotFor(String),
+    /// A group of the user has no name NSS could give, so whether the gate
+    /// lets them in cannot be told: refused (fail closed), as an error.
+    Undecided(String),
+}
+
 impl GroupGate {
-    /// Why a user in `groups` does not get the cluster, if they do not.
-    pub fn refuses(&self, groups: &[String]) -> Option<String> {
-        if let Some(g) = self.denied.iter().find(|g| groups.contains(g)) {
-            return Some(format!("member of {g} (DENIED_GROUPS)"));
+    /// Why a user in `groups` does not get the cluster, if they do not. A
+    /// denial matches names ignoring case and a domain (SSSD's
+    /// `group@DOMAIN`, winbind's `DOMAIN\group`); an admission only the
+    /// exact name. A group without a name refuses whatever could depend on
+    /// it.
+    pub fn refuses(&self, groups: &GroupNames) -> Option<GateRefusal> {
+        let denied = self.denied.iter().find_map(|g| {
+            groups
+                .names
+                .iter()
+                .find(|n| same_group_denied(n, g))
+                .map(|n| (n, g))
+        });
+        if let Some((name, g)) = denied {
+            return Some(GateRefusal::NotFor(if name == g {
+                format!("member of {g} (DENIED_GROUPS)")
+            } else {
+                format!("member of {name}, which DENIED_GROUPS names as {g}")
+            }));
         }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|g| groups.contains(g)) {
-            return Some(format!(
+        let allowed =
+            self.allowed.is_empty() || self.allowed.iter().any(|g| groups.names.contains(g));
+        if let (false, Some((gid, why))) =
+            (self.denied.is_empty() && allowed, groups.unnamed.first())
+        {
+            let key = if self.denied.is_empty() {
+                "ALLOWED_GROUPS"
+            } else {
+                "DENIED_GROUPS"
+            };
+            return Some(GateRefusal::Undecided(format!(
+                "group {gid} of the user has no name ({why}), so {key} cannot be checked: \
+                 refused until the group database (NSS: sssd, LDAP) names it"
+            )));
+        }
+        if !allowed {
+            return Some(GateRefusal::NotFor(format!(
                 "not a member of {} (ALLOWED_GROUPS)",
                 self.allowed.join(", ")
-            ));
+            )));
         }
         None
     }
@@ -353,6 +394,17 @@ impl GroupGate {
     pub fn is_open(&self) -> bool {
         self.allowed.is_empty() && self.denied.is_empty()
     }
+}
+
+/// Whether the user's group `name` (as NSS reports it) is the `configured`
+/// denied group: equal ignoring case and a domain part, so that no spelling
+/// of a denied group lets its members in.
+fn same_group_denied(name: &str, configured: &str) -> bool {
+    fn bare(n: &str) -> String {
+        let n = n.rsplit_once('\\').map_or(n, |(_, g)| g);
+        n.split_once('@').map_or(n, |(g, _)| g).to_lowercase()
+    }
+    name == configured || bare(name) == bare(configured)
 }
 
 /// Several clusters (`CLUSTERS_D`, `HOOK_ENV_D`).
@@ -884,6 +936,79 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).expect_err("should fail").to_string()
+    }
+
+    fn gate(allowed: &[&str], denied: &[&str]) -> GroupGate {
+        GroupGate {
+            allowed: allowed.iter().map(|g| g.to_string()).collect(),
+            denied: denied.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn member_of(names: &[&str], unnamed: &[u32]) -> GroupNames {
+        GroupNames {
+            names: names.iter().map(|g| g.to_string()).collect(),
+            unnamed: unnamed
+                .iter()
+                .map(|g| (*g, "no entry".to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Issue 25 (12): a denied user is denied however NSS spells the group
+    /// (SSSD's `Group@DOMAIN`, winbind's `DOMAIN\group`, another case),
+    /// and a group without a name refuses rather than lets in (fail closed).
+    #[test]
+    fn the_group_gate_fails_closed() {
+        let refused = |g: &GroupGate, m: &GroupNames| match g.refuses(m) {
+            Some(GateRefusal::NotFor(why)) => format!("not for: {why}"),
+            Some(GateRefusal::Undecided(why)) => format!("undecided: {why}"),
+            None => "let in".to_owned(),
+        };
+        let deny = gate(&[], &["students"]);
+        for spelling in [
+            "students",
+            "Students@AD.EXAMPLE",
+            "AD\\students",
+            "STUDENTS",
+        ] {
+            assert!(
+                refused(&deny, &member_of(&["users", spelling], &[]))
+                    .starts_with("not for: member of"),
+                "{spelling}"
+            );
+        }
+        let deny_qualified = gate(&[], &["students@ad.example"]);
+        assert!(refused(&deny_qualified, &member_of(&["students"], &[])).starts_with("not for"));
+        assert_eq!(
+            refused(&deny, &member_of(&["users", "staff"], &[])),
+            "let in"
+        );
+        // A gid without a name could be the denied group: refused, naming it.
+        let why = refused(&deny, &member_of(&["users"], &[5005]));
+        assert!(
+            why.starts_with("undecided: group 5005") && why.contains("DENIED_GROUPS"),
+            "{why}"
+        );
+        // Admission is by the exact name only; an unnamed gid cannot admit.
+        let allow = gate(&["gpu"], &[]);
+        assert_eq!(refused(&allow, &member_of(&["gpu"], &[5005])), "let in");
+        assert!(
+            refused(&allow, &member_of(&["GPU@AD"], &[]))
+                .starts_with("not for: not a member of gpu")
+        );
+        let why = refused(&allow, &member_of(&["users"], &[5005]));
+        assert!(
+            why.starts_with("undecided: group 5005") && why.contains("ALLOWED_GROUPS"),
+            "{why}"
+        );
+        // Denial wins over admission.
+        let both = gate(&["gpu"], &["banned"]);
+        assert!(
+            refused(&both, &member_of(&["gpu", "Banned"], &[]))
+                .starts_with("not for: member of Banned")
+        );
+        assert!(refused(&both, &member_of(&["gpu"], &[7])).starts_with("undecided"));
     }
 
     #[test]
