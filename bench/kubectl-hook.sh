@@ -96,6 +96,9 @@ if [ -n "${IMAGE_PULL_SECRET:-}" ]; then
     -p "{\"imagePullSecrets\": [{\"name\": \"${IMAGE_PULL_SECRET}\"}]}" >/dev/null
 fi
 [ "${3:-}" = "--cluster-only" ] && exit 0
+# As the user, from a directory every user may enter (the caller's may be
+# root's own, such as a checkout under /root).
+cd /
 runuser -u "$ONDEMAND_USERNAME" -- env -u KUBECONFIG HOME="$(getent passwd "$ONDEMAND_USERNAME" | cut -d: -f6)" \
   "$KUBECTL" config set-credentials "${K8S_USERNAME_PREFIX:-}$ONDEMAND_USERNAME" \
   --auth-provider=oidc \

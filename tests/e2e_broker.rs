@@ -1026,9 +1026,12 @@ fn a_session_older_than_the_maximum_ends() {
 }
 
 /// Issue 16 (2): a login whose tokens the broker could not read back is
-/// refused when the hook would store them, clearly, with nothing stored
-/// and no kubeconfig entry. (An ID token of 128 KiB and a refresh token of
-/// 128 KiB, the most an environment variable holds each, as a portal
+/// refused when the hook would store them, clearly, with nothing stored,
+/// no kubeconfig entry and, without a token exchange, the cluster
+/// untouched: the namespace, asked of the API server, does not exist (and
+/// the same login with tokens of a normal size makes it, so the check
+/// looked at the right name). (An ID token of 128 KiB and a refresh token
+/// of 128 KiB, the most an environment variable holds each, as a portal
 /// passes them: over the 256 KiB a set may be.)
 #[test]
 fn tokens_too_large_to_store_are_refused_at_login() {
@@ -1061,15 +1064,22 @@ fn tokens_too_large_to_store_are_refused_at_login() {
         "{err}"
     );
     assert!(!err.contains(&login.access));
-    // refused before anything was changed, on the cluster too (asked of
-    // the API server: the namespace of this run's prefix was never made)
+    assert!(!b.state.join(format!("{uid}.json")).exists());
+    assert!(!home.join(".kube/config").exists());
+    // Refused before anything was changed, on the cluster too.
     let ns = format!("{}{user}", prefix("brkbig"));
     assert!(
         cluster().get_json(&["namespace", &ns]).is_none(),
-        "the refused login made namespace {ns}"
+        "a refused login made namespace {ns}:\n{}",
+        text(&out)
     );
-    assert!(!b.state.join(format!("{uid}.json")).exists());
-    assert!(!home.join(".kube/config").exists());
+    let out = b.hook(user, Some(&login));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        cluster().get_json(&["namespace", &ns]).is_some(),
+        "{ns} not made by the login with normal tokens:\n{}",
+        text(&out)
+    );
 }
 
 /// Issue 16 (2): one user cannot drown the broker's log. 200 refused

@@ -215,6 +215,127 @@ fn files_hook_env_names_must_be_safe_too() {
     assert_made(&out, &ns);
 }
 
+/// An admin command (`config`, `doctor`) as root, with root's KUBECONFIG.
+fn admin(args: &[&str], hook_env: &Path, kubeconfig: Option<&Path>) -> Output {
+    let mut cmd = cluster().hook();
+    if let Some(kc) = kubeconfig {
+        cmd.env("KUBECONFIG", kc);
+    }
+    cmd.args(args)
+        .arg("--hook-env")
+        .arg(hook_env)
+        .output()
+        .expect("run an admin command")
+}
+
+/// Root's kubeconfig decides what runs as root: its `exec:` user's command.
+/// One that a user owns — named by ROOT_KUBECONFIG, or with that unset
+/// root's KUBECONFIG — is refused with 78 naming the key, the file and its
+/// owner before anything in it is used: the command never runs (the
+/// marker file it would make is never made) and the cluster is untouched;
+/// `config` and `doctor` say the same without running it. The same file,
+/// root's, works and does run the command: the marker shows a run.
+#[test]
+fn a_root_kubeconfig_a_user_owns_is_refused_before_its_exec_command_runs() {
+    let c = cluster();
+    let (alice_uid, _, _) = linux_user("alice");
+    let dir = scratch("trust-rootkc");
+    chmod(&dir, 0o755);
+    let (prefix, line) = own_prefix("trust-rootkc");
+    let ns = format!("{prefix}alice");
+    let marker = dir.join("exec-ran");
+    let plugin = dir.join("plugin.sh");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh
+touch '{}'
+printf '%s' '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{}\"}}}}'\n",
+            marker.display(),
+            read_token()
+        ),
+    )
+    .unwrap();
+    chmod(&plugin, 0o700);
+    let kc = dir.join("root.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: ood\nclusters:\n\
+             - name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+             contexts:\n- name: ood\n  context: {{cluster: c, user: plugin}}\n\
+             users:\n- name: plugin\n  user:\n    exec: {{apiVersion: client.authentication.k8s.io/v1, \
+             command: \"{}\", interactiveMode: Never}}\n",
+            c.var("K8S_SERVER"),
+            c.var("K8S_CA_FILE"),
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    chmod(&kc, 0o600);
+    chown(&kc, alice_uid);
+    let owner = format!("uid {alice_uid} (alice)");
+    let named = |out: &Output, key: &str| {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for what in [key, &kc.display().to_string(), &owner] {
+            assert!(all.contains(what), "should name {what}:\n{}", text(out));
+        }
+    };
+
+    // Named by ROOT_KUBECONFIG: the login, config and doctor refuse it.
+    let named_env = c.hook_env(
+        &dir,
+        &format!(
+            "K8S_CREDENTIALS=none\nROOT_KUBECONFIG={}\n{line}",
+            kc.display()
+        ),
+    );
+    let (out, took) = run(&named_env, None);
+    assert_refused(&out, took, "ROOT_KUBECONFIG", &ns);
+    named(&out, "ROOT_KUBECONFIG");
+    let out = admin(&["config"], &named_env, None);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    named(&out, "ROOT_KUBECONFIG");
+    let out = admin(&["doctor"], &named_env, None);
+    assert!(!out.status.success(), "{}", text(&out));
+    named(&out, "ROOT_KUBECONFIG");
+    assert!(!marker.exists(), "the exec command ran as root");
+
+    // Unset: root's KUBECONFIG is the file, refused the same way.
+    let default_env = c.hook_env(&dir, &format!("K8S_CREDENTIALS=none\n{line}"));
+    let (out, took) = run(&default_env, Some(&kc));
+    assert_refused(&out, took, "KUBECONFIG", &ns);
+    named(&out, "KUBECONFIG");
+    let out = admin(&["config"], &default_env, Some(&kc));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    named(&out, "KUBECONFIG");
+    let out = admin(&["doctor"], &default_env, Some(&kc));
+    assert!(!out.status.success(), "{}", text(&out));
+    named(&out, "KUBECONFIG");
+    assert!(!marker.exists(), "the exec command ran as root");
+
+    // Root's own file: accepted, and its command runs.
+    chown(&kc, 0);
+    let named_env = c.hook_env(
+        &dir,
+        &format!(
+            "K8S_CREDENTIALS=none\nROOT_KUBECONFIG={}\n{line}",
+            kc.display()
+        ),
+    );
+    let out = admin(&["config"], &named_env, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!marker.exists(), "config ran the exec command");
+    let (out, _) = run(&named_env, None);
+    assert_made(&out, &ns);
+    assert!(marker.exists(), "the accepted file's command did not run");
+}
+
 /// A user's symlink in a sticky directory everyone may write to (such as
 /// /tmp), pointing at a root-only file, is not followed — the kernel's
 /// fs.protected_symlinks rule — so root does not publish that file as the

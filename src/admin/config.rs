@@ -1,11 +1,12 @@
 //! `ood-k8s-bootstrap config`: check a hook.env (and the site templates it
-//! names) without touching anything, or print the example generated from
-//! the key table.
+//! names, and whether root controls root's kubeconfig) without touching
+//! anything, or print the example generated from the key table.
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::PROG;
+use crate::cluster::apply::check_root_kubeconfig;
 use crate::exit::Exit;
 use crate::run::{fail, load_site};
 use crate::site::settings::keys;
@@ -23,6 +24,14 @@ pub fn main(example: bool, hook_env: &Path) -> Exit {
         Ok(site) => site,
         Err(exit) => return exit,
     };
+    // Root's kubeconfig where hook.env leaves it to kubectl's defaults,
+    // refused as the hook would refuse it (ROOT_KUBECONFIG itself is
+    // checked with the file); nothing in it is used.
+    if site.clusters.iter().any(|s| s.root.kubeconfig.is_none())
+        && let Err(e) = check_root_kubeconfig(None)
+    {
+        return fail(e.exit(), e);
+    }
     let warnings = site.warnings.len();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let mut what = Vec::new();

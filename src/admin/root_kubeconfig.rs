@@ -78,25 +78,10 @@ pub struct Resolved {
 /// The files kubectl would read: `explicit`, else every path in
 /// `KUBECONFIG`, else `~/.kube/config` (home from `HOME`, then passwd).
 pub fn candidate_files(explicit: Option<&Path>) -> Vec<PathBuf> {
-    if let Some(p) = explicit {
-        return vec![p.to_owned()];
+    match explicit {
+        Some(p) => vec![p.to_owned()],
+        None => crate::cluster::apply::default_kubeconfig_files(),
     }
-    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        return std::env::split_paths(&list)
-            .filter(|p| !p.as_os_str().is_empty())
-            .collect();
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::geteuid())
-                .ok()
-                .flatten()
-                .map(|u| u.dir)
-        })
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    vec![home.join(".kube/config")]
 }
 
 /// Reads and parses the candidate files; missing files in a `KUBECONFIG`

@@ -68,6 +68,17 @@ pub enum ApplyError {
         "cannot load root's kubeconfig ({detail}); set ROOT_KUBECONFIG (and ROOT_CONTEXT) in hook.env or KUBECONFIG, or create ~/.kube/config for the ondemand ServiceAccount"
     )]
     Kubeconfig { detail: String },
+    /// Root's kubeconfig is not a file root controls: whoever can write it
+    /// picks the command its `exec:` user runs, as root.
+    #[error(
+        "{what}: {source}; root's kubeconfig decides what runs as root (an exec: user's command), \
+         so the hook trusts only a kubeconfig root controls"
+    )]
+    Untrusted {
+        /// `ROOT_KUBECONFIG`, `KUBECONFIG`, or root's `~/.kube/config`.
+        what: String,
+        source: crate::site::trusted::TrustError,
+    },
     #[error("user {user}: the Kubernetes API server {server} is unreachable: {detail}")]
     Unreachable {
         user: String,
@@ -142,7 +153,7 @@ pub enum ApplyError {
 impl ApplyError {
     pub fn exit(&self) -> Exit {
         match self {
-            Self::Kubeconfig { .. } => Exit::Config,
+            Self::Kubeconfig { .. } | Self::Untrusted { .. } => Exit::Config,
             Self::Unreachable { .. } | Self::TooLarge { .. } => Exit::Unavailable,
             Self::Unauthorized { .. } | Self::Forbidden { .. } | Self::Collision { .. } => {
                 Exit::NoPerm
@@ -197,6 +208,11 @@ pub struct Connect {
     pub bearer: Option<crate::secret::Secret>,
     /// This context instead of the kubeconfig's current one.
     pub context: Option<String>,
+    /// Root's own kubeconfig (hook.env's, or kubectl's defaults): refused
+    /// unless root controls it, before anything in it is used
+    /// ([`check_root_kubeconfig`]). Off for a file the admin names on the
+    /// command line (`install --kubeconfig`).
+    pub trust_check: bool,
 }
 
 impl Connect {
@@ -207,8 +223,65 @@ impl Connect {
             kubeconfig: root.kubeconfig.clone(),
             bearer: None,
             context: root.context.clone(),
+            trust_check: true,
         }
     }
+}
+
+/// The files kubectl reads without `--kubeconfig`: every path in
+/// `KUBECONFIG`, else `~/.kube/config` (home from `HOME`, then passwd).
+pub fn default_kubeconfig_files() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        return std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    vec![home.join(".kube/config")]
+}
+
+/// Refuses root's kubeconfig unless root controls it (the StrictModes rule
+/// of `crate::site::trusted`, as for every file hook.env names): the file
+/// `kubeconfig` (hook.env's `ROOT_KUBECONFIG`) or, unset, each file of
+/// `KUBECONFIG` or root's `~/.kube/config` that exists (a missing one is
+/// kubectl's own error, or in a pod the ServiceAccount's credentials).
+/// Nothing in the files is used: no `exec:` command runs.
+pub fn check_root_kubeconfig(kubeconfig: Option<&std::path::Path>) -> Result<(), ApplyError> {
+    let (what, files) = match kubeconfig {
+        Some(path) => ("ROOT_KUBECONFIG", vec![path.to_owned()]),
+        None if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) => (
+            "KUBECONFIG (root's kubeconfig; ROOT_KUBECONFIG is not set)",
+            default_kubeconfig_files(),
+        ),
+        None => (
+            "root's default kubeconfig (ROOT_KUBECONFIG and KUBECONFIG are not set)",
+            default_kubeconfig_files(),
+        ),
+    };
+    for file in files {
+        match crate::site::trusted::read(&file) {
+            // A file that is missing or cannot be read is kubeconfig
+            // loading's own error (or, in a pod, none).
+            Ok(_) | Err(crate::site::trusted::TrustError::Io { .. }) => {}
+            Err(source) => {
+                return Err(ApplyError::Untrusted {
+                    what: what.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A status and JSON body (Null when the body is not JSON).
@@ -260,6 +333,9 @@ impl Cluster {
     pub async fn connect_with(how: &Connect, timeout: Duration) -> Result<Self, ApplyError> {
         use kube::client::ConfigExt;
 
+        if how.trust_check {
+            check_root_kubeconfig(how.kubeconfig.as_deref())?;
+        }
         let kubeconfig_error = |detail: String| ApplyError::Kubeconfig { detail };
         let options = kube::config::KubeConfigOptions {
             context: how.context.clone(),

@@ -219,7 +219,13 @@ impl Memory {
         if !safe_dir(&self.dir) {
             return Err(std::io::Error::other("directory writable by others"));
         }
-        let tmp = self.dir.join(format!(".outage.{}.tmp", std::process::id()));
+        // Unique per writer: the clusters of one login store from threads
+        // of one process at once (and may share a directory).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".outage.{}.{n}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let mut file = File::options()
             .write(true)
@@ -448,6 +454,65 @@ mod tests {
         let off = Memory::new(&dir, S, Duration::ZERO);
         off.failed(1000, "x", Exit::Unavailable);
         assert!(off.current(1001).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two clusters' threads of one login remember their outages at the
+    /// same moment, many times over: every write succeeds and each file
+    /// holds its own server's record (a temp file name shared by the
+    /// process's threads let one thread delete or rename the other's).
+    #[test]
+    fn two_threads_storing_at_once_keep_both_records_intact() {
+        let dir = std::env::temp_dir().join(format!("ood-outage-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let servers = ["https://127.0.0.1:1", "https://127.0.0.2:1"];
+        let barrier = std::sync::Barrier::new(servers.len());
+        // Failures are collected, not panicked on: a thread that stopped
+        // would leave the other waiting at the barrier.
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let threads: Vec<_> = servers
+                .iter()
+                .map(|&server| {
+                    let (dir, barrier) = (&dir, &barrier);
+                    scope.spawn(move || {
+                        let m = Memory::new(dir, server, MAX);
+                        let mut failures = Vec::new();
+                        for i in 0..300u64 {
+                            let record = Record::failed(
+                                None,
+                                server,
+                                1000 + i,
+                                "is unreachable: refused",
+                                Exit::Unavailable,
+                                MAX,
+                            );
+                            barrier.wait();
+                            let stored = m.store(&record);
+                            barrier.wait();
+                            match (stored, m.load(1000 + i)) {
+                                (Ok(()), Some(r)) if r == record => {}
+                                (stored, read) => failures.push(format!(
+                                    "{server}, round {i}: {stored:?}, read {read:?}"
+                                )),
+                            }
+                        }
+                        failures
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_default())
+                .collect()
+        });
+        assert!(
+            failures.is_empty(),
+            "{} failures: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), servers.len(), "no temp file left: {left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

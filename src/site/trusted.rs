@@ -44,7 +44,7 @@ pub enum TrustError {
     NotDirectory { path: PathBuf },
     #[error("{path}: is a {kind}, not a regular file")]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("{path}: owned by uid {uid}, not root; as root run: chown root {path}")]
+    #[error("{path}: owned by {}, not root; as root run: chown root {path}", user_name(*.uid))]
     Owner { path: PathBuf, uid: u32 },
     #[error("{path}: writable by {who} (mode {mode:04o}); as root run: chmod go-w {path}")]
     Writable {

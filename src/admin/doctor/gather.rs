@@ -176,6 +176,8 @@ fn file_meta(path: &Path) -> Result<FileMeta, String> {
 
 fn root(how: &crate::site::settings::RootSettings) -> Result<RootFacts, String> {
     let explicit = how.kubeconfig.as_deref();
+    // Refused as the hook refuses it, before anything in it is used.
+    crate::cluster::apply::check_root_kubeconfig(explicit).map_err(|e| e.to_string())?;
     let paths = root_kubeconfig::candidate_files(explicit);
     let files = root_kubeconfig::load(&paths, explicit.is_some()).map_err(|e| e.to_string())?;
     let r = root_kubeconfig::resolve(&files, how.context.as_deref()).map_err(|e| e.to_string())?;

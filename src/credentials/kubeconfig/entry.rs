@@ -264,7 +264,10 @@ fn login_set(
         scope: None,
     };
     let set = TokenSet::new(who.uid, who.user.as_str(), &tokens, with, now)?;
-    // What the broker could not read back is refused now, before any change.
+    // What the broker could not read back is refused now, before the
+    // kubeconfig or the broker's store changes (and, without a token
+    // exchange, before the cluster side starts; with one, these are the
+    // exchanged tokens, known only after the cluster side began: hook.rs).
     set.encode()?;
     Ok(set)
 }

@@ -771,7 +771,8 @@ pub const KEYS: &[Key] = &[
         per_cluster: true,
         doc: "Root's kubeconfig for this cluster (the ondemand ServiceAccount's token), used by \
               the hook, reconcile, reap, doctor and root-token. Empty: as kubectl finds it \
-              (KUBECONFIG, then ~/.kube/config).",
+              (KUBECONFIG, then ~/.kube/config). Like every file named here it must be \
+              root's and closed to others (its exec: user would run as root).",
         value: "absolute path, or empty",
         default: "",
         example: "",

@@ -664,6 +664,9 @@ impl Checked<'_> {
         }
         let image_pull = self.image_pull(&mut warnings)?;
         self.check_trusted("K8S_CA_FILE", self.draft.k8s_ca_file.as_deref())?;
+        // Root's kubeconfig decides what runs as root (an exec: user's
+        // command): checked here, before anything reads it.
+        self.check_trusted("ROOT_KUBECONFIG", self.draft.root_kubeconfig.as_deref())?;
         let idp_ca_pem = self.check_trusted("IDP_CA_FILE", self.draft.idp_ca_file.as_deref())?;
         let exchange = self.exchange(idp_ca_pem.clone())?;
         if self.draft.publish_groups && !self.draft.publish_uid_gid {
