@@ -78,16 +78,19 @@ impl Site {
             clusters_d.join("two.yml"),
             format!(
                 "---\nv2:\n  metadata:\n    title: \"Two\"\n  job:\n    adapter: \"kubernetes\"\n    \
-                 cluster: \"two\"\n    config_file: \"<%= Dir.home %>/.kube/two\"\n    \
+                 cluster: \"two\"\n    config_file: \"$HOME/.kube/two\"\n    \
                  namespace_prefix: \"{ns2}\"\n    username_prefix: \"two-\"\n    \
                  server:\n      endpoint: \"{}\"\n      cert_authority_file: \"{}\"\n",
                 c.var("K8S_SERVER_2"),
                 ca2.display()
             ),
         );
+        // Another adapter's file with ERB (which ood_core does not
+        // evaluate either): none of the hook's business.
         file(
             clusters_d.join("login.yml"),
-            "v2:\n  metadata:\n    title: \"Login\"\n  login:\n    host: \"login.example.org\"\n"
+            "v2:\n  metadata:\n    title: \"<%= 'Login' %>\"\n  login:\n    host: \"<%= ENV['LOGIN_HOST'] %>\"\n  \
+             job:\n    adapter: \"slurm\"\n    cluster: \"<%= `hostname -s` %>\"\n"
                 .into(),
         );
         file(
@@ -176,6 +179,25 @@ fn dashboard_kubectl(user: &str, kubeconfig: &Path, context: &str, ns: &str) -> 
     )
 }
 
+/// kubectl as the dashboard really runs it: ood_core builds one command
+/// string with `config_file` as clusters.d gives it (no ERB evaluated) and
+/// Ruby hands it to `sh -c`, as the user with the user's `HOME`.
+fn dashboard_sh(user: &str, config_file: &str, context: &str, ns: &str) -> Output {
+    let (_, _, home) = linux_user(user);
+    let command = format!(
+        "{} --kubeconfig={config_file} --context={context} --namespace={ns} get pods",
+        user_tools().0.display()
+    );
+    Command::new("runuser")
+        .args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("PATH=/usr/bin:/bin")
+        .args(["sh", "-c", &command])
+        .current_dir("/")
+        .output()
+        .expect("runuser sh -c kubectl")
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -213,6 +235,24 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         let out = dashboard_kubectl("alice", file, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
+    // As ood_core runs them: through sh -c, with cluster two's config_file
+    // as its clusters.d file says it (`$HOME/.kube/two`), reaching the API
+    // server with the credentials the hook wrote. The ERB form the README
+    // once gave breaks every such call.
+    for config_file in ["$HOME/.kube/two", "${HOME}/.kube/two"] {
+        let out = dashboard_sh("alice", config_file, "two", &ns2);
+        assert!(
+            out.status.success(),
+            "sh -c kubectl --kubeconfig={config_file}: {}",
+            text(&out)
+        );
+    }
+    let erb = dashboard_sh("alice", "<%= Dir.home %>/.kube/two", "two", &ns2);
+    assert!(
+        !erb.status.success() && stderr(&erb).contains("%="),
+        "{}",
+        text(&erb)
+    );
     let config: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(&two).unwrap()).unwrap();
     assert_eq!(config["users"][0]["name"], "two-alice");
@@ -302,6 +342,24 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         let out = dashboard_kubectl("alice", &one, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
+
+    // The ERB form of config_file (which breaks the dashboard's kubectl) is
+    // refused before anything changes, naming the file and the form that
+    // works.
+    std::fs::write(
+        &two_yml,
+        yml.replace("$HOME/.kube/two", "<%= Dir.home %>/.kube/two"),
+    )
+    .unwrap();
+    let (erb, _) = site.login("alice");
+    let err = stderr(&erb);
+    assert_eq!(erb.status.code(), Some(78), "{}", text(&erb));
+    assert!(
+        err.contains(&two_yml.display().to_string())
+            && err.contains("ERB")
+            && err.contains("$HOME/.kube/NAME"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&site.dir);
 }
 

@@ -516,7 +516,30 @@ fn dashboard_tilde_config_file_fails() {
     let mut d = dashboard_cluster("", "");
     d.clusters[0].config_file = Some("~/.kube/config".into());
     f.dashboard = Some(d);
-    assert!(only_failure(&f).detail.contains("starts with ~"));
+    assert!(only_failure(&f).detail.contains("does not expand '~'"));
+}
+
+/// ood_core evaluates no ERB in clusters.d and runs kubectl through
+/// `sh -c`: `$HOME` works per user, ERB breaks every kubectl call.
+#[test]
+fn dashboard_erb_config_file_fails_and_home_works() {
+    let mut f = healthy();
+    let mut d = dashboard_cluster("", "");
+    d.clusters[0].config_file = Some("<%= Dir.home %>/.kube/config".into());
+    f.dashboard = Some(d.clone());
+    let c = only_failure(&f);
+    assert!(
+        c.detail.contains("ERB")
+            && c.fix
+                .as_deref()
+                .is_some_and(|x| x.contains("$HOME/.kube/NAME")),
+        "{c:?}"
+    );
+    for home in ["$HOME/.kube/config", "${HOME}/.kube/config"] {
+        d.clusters[0].config_file = Some(home.into());
+        f.dashboard = Some(d.clone());
+        assert!(failures(&f).is_empty(), "{home}");
+    }
 }
 
 #[test]
