@@ -343,6 +343,41 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
 
+    // Cluster two's namespace made another login's: its side is refused,
+    // and sharing the file with cluster one (written), its own line says
+    // its entries were not written, and they are not.
+    let owned = admin_2(&[
+        "annotate",
+        "namespace",
+        &ns2,
+        "openondemand.org/user=mallory",
+        "openondemand.org/uid=4242",
+        "--overwrite",
+    ]);
+    assert!(owned.status.success(), "{}", text(&owned));
+    std::fs::remove_file(&one).unwrap();
+    let (taken, _) = site.login("alice");
+    let err = stderr(&taken);
+    assert_eq!(taken.status.code(), Some(77), "{}", text(&taken));
+    let line_of = |start: &str| err.lines().find(|l| l.contains(start)).unwrap_or_default();
+    let two_line = line_of("two: user alice: namespace");
+    assert!(
+        two_line.contains("belongs to login mallory")
+            && two_line.contains("kubeconfig entries were not written")
+            && !two_line.contains("updated"),
+        "cluster two's line: {err}"
+    );
+    assert!(
+        line_of(&format!("alice: one: namespace {ns1}"))
+            .contains(&format!("kubeconfig {} updated", one.display())),
+        "cluster one's line: {err}"
+    );
+    let only_one = std::fs::read_to_string(&one).unwrap();
+    assert!(
+        only_one.contains("one-alice") && !only_one.contains("two-alice"),
+        "{only_one}"
+    );
+
     // The ERB form of config_file (which breaks the dashboard's kubectl) is
     // refused before anything changes, naming the file and the form that
     // works.
