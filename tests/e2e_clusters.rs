@@ -542,6 +542,52 @@ impl Drop for Stopped {
     }
 }
 
+/// The broker's plugin names the kubeconfig cluster; two clusters.d files
+/// leaving `job.cluster` unset are both `open-ondemand`: in broker mode with
+/// different token sets (here cluster two's own exchange audience), the
+/// broker could only serve one of them the other's token, so the hook
+/// refuses the site at load, naming both files, before anything changes.
+#[test]
+fn broker_clusters_of_one_kubeconfig_name_with_different_token_sets_are_refused_at_load() {
+    let c = cluster();
+    let dir = scratch("clusters-brkname-state");
+    let broker = format!(
+        "K8S_CREDENTIALS=broker\nBROKER_STATE_DIR={}\nIDP_ISSUER_URL={}\nIDP_CA_FILE={}\n\
+         CLIENT_ID={}\nCLIENT_SECRET={}\n",
+        dir.join("tokens").display(),
+        c.var("KEYCLOAK_ISSUER"),
+        c.var("KEYCLOAK_CA_FILE"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+    );
+    let audience = format!(
+        "K8S_TOKEN_EXCHANGE_AUDIENCE={}\n",
+        c.var("KEYCLOAK_K8S_AUDIENCE")
+    );
+    let site = Site::new("brkname", &broker, &audience);
+    let clusters_d = site.dir.join("clusters.d");
+    for id in ["one", "two"] {
+        let path = clusters_d.join(format!("{id}.yml"));
+        let yml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, yml.replace(&format!("    cluster: \"{id}\"\n"), "")).unwrap();
+    }
+    let (out, _) = site.run("alice", None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        err.contains(&clusters_d.join("one.yml").display().to_string())
+            && err.contains(&clusters_d.join("two.yml").display().to_string())
+            && err.contains("\"open-ondemand\""),
+        "{err}"
+    );
+    assert!(
+        !namespace_exists_1(&format!("{}alice", site.ns1)),
+        "nothing changed"
+    );
+    let _ = std::fs::remove_dir_all(&site.dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Two clusters in broker mode whose tokens differ: cluster one takes the
 /// Keycloak login's own tokens (asked for with the Kubernetes audience
 /// scope), cluster two a token exchange for the `kubernetes` audience. The
