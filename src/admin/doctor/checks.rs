@@ -954,6 +954,21 @@ fn dashboard(d: &DashboardFacts, s: &Settings) -> Vec<Check> {
     for c in &d.clusters {
         out.extend(dashboard_cluster(c, s));
     }
+    out.extend(d.erb.iter().map(|p| {
+        Check::found(
+            Finding::DashboardErb,
+            "dashboard",
+            format!(
+                "{}: holds ERB (<%), which ood_core does not evaluate in clusters.d (it reads plain YAML): \
+                 the dashboard uses the text as it is; logins fail only when it is in a Kubernetes job field the hook reads",
+                p.display()
+            ),
+            format!(
+                "write the value itself in {} (a kubeconfig file per user: config_file: \"{WORKING_FORM}\")",
+                p.display()
+            ),
+        )
+    }));
     out
 }
 
