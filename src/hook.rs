@@ -316,6 +316,9 @@ fn report(
             // line of its own, a written one at the end of the cluster's
             // error (still one line, as OnDemand logs it).
             let kube_done = match &kube {
+                Some(Err(KubeError::NotWritten)) => {
+                    format!("; the user's side: {}", KubeError::NotWritten)
+                }
                 Some(Err(k)) => {
                     eprintln!("{PROG}: error: {}", prefix(k.to_string()));
                     String::new()
@@ -409,6 +412,8 @@ struct Writers {
 struct FileResult {
     outcome: Option<Result<kubeconfig::Outcome, KubeError>>,
     failed: Vec<(usize, KubeError)>,
+    /// The clusters whose entries were left out (another login's namespace).
+    refused: Vec<usize>,
     finished: Instant,
 }
 
@@ -480,12 +485,14 @@ impl Writers {
                     why: "the writer thread panicked".into(),
                 }))),
                 failed: Vec::new(),
+                refused: Vec::new(),
                 finished: Instant::now(),
             });
             let mut failed = result.failed;
             for i in members {
                 let outcome = match failed.iter().position(|(f, _)| *f == i) {
                     Some(at) => Some(Err(failed.swap_remove(at).1)),
+                    None if result.refused.contains(&i) => Some(Err(KubeError::NotWritten)),
                     None => result.outcome.as_ref().map(|r| match r {
                         Ok(o) => Ok(o.clone()),
                         Err(e) => Err(e.again()),
@@ -509,6 +516,15 @@ fn write_files(
 ) -> Vec<FileResult> {
     let expected = files.iter().map(Vec::len).sum();
     let refused = refused_by_gates(gates, expected, wait);
+    let refused_of: Vec<Vec<usize>> = files
+        .iter()
+        .map(|jobs| {
+            jobs.iter()
+                .map(|(i, _, _)| *i)
+                .filter(|i| refused.contains(i))
+                .collect()
+        })
+        .collect();
     let made = make_files(files, &refused);
     let has: Vec<bool> = made.iter().map(|(p, _)| p.is_some()).collect();
     let (prepared, failed_of): (Vec<_>, Vec<_>) = made.into_iter().unzip();
@@ -517,11 +533,13 @@ fn write_files(
     let finished = Instant::now();
     has.into_iter()
         .zip(failed_of)
-        .map(|(has, failed)| FileResult {
+        .zip(refused_of)
+        .map(|((has, failed), refused)| FileResult {
             outcome: has
                 .then(|| written.next().map(|r| r.map_err(KubeError::Write)))
                 .flatten(),
             failed,
+            refused,
             finished,
         })
         .collect()
@@ -615,6 +633,10 @@ enum KubeError {
     /// The file's error, as told to another cluster sharing the file.
     #[error("{0}")]
     Shared(String, Exit),
+    /// The cluster's entries were left out: its namespace is another
+    /// login's (the cluster side's error says whose).
+    #[error("its kubeconfig entries were not written (the namespace is another login's)")]
+    NotWritten,
 }
 
 impl KubeError {
@@ -629,6 +651,7 @@ impl KubeError {
             Self::Write(e) => e.exit(),
             Self::Exchange(e) => e.exit(),
             Self::Shared(_, exit) => *exit,
+            Self::NotWritten => Exit::NoPerm,
         }
     }
 }

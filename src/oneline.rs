@@ -29,10 +29,40 @@ pub fn clean(text: &str, max_chars: usize) -> String {
     crate::site::names::truncate(&words(text), max_chars)
 }
 
-/// The words of `text`, split at whitespace and control characters, joined
-/// by single spaces.
+/// Invisible characters that change how a line reads: Unicode's format
+/// characters (general category Cf: bidirectional overrides and isolates
+/// such as U+202E, zero-width joiners and spaces, the byte order mark,
+/// interlinear annotations, tags) and the line and paragraph separators
+/// (U+2028, U+2029). With control characters, never let into a log line.
+pub fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
+/// The words of `text`, split at whitespace, control and format
+/// characters, joined by single spaces.
 fn words(text: &str) -> String {
-    text.split(|c: char| c.is_whitespace() || c.is_control())
+    text.split(|c: char| c.is_whitespace() || c.is_control() || is_format(c))
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
@@ -77,6 +107,30 @@ mod tests {
         assert_eq!(clean("a\x1b[31mb\r\n\tc\0d  ", 100), "a [31mb c d");
         assert_eq!(clean("abcdef", 3), "abc…");
         assert_eq!(clean("\n\u{85}\u{2028}", 10), "");
+    }
+
+    /// A right-to-left override, zero-width or separator character would
+    /// make a log line read other than it is.
+    #[test]
+    fn clean_removes_format_characters() {
+        assert_eq!(
+            clean("gpu\u{202E}nimda\u{2028}x\u{200B}y\u{2066}z\u{FEFF}", 100),
+            "gpu nimda x y z"
+        );
+        for c in [
+            '\u{202A}',
+            '\u{202E}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{200D}',
+            '\u{2069}',
+            '\u{E0041}',
+        ] {
+            assert!(is_format(c), "{:?}", c);
+        }
+        for c in ['a', 'é', '中', ' ', '\u{2030}'] {
+            assert!(!is_format(c), "{c:?}");
+        }
     }
 
     mod properties {

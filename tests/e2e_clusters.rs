@@ -84,16 +84,19 @@ impl Site {
             clusters_d.join("two.yml"),
             format!(
                 "---\nv2:\n  metadata:\n    title: \"Two\"\n  job:\n    adapter: \"kubernetes\"\n    \
-                 cluster: \"two\"\n    config_file: \"<%= Dir.home %>/.kube/two\"\n    \
+                 cluster: \"two\"\n    config_file: \"$HOME/.kube/two\"\n    \
                  namespace_prefix: \"{ns2}\"\n    username_prefix: \"two-\"\n    \
                  server:\n      endpoint: \"{}\"\n      cert_authority_file: \"{}\"\n",
                 c.var("K8S_SERVER_2"),
                 ca2.display()
             ),
         );
+        // Another adapter's file with ERB (which ood_core does not
+        // evaluate either): none of the hook's business.
         file(
             clusters_d.join("login.yml"),
-            "v2:\n  metadata:\n    title: \"Login\"\n  login:\n    host: \"login.example.org\"\n"
+            "v2:\n  metadata:\n    title: \"<%= 'Login' %>\"\n  login:\n    host: \"<%= ENV['LOGIN_HOST'] %>\"\n  \
+             job:\n    adapter: \"slurm\"\n    cluster: \"<%= `hostname -s` %>\"\n"
                 .into(),
         );
         file(
@@ -182,6 +185,25 @@ fn dashboard_kubectl(user: &str, kubeconfig: &Path, context: &str, ns: &str) -> 
     )
 }
 
+/// kubectl as the dashboard really runs it: ood_core builds one command
+/// string with `config_file` as clusters.d gives it (no ERB evaluated) and
+/// Ruby hands it to `sh -c`, as the user with the user's `HOME`.
+fn dashboard_sh(user: &str, config_file: &str, context: &str, ns: &str) -> Output {
+    let (_, _, home) = linux_user(user);
+    let command = format!(
+        "{} --kubeconfig={config_file} --context={context} --namespace={ns} get pods",
+        user_tools().0.display()
+    );
+    Command::new("runuser")
+        .args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg("PATH=/usr/bin:/bin")
+        .args(["sh", "-c", &command])
+        .current_dir("/")
+        .output()
+        .expect("runuser sh -c kubectl")
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -219,6 +241,24 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         let out = dashboard_kubectl("alice", file, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
+    // As ood_core runs them: through sh -c, with cluster two's config_file
+    // as its clusters.d file says it (`$HOME/.kube/two`), reaching the API
+    // server with the credentials the hook wrote. The ERB form the README
+    // once gave breaks every such call.
+    for config_file in ["$HOME/.kube/two", "${HOME}/.kube/two"] {
+        let out = dashboard_sh("alice", config_file, "two", &ns2);
+        assert!(
+            out.status.success(),
+            "sh -c kubectl --kubeconfig={config_file}: {}",
+            text(&out)
+        );
+    }
+    let erb = dashboard_sh("alice", "<%= Dir.home %>/.kube/two", "two", &ns2);
+    assert!(
+        !erb.status.success() && stderr(&erb).contains("%="),
+        "{}",
+        text(&erb)
+    );
     let config: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(&two).unwrap()).unwrap();
     assert_eq!(config["users"][0]["name"], "two-alice");
@@ -311,6 +351,59 @@ fn one_login_bootstraps_both_clusters_and_kubectl_works_on_each_as_the_dashboard
         let out = dashboard_kubectl("alice", &one, context, ns);
         assert!(out.status.success(), "kubectl on {context}: {}", text(&out));
     }
+
+    // Cluster two's namespace made another login's: its side is refused,
+    // and sharing the file with cluster one (written), its own line says
+    // its entries were not written, and they are not.
+    let owned = admin_2(&[
+        "annotate",
+        "namespace",
+        &ns2,
+        "openondemand.org/user=mallory",
+        "openondemand.org/uid=4242",
+        "--overwrite",
+    ]);
+    assert!(owned.status.success(), "{}", text(&owned));
+    std::fs::remove_file(&one).unwrap();
+    let (taken, _) = site.login("alice");
+    let err = stderr(&taken);
+    assert_eq!(taken.status.code(), Some(77), "{}", text(&taken));
+    let line_of = |start: &str| err.lines().find(|l| l.contains(start)).unwrap_or_default();
+    let two_line = line_of("two: user alice: namespace");
+    assert!(
+        two_line.contains("belongs to login mallory")
+            && two_line.contains("kubeconfig entries were not written")
+            && !two_line.contains("updated"),
+        "cluster two's line: {err}"
+    );
+    assert!(
+        line_of(&format!("alice: one: namespace {ns1}"))
+            .contains(&format!("kubeconfig {} updated", one.display())),
+        "cluster one's line: {err}"
+    );
+    let only_one = std::fs::read_to_string(&one).unwrap();
+    assert!(
+        only_one.contains("one-alice") && !only_one.contains("two-alice"),
+        "{only_one}"
+    );
+
+    // The ERB form of config_file (which breaks the dashboard's kubectl) is
+    // refused before anything changes, naming the file and the form that
+    // works.
+    std::fs::write(
+        &two_yml,
+        yml.replace("$HOME/.kube/two", "<%= Dir.home %>/.kube/two"),
+    )
+    .unwrap();
+    let (erb, _) = site.login("alice");
+    let err = stderr(&erb);
+    assert_eq!(erb.status.code(), Some(78), "{}", text(&erb));
+    assert!(
+        err.contains(&two_yml.display().to_string())
+            && err.contains("ERB")
+            && err.contains("$HOME/.kube/NAME"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&site.dir);
 }
 
@@ -586,6 +679,52 @@ impl Drop for Stopped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The broker's plugin names the kubeconfig cluster; two clusters.d files
+/// leaving `job.cluster` unset are both `open-ondemand`: in broker mode with
+/// different token sets (here cluster two's own exchange audience), the
+/// broker could only serve one of them the other's token, so the hook
+/// refuses the site at load, naming both files, before anything changes.
+#[test]
+fn broker_clusters_of_one_kubeconfig_name_with_different_token_sets_are_refused_at_load() {
+    let c = cluster();
+    let dir = scratch("clusters-brkname-state");
+    let broker = format!(
+        "K8S_CREDENTIALS=broker\nBROKER_STATE_DIR={}\nIDP_ISSUER_URL={}\nIDP_CA_FILE={}\n\
+         CLIENT_ID={}\nCLIENT_SECRET={}\n",
+        dir.join("tokens").display(),
+        c.var("KEYCLOAK_ISSUER"),
+        c.var("KEYCLOAK_CA_FILE"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_ID"),
+        c.var("KEYCLOAK_PORTAL_CLIENT_SECRET"),
+    );
+    let audience = format!(
+        "K8S_TOKEN_EXCHANGE_AUDIENCE={}\n",
+        c.var("KEYCLOAK_K8S_AUDIENCE")
+    );
+    let site = Site::new("brkname", &broker, &audience);
+    let clusters_d = site.dir.join("clusters.d");
+    for id in ["one", "two"] {
+        let path = clusters_d.join(format!("{id}.yml"));
+        let yml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, yml.replace(&format!("    cluster: \"{id}\"\n"), "")).unwrap();
+    }
+    let (out, _) = site.run("alice", None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        err.contains(&clusters_d.join("one.yml").display().to_string())
+            && err.contains(&clusters_d.join("two.yml").display().to_string())
+            && err.contains("\"open-ondemand\""),
+        "{err}"
+    );
+    assert!(
+        !namespace_exists_1(&format!("{}alice", site.ns1)),
+        "nothing changed"
+    );
+    let _ = std::fs::remove_dir_all(&site.dir);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Two clusters in broker mode whose tokens differ: cluster one takes the

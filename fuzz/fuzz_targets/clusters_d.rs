@@ -19,7 +19,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(None) => {}
         Err(e) => assert!(!e.contains('\n'), "{e:?}"),
     }
-    match clusters::parse(Path::new("/etc/ood/config/clusters.d/k8s.yml"), text) {
+    let mut warnings = Vec::new();
+    match clusters::parse(
+        Path::new("/etc/ood/config/clusters.d/k8s.yml"),
+        text,
+        &mut warnings,
+    ) {
         Ok(Some(c)) => {
             assert_eq!(c.id, "k8s");
             assert!(!c.kubeconfig_file.is_empty() && !c.kubeconfig_file.contains('/'));
@@ -28,4 +33,5 @@ fuzz_target!(|data: &[u8]| {
         Ok(None) => {}
         Err(e) => assert!(!e.to_string().contains('\n'), "{e:?}"),
     }
+    assert!(warnings.iter().all(|w| !w.contains('\n')), "{warnings:?}");
 });

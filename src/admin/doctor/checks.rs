@@ -13,6 +13,7 @@ use crate::cluster::kinds::Kind;
 use crate::cluster::templates::UserValues;
 use crate::site::account::Ids;
 use crate::site::names::{Namespace, Username};
+use crate::site::settings::clusters::{WORKING_FORM, kubeconfig_file};
 use crate::site::settings::{CredentialMode, Settings};
 
 /// Below this much validity left, root's token is a warning.
@@ -953,6 +954,21 @@ fn dashboard(d: &DashboardFacts, s: &Settings) -> Vec<Check> {
     for c in &d.clusters {
         out.extend(dashboard_cluster(c, s));
     }
+    out.extend(d.erb.iter().map(|p| {
+        Check::found(
+            Finding::DashboardErb,
+            "dashboard",
+            format!(
+                "{}: holds ERB (<%), which ood_core does not evaluate in clusters.d (it reads plain YAML): \
+                 the dashboard uses the text as it is; logins fail only when it is in a Kubernetes job field the hook reads",
+                p.display()
+            ),
+            format!(
+                "write the value itself in {} (a kubeconfig file per user: config_file: \"{WORKING_FORM}\")",
+                p.display()
+            ),
+        )
+    }));
     out
 }
 
@@ -996,15 +1012,19 @@ fn dashboard_cluster(c: &DashboardCluster, s: &Settings) -> Vec<Check> {
             &s.kubeconfig.context_name,
         );
     }
-    if c.config_file.as_deref().is_some_and(|p| p.starts_with('~')) {
+    // The hook's own rule (clusters::kubeconfig_file): ERB, `~` and fixed
+    // paths do not work per user in the dashboard's `sh -c` kubectl calls.
+    if let Some(Err(why)) = c.config_file.as_deref().map(kubeconfig_file) {
         out.push(Check::found(
             Finding::DashboardBroken,
             "dashboard",
             format!(
-                "{file}: config_file {:?} starts with ~, which the dashboard does not expand",
+                "{file}: config_file {:?}: {why}",
                 c.config_file.as_deref().unwrap_or_default()
             ),
-            format!("remove config_file from {file} (the default is the user's ~/.kube/config)"),
+            format!(
+                "set config_file: \"{WORKING_FORM}\" in {file}, or remove it (the default is the user's ~/.kube/config)"
+            ),
         ));
     }
     if c.auth_type != "oidc"

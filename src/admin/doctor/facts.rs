@@ -212,6 +212,9 @@ pub struct DashboardFacts {
     pub clusters: Vec<DashboardCluster>,
     /// Files that could not be read or parsed.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Files holding ERB (`<%`), which ood_core does not evaluate in
+    /// clusters.d (any adapter's).
+    pub erb: Vec<PathBuf>,
 }
 
 /// The renewal timer as systemd reports it.

@@ -83,7 +83,8 @@ findings! {
     UserObjectsMissing: Warn, "--user: the user's namespace or objects are not there yet (the next login makes them)";
     UserKubeconfigIncomplete: Warn, "--user: the user's kubeconfig cannot be read or has no entry yet";
     UserLastRunFailed: Warn, "--user: the user's last hook run on this node failed (its record says why), or its record cannot be read";
-    DashboardBroken: Fail, "--clusters-d: a cluster config does not parse, disagrees with hook.env, or has a config_file starting with ~";
+    DashboardBroken: Fail, "--clusters-d: a cluster config does not parse, disagrees with hook.env, or has a config_file the dashboard cannot use per user (ERB, ~, a fixed path)";
+    DashboardErb: Warn, "--clusters-d: a cluster config holds ERB, which the dashboard does not evaluate there (it uses the text as it is)";
     DashboardIncomplete: Warn, "--clusters-d: no Kubernetes cluster config, or its auth.type makes the dashboard write no context";
 }
 

@@ -739,11 +739,13 @@ fn dashboard_facts(dir: &Path, only: Option<&str>) -> DashboardFacts {
         }
     };
     paths.sort();
+    let mut erb = Vec::new();
     for p in paths {
-        match std::fs::read_to_string(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| dashboard::parse(&p, &t))
-        {
+        let text = std::fs::read_to_string(&p).map_err(|e| e.to_string());
+        if text.as_ref().is_ok_and(|t| t.contains("<%")) {
+            erb.push(p.clone());
+        }
+        match text.and_then(|t| dashboard::parse(&p, &t)) {
             Ok(Some(c)) => clusters.push(c),
             Ok(None) => {}
             Err(e) => unreadable.push((p, e)),
@@ -753,6 +755,7 @@ fn dashboard_facts(dir: &Path, only: Option<&str>) -> DashboardFacts {
         dir: dir.to_owned(),
         clusters,
         unreadable,
+        erb,
     }
 }
 

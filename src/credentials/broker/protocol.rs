@@ -87,7 +87,9 @@ pub enum RequestError {
         "the plugin speaks protocol version {0}, this broker speaks {VERSION}: install the same ood-k8s-bootstrap version for both"
     )]
     Version(u32),
-    #[error("the cluster name is longer than {MAX_CLUSTER} bytes or holds control characters")]
+    #[error(
+        "the cluster name is longer than {MAX_CLUSTER} bytes or holds control or invisible format characters"
+    )]
     Cluster,
 }
 
@@ -115,7 +117,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     }
     let req: Request = serde_json::from_value(value).map_err(malformed)?;
     if let Some(c) = &req.cluster
-        && (c.len() > MAX_CLUSTER || c.chars().any(char::is_control))
+        && (c.len() > MAX_CLUSTER
+            || c.chars()
+                .any(|c| c.is_control() || crate::oneline::is_format(c)))
     {
         return Err(RequestError::Cluster);
     }
@@ -198,6 +202,25 @@ mod tests {
         assert_eq!(parse_request(long.as_bytes()), Err(RequestError::Cluster));
     }
 
+    /// The cluster name is logged: a right-to-left override, a line
+    /// separator or a zero-width character in it would make the broker's
+    /// log line read other than it is.
+    #[test]
+    fn a_cluster_name_with_format_characters_is_refused() {
+        for c in [
+            '\u{202E}', '\u{2028}', '\u{2029}', '\u{200B}', '\u{2066}', '\u{FEFF}', '\u{85}',
+        ] {
+            let line = json!({"v": 1, "cluster": format!("gpu{c}nimda")}).to_string();
+            assert_eq!(
+                parse_request(line.as_bytes()),
+                Err(RequestError::Cluster),
+                "{c:?}"
+            );
+        }
+        let fine = json!({"v": 1, "cluster": "gpü-clüster"}).to_string();
+        assert!(parse_request(fine.as_bytes()).is_ok());
+    }
+
     #[test]
     fn responses_round_trip() {
         let cred = json!({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
@@ -245,7 +268,7 @@ mod tests {
                 ],
             ) {
                 match parse_request(&line) {
-                    Ok(r) => prop_assert!(r.cluster.is_none_or(|c| c.len() <= MAX_CLUSTER && !c.chars().any(char::is_control))),
+                    Ok(r) => prop_assert!(r.cluster.is_none_or(|c| c.len() <= MAX_CLUSTER && !c.chars().any(|c| c.is_control() || crate::oneline::is_format(c)))),
                     Err(e) => prop_assert!(!e.to_string().chars().any(char::is_control), "{:?}", e.to_string()),
                 }
                 if let Err(m) = read_response(&line) {

@@ -17,14 +17,15 @@ pub const DEFAULT_CLUSTER: &str = "open-ondemand";
 /// ood_core's `job.auth.type` when unset: credentials come from elsewhere.
 pub const DEFAULT_AUTH: &str = "managed";
 
-/// The ERB forms of the user's home directory sites write in `config_file`
-/// (clusters.d files are ERB templates, evaluated as the user).
-const HOME_FORMS: &[&str] = &[
-    "<%= Dir.home %>",
-    "<%= ENV['HOME'] %>",
-    "<%= ENV[\"HOME\"] %>",
-    "<%= ENV.fetch('HOME') %>",
-];
+/// The forms of the user's home directory a `config_file` may start with:
+/// ood_core reads clusters.d as plain YAML (no ERB, SPEC §13) and hands
+/// `config_file` to kubectl inside a command string `sh -c` runs, so the
+/// shell expands `$HOME` to the user's home (the PUN's, from passwd, which
+/// is where the hook writes).
+const HOME_FORMS: &[&str] = &["$HOME", "${HOME}"];
+
+/// The `config_file` form that works for every user, for messages.
+pub const WORKING_FORM: &str = "$HOME/.kube/NAME";
 
 /// One Kubernetes cluster of clusters.d.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +58,11 @@ pub enum ClusterFileError {
     #[error("{path}: it is not valid YAML as the dashboard reads it ({why})")]
     Yaml { path: PathBuf, why: String },
     #[error(
-        "{path}:{line}: ERB the hook cannot evaluate ({snippet}); only the home directory (`<%= Dir.home %>`) in job.config_file is understood"
+        "{path}: job.{field} {snippet:?} holds ERB, which the dashboard does not evaluate (it reads clusters.d as plain YAML, so kubectl would get the text as it is): write the value itself"
     )]
     Erb {
         path: PathBuf,
-        line: usize,
+        field: String,
         snippet: String,
     },
     #[error("{path}: job.config_file {value:?}: {why}")]
@@ -87,6 +88,22 @@ pub struct JobFields {
     pub ca_file: Option<String>,
     /// `auth.type`.
     pub auth_type: Option<String>,
+}
+
+impl JobFields {
+    /// The fields with their names under `job.`, for messages.
+    fn named(&self) -> [(&'static str, Option<&str>); 8] {
+        [
+            ("cluster", self.cluster.as_deref()),
+            ("context", self.context.as_deref()),
+            ("config_file", self.config_file.as_deref()),
+            ("username_prefix", self.username_prefix.as_deref()),
+            ("namespace_prefix", self.namespace_prefix.as_deref()),
+            ("server.endpoint", self.endpoint.as_deref()),
+            ("server.cert_authority_file", self.ca_file.as_deref()),
+            ("auth.type", self.auth_type.as_deref()),
+        ]
+    }
 }
 
 /// Reads a clusters.d file's YAML: `None` when it is not a Kubernetes
@@ -156,24 +173,62 @@ fn id_of(path: &Path) -> Result<String, ClusterFileError> {
 }
 
 /// Reads one clusters.d file: `None` when it is not a Kubernetes cluster
-/// (another adapter, or a v1 file).
-pub fn parse(path: &Path, text: &str) -> Result<Option<ClusterFile>, ClusterFileError> {
-    check_erb(path, text)?;
-    let job = read_job(text).map_err(|why| ClusterFileError::Yaml {
-        path: path.to_owned(),
-        why,
-    })?;
+/// (another adapter, or a v1 file). Only the Kubernetes job fields the
+/// hook reads are checked: ERB or anything else in other adapters' files,
+/// or in fields the hook does not read, is the dashboard's business. A
+/// file that is not YAML at all and names no Kubernetes adapter is skipped
+/// with a warning (the dashboard cannot read it either).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<ClusterFile>, ClusterFileError> {
+    let path = &shown(path);
+    let job = match read_job(text) {
+        Ok(job) => job,
+        Err(why) if !text.contains("kubernetes") => {
+            warnings.push(format!(
+                "{}: skipped: not valid YAML as the dashboard reads it ({why}), and it names no kubernetes adapter",
+                path.display()
+            ));
+            return Ok(None);
+        }
+        Err(why) => {
+            return Err(ClusterFileError::Yaml {
+                path: path.to_owned(),
+                why,
+            });
+        }
+    };
     let Some(job) = job else {
         return Ok(None);
     };
     let id = id_of(path)?;
     let kubeconfig_file = config_file(path, job.config_file.as_deref())?;
+    check_erb(path, &job)?;
     Ok(Some(ClusterFile {
         id,
         path: path.to_owned(),
         decides: decides(&job),
         kubeconfig_file,
     }))
+}
+
+/// The file's path as messages show it: control and invisible format
+/// characters in a file name (U+202E, U+2028, …) become `?`, so no name in
+/// clusters.d can make a log line read other than it is.
+fn shown(path: &Path) -> PathBuf {
+    path.to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_control() || crate::oneline::is_format(c) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The values the file decides, defaults included (an unset prefix is the
@@ -243,35 +298,47 @@ fn config_file(path: &Path, value: Option<&str>) -> Result<String, ClusterFileEr
     let Some(value) = value else {
         return Ok(crate::site::settings::DEFAULT_KUBECONFIG_FILE.into());
     };
-    let bad = |why: &str| ClusterFileError::ConfigFile {
+    kubeconfig_file(value).map_err(|why| ClusterFileError::ConfigFile {
         path: path.to_owned(),
         value: crate::oneline::clean(value, 120),
-        why: why.to_owned(),
-    };
+        why,
+    })
+}
+
+/// A set `config_file` as a file name in the user's `~/.kube`, or why the
+/// dashboard and the hook cannot both use it per user (`doctor` says the
+/// same).
+pub fn kubeconfig_file(value: &str) -> Result<String, String> {
+    if value.contains("<%") {
+        return Err(format!(
+            "ERB is not evaluated by the dashboard (it reads clusters.d as plain YAML, and kubectl \
+             run through sh -c would fail: \"sh: cannot open %=\"); write {WORKING_FORM}"
+        ));
+    }
     if value.starts_with('~') {
-        return Err(bad(
-            "ood_core does not expand '~' (the dashboard would use a relative path); \
-             write <%= Dir.home %>/.kube/NAME",
+        return Err(format!(
+            "ood_core does not expand '~' (the dashboard would use a relative path); write {WORKING_FORM}"
         ));
     }
     let Some(rest) = HOME_FORMS.iter().find_map(|f| value.strip_prefix(f)) else {
-        return Err(bad(
+        return Err(format!(
             "a fixed path would be one file for every user; the hook writes each user's \
-             kubeconfig in their own ~/.kube, so write <%= Dir.home %>/.kube/NAME",
+             kubeconfig in their own ~/.kube, so write {WORKING_FORM}"
         ));
     };
     let Some(name) = rest.strip_prefix("/.kube/") else {
-        return Err(bad(
-            "the hook writes users' kubeconfigs only in ~/.kube: write <%= Dir.home %>/.kube/NAME",
+        return Err(format!(
+            "the hook writes users' kubeconfigs only in ~/.kube: write {WORKING_FORM}"
         ));
     };
     if is_kubeconfig_name(name) {
         Ok(name.to_owned())
     } else {
-        Err(bad(
+        Err(
             "the file name in ~/.kube must be letters, digits, '.', '_' and '-', not starting \
-             with '.', not ending in .lock, and not \"cache\"",
-        ))
+             with '.', not ending in .lock, and not \"cache\""
+                .into(),
+        )
     }
 }
 
@@ -289,31 +356,21 @@ pub fn is_kubeconfig_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Refuses ERB other than the home directory forms.
-fn check_erb(path: &Path, text: &str) -> Result<(), ClusterFileError> {
-    let mut at = 0;
-    while let Some(i) = text[at..].find("<%") {
-        let start = at + i;
-        match HOME_FORMS.iter().find(|f| text[start..].starts_with(**f)) {
-            Some(f) => at = start + f.len(),
-            None => {
-                let end = text[start..]
-                    .find("%>")
-                    .map_or(text.len(), |e| start + e + 2)
-                    .min(start + 60);
-                let mut cut = end;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                return Err(ClusterFileError::Erb {
-                    path: path.to_owned(),
-                    line: text[..start].matches('\n').count() + 1,
-                    snippet: crate::oneline::clean(&text[start..cut], 60),
-                });
-            }
-        }
+/// Refuses ERB in the job fields the hook reads (`config_file` has its
+/// own message): the dashboard would use the text as it is.
+fn check_erb(path: &Path, job: &JobFields) -> Result<(), ClusterFileError> {
+    match job
+        .named()
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| v.contains("<%")))
+    {
+        Some((field, Some(v))) => Err(ClusterFileError::Erb {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            snippet: crate::oneline::clean(v, 60),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The parser's message without any quoted text from the file.
@@ -333,6 +390,7 @@ mod tests {
         parse(
             Path::new(&format!("/etc/ood/config/clusters.d/{name}")),
             text,
+            &mut Vec::new(),
         )
     }
 
@@ -350,7 +408,7 @@ v2:
   job:
     adapter: "kubernetes"
     cluster: "gpu"
-    config_file: "<%= Dir.home %>/.kube/gpu"
+    config_file: "$HOME/.kube/gpu"
     username_prefix: "gpu-"
     namespace_prefix: "g-"
     server:
@@ -418,13 +476,12 @@ v2:
         for (value, says) in [
             ("~/.kube/gpu", "does not expand '~'"),
             ("/etc/kube/shared", "one file for every user"),
-            ("<%= Dir.home %>/gpu.conf", "only in ~/.kube"),
-            ("<%= Dir.home %>/.kube/../x", "file name in ~/.kube"),
-            ("<%= Dir.home %>/.kube/cache", "file name in ~/.kube"),
-            (
-                "<%= ENV['HOME'] %>/.kube/config.lock",
-                "file name in ~/.kube",
-            ),
+            ("$HOME/gpu.conf", "only in ~/.kube"),
+            ("$HOME/.kube/../x", "file name in ~/.kube"),
+            ("$HOME/.kube/cache", "file name in ~/.kube"),
+            ("${HOME}/.kube/config.lock", "file name in ~/.kube"),
+            ("$HOMER/.kube/x", "only in ~/.kube"),
+            ("$HOME/.kube/x;id", "file name in ~/.kube"),
         ] {
             let text =
                 format!("v2:\n  job:\n    adapter: kubernetes\n    config_file: \"{value}\"\n");
@@ -434,19 +491,76 @@ v2:
                 "{value}: {e}"
             );
         }
-        let text = "v2:\n  job:\n    adapter: kubernetes\n    config_file: \"<%= ENV['HOME'] %>/.kube/prod\"\n";
+    }
+
+    /// ood_core runs `kubectl --kubeconfig=CONFIG_FILE …` through `sh -c`
+    /// without evaluating ERB: `$HOME` is the form that works per user.
+    #[test]
+    fn the_home_forms_the_dashboards_shell_expands_are_accepted() {
+        for (value, name) in [
+            ("$HOME/.kube/prod", "prod"),
+            ("${HOME}/.kube/prod", "prod"),
+            ("$HOME/.kube/config", "config"),
+        ] {
+            let text =
+                format!("v2:\n  job:\n    adapter: kubernetes\n    config_file: \"{value}\"\n");
+            assert_eq!(
+                file("p.yml", &text).unwrap().unwrap().kubeconfig_file,
+                name,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn erb_in_config_file_is_refused_naming_the_form_that_works() {
+        for value in [
+            "<%= Dir.home %>/.kube/gpu",
+            "<%= ENV['HOME'] %>/.kube/gpu",
+            "$HOME/.kube/<%= x %>",
+        ] {
+            let text =
+                format!("v2:\n  job:\n    adapter: kubernetes\n    config_file: \"{value}\"\n");
+            let e = file("gpu.yml", &text).unwrap_err().to_string();
+            assert!(
+                e.contains("clusters.d/gpu.yml")
+                    && e.contains("job.config_file")
+                    && e.contains("ERB")
+                    && e.contains("$HOME/.kube/NAME"),
+                "{value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn erb_the_hook_does_not_read_is_left_to_the_dashboard() {
+        let slurm = "v2:\n  metadata:\n    title: \"<%= 'Owens' %>\"\n  login:\n    host: \"<%= `hostname` %>\"\n  job:\n    adapter: slurm\n    cluster: \"<%= c %>\"\n";
+        assert_eq!(file("owens.yml", slurm), Ok(None));
+        let k8s = "v2:\n  metadata:\n    title: \"<%= 'K' %>\"\n  job:\n    adapter: kubernetes\n    bin: \"<%= b %>\"\n";
         assert_eq!(
-            file("p.yml", text).unwrap().unwrap().kubeconfig_file,
-            "prod"
+            file("k.yml", k8s).unwrap().unwrap().kubeconfig_file,
+            "config"
+        );
+        // ERB lines that leave no YAML: the dashboard cannot read the file
+        // either; it names no kubernetes adapter, so it is skipped.
+        let broken = "v2:\n  job:\n    adapter: slurm\n<% if x %>\n  - a: [\n<% end %>\n";
+        let mut warnings = Vec::new();
+        let p = Path::new("/etc/ood/config/clusters.d/b.yml");
+        assert_eq!(parse(p, broken, &mut warnings), Ok(None));
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("b.yml: skipped"),
+            "{warnings:?}"
         );
     }
 
     #[test]
-    fn other_erb_bad_yaml_and_bad_ids_are_named() {
+    fn erb_the_hook_reads_bad_yaml_and_bad_ids_are_named() {
         let erb = "v2:\n  job:\n    adapter: kubernetes\n    cluster: \"<%= `hostname` %>\"\n";
         let e = file("e.yml", erb).unwrap_err().to_string();
-        assert!(e.contains("e.yml:4") && e.contains("ERB"), "{e}");
-        let e = file("y.yml", "v2: [\n").unwrap_err().to_string();
+        assert!(e.contains("e.yml: job.cluster") && e.contains("ERB"), "{e}");
+        let e = file("y.yml", "v2: [\n  adapter: kubernetes\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("y.yml") && e.contains("not valid YAML"), "{e}");
         let e = file("a b.yml", "v2:\n  job:\n    adapter: kubernetes\n")
             .unwrap_err()
@@ -458,6 +572,31 @@ v2:
             e.contains("t.yml") && e.contains("job.cluster is a list"),
             "{e}"
         );
+    }
+
+    /// Nothing of a clusters.d file name or value may make a log line read
+    /// other than it is (U+202E reverses what follows, U+2028 breaks lines).
+    #[test]
+    fn format_characters_in_names_and_values_do_not_reach_messages() {
+        let clean = |e: &str| {
+            !e.chars()
+                .any(|c| c.is_control() || crate::oneline::is_format(c))
+        };
+        let k8s = "v2:\n  job:\n    adapter: kubernetes\n";
+        let e = file("gpu\u{202E}lmy.yml", k8s).unwrap_err().to_string();
+        assert!(e.contains("gpu?lmy") && clean(&e), "{e:?}");
+        for value in ["$HOME/.kube/a\u{2028}b", "~/\u{202E}x", "<%= \u{2066}x %>"] {
+            let text = format!("{k8s}    config_file: \"{value}\"\n");
+            let e = file("c.yml", &text).unwrap_err().to_string();
+            assert!(clean(&e), "{value:?}: {e:?}");
+        }
+        let erb = format!("{k8s}    cluster: \"<%= \u{202E}x %>\"\n");
+        let e = file("e.yml", &erb).unwrap_err().to_string();
+        assert!(clean(&e), "{e:?}");
+        let mut warnings = Vec::new();
+        let p = Path::new("/etc/ood/config/clusters.d/\u{2028}b.yml");
+        assert_eq!(parse(p, "v2: [\n", &mut warnings), Ok(None));
+        assert!(warnings.iter().all(|w| clean(w)), "{warnings:?}");
     }
 
     #[test]

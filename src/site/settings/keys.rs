@@ -1032,8 +1032,13 @@ fn namespace_name(key: &'static str, v: &str) -> Result<Option<ObjectName>, Stri
 }
 
 fn kube_name(v: &str) -> Result<String, String> {
-    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("a kubeconfig entry name may not contain whitespace".into());
+    if v.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || crate::oneline::is_format(c))
+    {
+        return Err(
+            "a kubeconfig entry name may not contain whitespace, control or invisible format characters"
+                .into(),
+        );
     }
     Ok(v.to_owned())
 }

@@ -159,6 +159,14 @@ pub enum SettingsError {
         name: String,
         file: String,
     },
+    #[error(
+        "{a} and {b}: both clusters are named {name:?} in users' kubeconfigs (job.cluster; ood_core's default is \"open-ondemand\") but use different credential broker token sets (issuer, client or audience); the broker tells clusters apart by that name, so one would be served the other's token: give one of them its own job.cluster"
+    )]
+    SameBrokerName {
+        a: PathBuf,
+        b: PathBuf,
+        name: String,
+    },
 }
 
 /// The image pull secret to create in each namespace.

@@ -49,6 +49,7 @@ impl Site {
             });
         };
         let mut clusters = Vec::new();
+        let mut paths = Vec::new();
         for (file, text) in files
             .templates(&dir)
             .map_err(|why| SettingsError::ClustersDir {
@@ -57,7 +58,7 @@ impl Site {
                 why,
             })?
         {
-            let Some(cluster) = clusters::parse(Path::new(&file), &text)? else {
+            let Some(cluster) = clusters::parse(Path::new(&file), &text, &mut warnings)? else {
                 continue;
             };
             let layered = layer(&base, &cluster, &sources.hook_env_d, files, &mut warnings)?;
@@ -66,6 +67,7 @@ impl Site {
             settings.cluster_id = Some(cluster.id.clone());
             settings.kubeconfig.file = cluster.kubeconfig_file.clone();
             clusters.push(settings);
+            paths.push(cluster.path);
         }
         if clusters.is_empty() {
             return Err(SettingsError::NoClusters {
@@ -74,6 +76,7 @@ impl Site {
             });
         }
         check_apart(&clusters, &sources.hook_env_d)?;
+        check_broker_names(&clusters, &paths)?;
         assign_broker_sets(&mut clusters);
         let mut seen = BTreeSet::new();
         warnings.retain(|w| seen.insert(w.clone()));
@@ -241,6 +244,32 @@ fn check_apart(clusters: &[Settings], overrides: &Path) -> Result<(), SettingsEr
     Ok(())
 }
 
+/// The credential broker's plugin names the kubeconfig cluster its token is
+/// for, and the broker serves the token set of the first cluster of that
+/// name: two clusters in broker mode of one name (two files leaving
+/// `job.cluster` unset are both `open-ondemand`) must then share their
+/// issuer, client and audience, or one would be served the other's token.
+fn check_broker_names(clusters: &[Settings], paths: &[PathBuf]) -> Result<(), SettingsError> {
+    let brokered = clusters
+        .iter()
+        .zip(paths)
+        .filter(|(s, _)| s.kubeconfig.credentials == super::CredentialMode::Broker);
+    let brokered: Vec<_> = brokered.collect();
+    for (i, (a, pa)) in brokered.iter().enumerate() {
+        if let Some((_, pb)) = brokered[i + 1..].iter().find(|(b, _)| {
+            b.kubeconfig.cluster_name == a.kubeconfig.cluster_name
+                && credentials(a) != credentials(b)
+        }) {
+            return Err(SettingsError::SameBrokerName {
+                a: (*pa).clone(),
+                b: (*pb).clone(),
+                name: a.kubeconfig.cluster_name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The credential broker keeps one token set per user for each issuer,
 /// client and audience the clusters in broker mode use: the first such
 /// cluster's sets stay in `BROKER_STATE_DIR` itself (as with one cluster),
@@ -334,7 +363,7 @@ mod tests {
     fn cluster(name: &str, prefix: &str, file: &str) -> String {
         format!(
             "v2:\n  job:\n    adapter: kubernetes\n    cluster: {name}\n    username_prefix: \"{prefix}\"\n    \
-             namespace_prefix: \"{prefix}\"\n    config_file: \"<%= Dir.home %>/.kube/{file}\"\n    \
+             namespace_prefix: \"{prefix}\"\n    config_file: \"$HOME/.kube/{file}\"\n    \
              server:\n      endpoint: https://{name}.example.org:6443\n"
         )
     }
@@ -515,5 +544,66 @@ mod tests {
             &again.clusters[1].broker.state_dir, gpu,
             "the same on every run"
         );
+    }
+
+    #[test]
+    fn broker_clusters_of_one_name_with_different_token_sets_are_refused_naming_both_files() {
+        let unnamed = |prefix: &str, file: &str| {
+            format!(
+                "v2:\n  job:\n    adapter: kubernetes\n    username_prefix: \"{prefix}\"\n    \
+                 namespace_prefix: \"{prefix}\"\n    config_file: \"$HOME/.kube/{file}\"\n"
+            )
+        };
+        let (cpu, gpu) = (unnamed("c-", "config"), unnamed("g-", "gpu"));
+        let text = format!("{HOOK_ENV}K8S_CREDENTIALS=broker\nBROKER_STATE_DIR=/var/lib/t\n");
+        let own_audience =
+            "ROOT_CONTEXT=x\nK8S_TOKEN_EXCHANGE_AUDIENCE=kubernetes\nCLIENT_SECRET=s\n";
+        let mut both = vec![
+            ("/etc/ood/config/clusters.d/cpu.yml", cpu.as_str()),
+            ("/etc/ood/config/clusters.d/gpu.yml", gpu.as_str()),
+        ];
+        assert!(
+            site(&text, &files(&both)).is_ok(),
+            "one name, one token set: the broker serves either"
+        );
+        both.push(("/etc/ood/config/hook.env.d/gpu.env", own_audience));
+        let e = site(&text, &files(&both)).unwrap_err().to_string();
+        assert!(
+            e.contains("/etc/ood/config/clusters.d/cpu.yml and /etc/ood/config/clusters.d/gpu.yml")
+                && e.contains("named \"open-ondemand\"")
+                && e.contains("its own job.cluster"),
+            "{e}"
+        );
+        // Not in broker mode: nothing is served by name.
+        let token = format!("{HOOK_ENV}K8S_CREDENTIALS=token\n");
+        assert!(site(&token, &files(&both)).is_ok());
+        // Named apart: each gets its own set.
+        let named = format!("{gpu}    cluster: gpu\n");
+        both[1].1 = named.as_str();
+        let s = site(&text, &files(&both)).unwrap();
+        assert_ne!(
+            s.clusters[0].broker.state_dir,
+            s.clusters[1].broker.state_dir
+        );
+    }
+
+    /// A cluster name the plugin sends and the broker logs: format
+    /// characters (U+202E, U+2028, zero-width) are refused where the site
+    /// configures it, and the error shows them escaped.
+    #[test]
+    fn cluster_names_with_format_characters_are_refused_escaped() {
+        for c in ['\u{202E}', '\u{2028}', '\u{200B}'] {
+            let text = format!("v2:\n  job:\n    adapter: kubernetes\n    cluster: \"gpu{c}x\"\n");
+            let f = [("/etc/ood/config/clusters.d/gpu.yml", text.as_str())];
+            let e = site(HOOK_ENV, &files(&f)).unwrap_err().to_string();
+            assert!(
+                e.contains("clusters.d/gpu.yml")
+                    && e.contains("K8S_CLUSTER_NAME")
+                    && !e
+                        .chars()
+                        .any(|c| c.is_control() || crate::oneline::is_format(c)),
+                "{c:?}: {e:?}"
+            );
+        }
     }
 }

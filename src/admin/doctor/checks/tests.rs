@@ -486,6 +486,7 @@ fn dashboard_cluster(username_prefix: &str, namespace_prefix: &str) -> Dashboard
             config_file: None,
         }],
         unreadable: Vec::new(),
+        erb: Vec::new(),
     }
 }
 
@@ -516,7 +517,54 @@ fn dashboard_tilde_config_file_fails() {
     let mut d = dashboard_cluster("", "");
     d.clusters[0].config_file = Some("~/.kube/config".into());
     f.dashboard = Some(d);
-    assert!(only_failure(&f).detail.contains("starts with ~"));
+    assert!(only_failure(&f).detail.contains("does not expand '~'"));
+}
+
+/// ood_core evaluates no ERB in clusters.d and runs kubectl through
+/// `sh -c`: `$HOME` works per user, ERB breaks every kubectl call.
+#[test]
+fn dashboard_erb_config_file_fails_and_home_works() {
+    let mut f = healthy();
+    let mut d = dashboard_cluster("", "");
+    d.clusters[0].config_file = Some("<%= Dir.home %>/.kube/config".into());
+    f.dashboard = Some(d.clone());
+    let c = only_failure(&f);
+    assert!(
+        c.detail.contains("ERB")
+            && c.fix
+                .as_deref()
+                .is_some_and(|x| x.contains("$HOME/.kube/NAME")),
+        "{c:?}"
+    );
+    for home in ["$HOME/.kube/config", "${HOME}/.kube/config"] {
+        d.clusters[0].config_file = Some(home.into());
+        f.dashboard = Some(d.clone());
+        assert!(failures(&f).is_empty(), "{home}");
+    }
+}
+
+/// ERB in any clusters.d file (a Slurm cluster's `login.host`) breaks no
+/// login, but the dashboard does not evaluate it either: a warning.
+#[test]
+fn dashboard_erb_elsewhere_is_a_warning() {
+    let mut f = healthy();
+    let mut d = dashboard_cluster("", "");
+    d.erb = vec![PathBuf::from("/etc/ood/config/clusters.d/owens.yml")];
+    f.dashboard = Some(d);
+    assert!(failures(&f).is_empty());
+    let warned: Vec<_> = all(&f)
+        .into_iter()
+        .filter(|c| c.status == Status::Warn && c.detail.contains("holds ERB"))
+        .collect();
+    assert!(
+        warned.len() == 1
+            && warned[0].detail.contains("owens.yml: holds ERB")
+            && warned[0]
+                .fix
+                .as_deref()
+                .is_some_and(|x| x.contains("$HOME/.kube/NAME")),
+        "{warned:?}"
+    );
 }
 
 #[test]
