@@ -678,8 +678,18 @@ pub fn bin() -> PathBuf {
         if copy.exists() {
             return copy;
         }
+        // Copies of other builds are removed only once they are a day old:
+        // another checkout's test run (a developer's beside CI's) may be
+        // running its copy right now.
+        let day = std::time::Duration::from_secs(24 * 3600);
         for old in std::fs::read_dir(shared).unwrap().flatten() {
-            if !old.file_name().to_string_lossy().starts_with('.') {
+            let stale = old
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if stale && !old.file_name().to_string_lossy().starts_with('.') {
                 let _ = std::fs::remove_dir_all(old.path());
             }
         }
