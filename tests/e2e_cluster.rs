@@ -1007,6 +1007,96 @@ fn assert_collision(out: &std::process::Output, ns: &str, parts: &[&str]) {
     }
 }
 
+/// Issue 25 (promises): without `list` on RoleBindings (root's account
+/// bound to the shipped `ondemand` ClusterRole minus that rule), a labelled
+/// namespace without an owner record is not claimed: the login is refused,
+/// exit 77, with the fix, and the namespace stays as it was.
+#[test]
+fn a_claim_is_refused_without_list_on_rolebindings() {
+    let c = cluster();
+    let dir = scratch("claim-nolist");
+    let prefix = common::prefix("nolist");
+    let env = c.hook_env(
+        &dir,
+        &format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n"),
+    );
+    linux_user("nolist-user");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/ondemand.yaml"),
+    )
+    .unwrap();
+    let role = shipped
+        .split("\n---\n")
+        .find(|d| d.contains("\nkind: ClusterRole\nmetadata:\n  name: ondemand\n"))
+        .expect("the ondemand ClusterRole");
+    let list_rule = "- apiGroups: [\"rbac.authorization.k8s.io\"]\n  resources: [\"rolebindings\"]\n  verbs: [\"list\"]\n";
+    assert!(role.contains(list_rule), "{role}");
+    let role = role
+        .replace(list_rule, "")
+        .replace("\n  name: ondemand\n", "\n  name: ood-test-nolist\n");
+    let objects = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: ood-test-nolist, namespace: ondemand}}\n---\n{role}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: ood-test-nolist}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ood-test-nolist}}\n\
+         subjects: [{{kind: ServiceAccount, name: ood-test-nolist, namespace: ondemand}}]\n"
+    );
+    let out = common::pipe(
+        std::process::Command::new(c.var("KUBECTL"))
+            .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN")])
+            .args(["apply", "--server-side", "--force-conflicts", "-f", "-"]),
+        objects.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let kubeconfig = dir.join("nolist.kubeconfig");
+    c.token_kubeconfig(
+        &kubeconfig,
+        "ood-test-nolist",
+        &common::service_account_token("ood-test-nolist"),
+    );
+    let ns = format!("{prefix}nolist-user");
+    c.admin(&["create", "namespace", &ns]);
+    c.admin(&[
+        "label",
+        "namespace",
+        &ns,
+        "app.kubernetes.io/name=open-ondemand",
+    ]);
+    let before = c.get_json(&["namespace", &ns]).unwrap();
+    let out = c
+        .hook()
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--user", "nolist-user", "--hook-env"])
+        .arg(&env)
+        .output()
+        .unwrap();
+    assert_collision(
+        &out,
+        &ns,
+        &[
+            "has no owner record, and root may not list its RoleBindings",
+            "list on rolebindings",
+            "openondemand.org/user=nolist-user",
+        ],
+    );
+    let after = c.get_json(&["namespace", &ns]).unwrap();
+    assert_eq!(after["metadata"], before["metadata"]);
+    assert!(bindings_in(&ns).is_empty());
+    let sas = c.get_json(&["serviceaccounts", "-n", &ns]).unwrap();
+    assert!(
+        sas["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["metadata"]["name"] == "default" && s["metadata"]["annotations"].is_null()),
+        "{sas}"
+    );
+    // With the shipped role (list included) the same login claims it.
+    let out = hook("nolist-user", &env, &[]);
+    assert_ok(&out);
+    let annotations = c.get_json(&["namespace", &ns]).unwrap()["metadata"]["annotations"].clone();
+    assert_eq!(annotations["openondemand.org/user"], "nolist-user");
+}
+
 /// `own.first` and `own-first` map to one namespace: the first login owns
 /// it, the second is refused — by the hook, its dry run and reconcile, and
 /// doctor says so — and nothing of the owner's changes, not even the

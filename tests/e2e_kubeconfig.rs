@@ -924,6 +924,86 @@ fn tokens_never_in_argv_or_the_writers_environment() {
     );
 }
 
+/// Issue 25 (promises): the writer child is not dumpable — while it runs
+/// (kept waiting by a fresh foreign `config.lock`), the user it runs as may
+/// not read its environment through /proc (the same ptrace access check a
+/// ptrace attach or a read of its memory takes), and its /proc/PID files
+/// are root's.
+#[test]
+fn the_writer_child_is_not_dumpable_for_its_user() {
+    let user = "kc-dump";
+    let (uid, gid, home) = linux_user(user);
+    let kube = home.join(".kube");
+    let _ = std::fs::remove_dir_all(&kube);
+    std::fs::create_dir(&kube).unwrap();
+    std::os::unix::fs::chown(&kube, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&kube, PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(kube.join("config.lock"), "").unwrap();
+    let dir = scratch("kc-dump");
+    let env = hook_env(&dir, "kcdump", "exec", "");
+    let tokens = cluster().login("alice");
+    let mut child = hook_cmd(user, &env, Some(&tokens)).spawn().unwrap();
+    let mut checked = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    while child.try_wait().unwrap().is_none() {
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = p.file_name().to_string_lossy().into_owned();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .map(str::trim)
+                .unwrap_or("");
+            if !String::from_utf8_lossy(&cmdline).contains("__write-kubeconfig")
+                || ppid != child.id().to_string()
+                || !status.lines().any(|l| {
+                    l.starts_with("Uid:")
+                        && l.split_whitespace().skip(1).all(|u| u == uid.to_string())
+                })
+            {
+                continue;
+            }
+            // Judged from its second sighting on (20 ms later): between its
+            // exec and its first step it is briefly dumpable.
+            if seen.insert(name.clone()) {
+                continue;
+            }
+            // The user's own process, yet /proc/PID is root's and its
+            // environment is refused to the user.
+            let owner = std::fs::metadata(p.path().join("environ")).map(|m| m.uid());
+            let out = Command::new("setpriv")
+                .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+                .args(["--clear-groups", "cat"])
+                .arg(p.path().join("environ"))
+                .output()
+                .unwrap();
+            // Only a verdict while the child was still there throughout.
+            let still = std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline);
+            if !still || owner.is_err() {
+                continue;
+            }
+            assert_eq!(owner.unwrap(), 0, "/proc/{name}/environ is not root's");
+            assert!(!out.status.success(), "the user read the writer's environ");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                "{}",
+                text(&out)
+            );
+            checked += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(checked > 0, "never caught the writer child running");
+}
+
 /// Token exchange refused by a real IdP (Dex has no RFC 8693 exchange for
 /// OAuth clients): exit 77 with the IdP's error and a hint, the cluster side
 /// applied, the kubeconfig's existing credentials untouched. The Linux

@@ -1655,3 +1655,93 @@ fn a_missing_or_full_log_socket_never_fails_a_login_and_journald_gets_fields() {
     }
     assert!(_dev_log.received().is_empty());
 }
+
+/// Issue 25 (promises): `reap` leaves one record per deleted namespace
+/// (command `reap`, the user, the namespace, the reason) besides its run
+/// record, and `ood_k8s_bootstrap_reap_deletions_total{reason}` counts the
+/// deletions per reason: two idle, one departed.
+#[test]
+fn reap_records_each_deletion_and_counts_it_per_reason() {
+    let c = cluster();
+    let dir = scratch("reap-records");
+    let log = common::SyslogListener::bind(&dir, "log.sock");
+    let metrics_file = dir.join("ood.prom");
+    let prefix = common::prefix("reaprec");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nREAP_IDLE_DAYS=30\nREAP_DEPARTED=true\nSYSLOG_SOCKET={}\nMETRICS_FILE={}\n",
+            log.path.display(),
+            metrics_file.display()
+        ),
+    );
+    let users = ["rr-idle1", "rr-idle2", "rr-gone", "rr-active"];
+    for u in users {
+        fresh_account(u);
+        assert_ok(&hook(u, &env, &["--cluster-only"]));
+    }
+    let ns = |u: &str| format!("{prefix}{u}");
+    let long_ago = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 40 * 86_400)
+        .to_string();
+    for u in ["rr-idle1", "rr-idle2"] {
+        c.admin(&[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            &ns(u),
+            &format!("openondemand.org/last-hook-execution={long_ago}"),
+        ]);
+    }
+    userdel("rr-gone");
+    let _ = records(&log); // the hooks' records
+    let _ = std::fs::remove_file(&metrics_file);
+
+    let out = reap(&env, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for u in ["rr-idle1", "rr-idle2", "rr-gone"] {
+        assert!(deleted(&ns(u)), "{u} kept:\n{}", text(&out));
+    }
+    assert!(!deleted(&ns("rr-active")));
+
+    let got = records(&log);
+    assert!(got.iter().all(|r| r["command"] == "reap"), "{got:#?}");
+    let mut per_ns: Vec<(String, String, String)> = got
+        .iter()
+        .filter(|r| r.get("deleted").map(String::as_str) == Some("1") && r.contains_key("reason"))
+        .map(|r| {
+            (
+                r.get("namespace").cloned().unwrap_or_default(),
+                r.get("user").cloned().unwrap_or_default(),
+                r["reason"].clone(),
+            )
+        })
+        .collect();
+    per_ns.sort();
+    assert_eq!(per_ns.len(), 3, "one record per deletion: {got:#?}");
+    for ((n, user, reason), (u, kind)) in per_ns.iter().zip([
+        ("rr-gone", "departed: rr-gone is no longer in passwd"),
+        ("rr-idle1", "idle: no login for 40 days"),
+        ("rr-idle2", "idle: no login for 40 days"),
+    ]) {
+        assert_eq!((n.as_str(), user.as_str()), (ns(u).as_str(), u), "{got:#?}");
+        assert!(reason.starts_with(kind), "{reason:?}");
+    }
+    // Besides them, the run's own record: 3 deleted.
+    let run: Vec<_> = got.iter().filter(|r| !r.contains_key("reason")).collect();
+    assert_eq!(run.len(), 1, "{got:#?}");
+    assert_eq!(run[0]["deleted"], "3", "{got:#?}");
+
+    let m = metrics(&metrics_file);
+    let count = |reason: &str| {
+        m.get(&format!(
+            "ood_k8s_bootstrap_reap_deletions_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(count("idle"), Some(2.0), "{m:#?}");
+    assert_eq!(count("departed"), Some(1.0), "{m:#?}");
+}
