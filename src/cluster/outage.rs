@@ -214,7 +214,12 @@ impl Memory {
     /// Writes the record root-only: a fresh file renamed into place.
     fn store(&self, record: &Record) -> std::io::Result<()> {
         if std::fs::symlink_metadata(&self.dir).is_err() {
-            std::fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
+            // Another cluster's thread may make it at the same moment;
+            // whoever made it, it is checked next.
+            match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
         }
         if !safe_dir(&self.dir) {
             return Err(std::io::Error::other("directory writable by others"));
