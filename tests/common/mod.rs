@@ -726,11 +726,14 @@ pub fn unit_values(unit: &str, key: &str) -> Vec<String> {
 /// Waits (at most 30 s) until the API server's policy cache has the
 /// `ood-uid-gid` admission policy in force in `ns`: `create_as_root(name)`
 /// creates a pod running as root, which is retried (and deleted) until the
-/// policy refuses it. Panics if it is refused for another reason.
+/// policy refuses it. Panics if it is refused for another reason. Each try
+/// has a name of its own: an admitted pod is scheduled on the node and
+/// takes a while to go, so its name is not free again at once.
 pub fn until_uid_gid_policy_refuses(ns: &str, create_as_root: impl Fn(&str) -> Output) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let out = create_as_root("probe-root");
+    for attempt in 0.. {
+        let name = format!("probe-root-{attempt}");
+        let out = create_as_root(&name);
         if !out.status.success() {
             assert!(
                 String::from_utf8_lossy(&out.stderr).contains("ood-uid-gid"),
@@ -739,7 +742,7 @@ pub fn until_uid_gid_policy_refuses(ns: &str, create_as_root: impl Fn(&str) -> O
             );
             return;
         }
-        cluster().admin(&["delete", "pod", "-n", ns, "probe-root", "--wait=false"]);
+        cluster().admin(&["delete", "pod", "-n", ns, &name, "--wait=false"]);
         assert!(
             std::time::Instant::now() < deadline,
             "the policy never took effect"
