@@ -179,6 +179,22 @@ pub enum Command {
     /// Prints one line per deletion and a summary; needs `install --reap`.
     /// Run daily by ood-k8s-bootstrap-reap.timer or hooks/reap-cronjob.yaml.
     Reap(ReapArgs),
+    /// Make the cluster sides that logins left pending, now that the
+    /// cluster answers again (one pass; run every minute by
+    /// ood-k8s-bootstrap-heal.timer).
+    ///
+    /// A login whose API server was unreachable, too slow, throttling or
+    /// answering 5xx (or whose namespace was still being deleted) goes on
+    /// without its namespace and RoleBindings; the hook notes it in
+    /// LAST_RUN_DIR/.pending. Each such side is applied as the login would
+    /// have (same objects and login time, owner check, group gate), the
+    /// longest-pending first, at most HEAL_MAX_PER_RUN users per pass. A
+    /// refusal (another login's namespace, bad configuration, a group gate,
+    /// an unknown user) is never noted nor retried; a later login replaces
+    /// the note. One line per user. Exit 0 when nothing is left pending, 75
+    /// when some users still are (the cluster still down, or a pass already
+    /// running), 78 on a configuration error.
+    Heal(HealArgs),
     /// Set up a cluster for OnDemand: server-side-apply the cluster-wide
     /// prerequisites with a cluster admin's kubeconfig.
     ///
@@ -271,6 +287,20 @@ pub struct InstallArgs {
 
     #[command(flatten)]
     pub choice: ClusterChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct HealArgs {
+    /// List each pending cluster side and why it is pending (one line
+    /// each); touch nothing, ask no API server.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub choice: ClusterChoice,
+
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]

@@ -85,6 +85,15 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
         Err(exit) => return exit,
     };
     let kube = writers.finish(&user);
+    if mode == Mode::Apply {
+        run.outcome(record::Outcome {
+            covered: clusters
+                .iter()
+                .map(|s| s.cluster_label().to_owned())
+                .collect(),
+            pending: pending_sides(&plans, &sides, &user),
+        });
+    }
     let mut all = Vec::new();
     for ((plan, side), kube) in plans.iter().zip(sides).zip(kube) {
         match report(plan, &user, side, kube, args, several) {
@@ -95,6 +104,34 @@ fn hook(args: &HookArgs, run: &mut Run) -> Exit {
     }
     run.record.counts = Counts::of(&all);
     exit
+}
+
+/// The cluster sides that failed for a reason that passes (the API server
+/// unreachable, too slow, throttled, 5xx, the namespace still being
+/// deleted): noted for `heal`, which makes them once the cluster answers.
+/// A refusal is never among them.
+fn pending_sides(
+    plans: &[Plan<'_>],
+    sides: &[Result<Side, ClusterError>],
+    user: &Username,
+) -> Vec<crate::pending::Side> {
+    plans
+        .iter()
+        .zip(sides)
+        .filter_map(|(plan, side)| {
+            let error = match side.as_ref().err()? {
+                ClusterError::Apply(e) if e.passes() => e.to_string(),
+                ClusterError::Down(record) => record.message(user.as_str(), unix_ms()),
+                _ => return None,
+            };
+            Some(crate::pending::Side {
+                cluster: plan.settings.cluster_label().to_owned(),
+                login: plan.login,
+                error,
+                tries: 0,
+            })
+        })
+        .collect()
 }
 
 /// Every cluster's plan, in order, leaving out the clusters the user's
@@ -200,6 +237,8 @@ struct Plan<'a> {
     /// The kubeconfig side (none: dry run, `--cluster-only`).
     job: Option<KubeJob>,
     deadline: Instant,
+    /// The login's Unix time (the cluster side's last-hook-execution).
+    login: u64,
     /// Who the lines are about: `alice`, or `alice: gpu` with several
     /// clusters.
     who: String,
@@ -219,7 +258,8 @@ impl<'a> Plan<'a> {
         let ids = account
             .ids(user, settings.publish.groups)
             .map_err(|e| (e.exit(), e.to_string()))?;
-        let state = desired::desired_state(settings, user, &namespace, Some(&ids), unix_now())
+        let login_time = unix_now();
+        let state = desired::desired_state(settings, user, &namespace, Some(&ids), login_time)
             .map_err(|e| (e.exit(), e.to_string()))?;
         // Everything about the kubeconfig that can be refused is refused
         // now, before any change (with a token exchange, the tokens to
@@ -251,6 +291,7 @@ impl<'a> Plan<'a> {
             state,
             job,
             deadline: started + settings.timeout,
+            login: login_time,
             who,
         })
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ood_k8s_bootstrap::admin::{config, doctor, install, reap, reconcile, root_token};
+use ood_k8s_bootstrap::admin::{config, doctor, heal, install, reap, reconcile, root_token};
 use ood_k8s_bootstrap::cli::{self, Command, Hidden};
 use ood_k8s_bootstrap::clock::unix_now;
 use ood_k8s_bootstrap::cluster::render;
@@ -89,6 +89,18 @@ fn main() -> ExitCode {
                     dry_run: args.dry_run,
                     include_pvcs: args.include_pvcs,
                     max_per_run: args.max_per_run.map(|n| n as usize),
+                    verbose: args.common.verbose,
+                },
+            )
+            .into()
+        }
+        Some(Command::Heal(args)) => {
+            init_logging(args.common.verbose);
+            heal::main(
+                &args.common.hook_env,
+                args.choice.cluster.as_deref(),
+                heal::Options {
+                    dry_run: args.dry_run,
                     verbose: args.common.verbose,
                 },
             )

@@ -33,7 +33,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "ood_k8s_bootstrap_runs_total",
         "counter",
-        "Runs of the hook, reconcile, reap and root-token, by command and exit status.",
+        "Runs of the hook, reconcile, reap, heal and root-token, by command and exit status.",
     ),
     (
         "ood_k8s_bootstrap_run_duration_seconds",
@@ -64,6 +64,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "ood_k8s_bootstrap_reap_deletions_total",
         "counter",
         "Namespaces reap deleted, by reason.",
+    ),
+    (
+        "ood_k8s_bootstrap_heals_total",
+        "counter",
+        "Pending cluster sides heal worked on, by outcome (healed, pending: still failing, refused: needs a person).",
+    ),
+    (
+        "ood_k8s_bootstrap_heal_pending_users",
+        "gauge",
+        "Users whose login left a cluster side pending, after the last heal pass.",
     ),
 ];
 
@@ -200,6 +210,20 @@ impl Metrics {
                 now as f64,
             );
         }
+        if r.command == Command::Heal {
+            for (k, v) in &r.extra {
+                let n: f64 = v.parse().unwrap_or(0.0);
+                if let Some(outcome) = k.strip_prefix("heals_") {
+                    self.add(
+                        "ood_k8s_bootstrap_heals_total",
+                        &format!("outcome=\"{outcome}\""),
+                        n,
+                    );
+                } else if *k == "pending_users" {
+                    self.set("ood_k8s_bootstrap_heal_pending_users", "", n);
+                }
+            }
+        }
         if r.command == Command::Reap {
             for (k, v) in &r.extra {
                 if let Some(reason) = k.strip_prefix("deleted_") {
@@ -290,7 +314,7 @@ fn update(path: &Path, change: impl FnOnce(&mut Metrics)) -> std::io::Result<()>
     };
     change(&mut metrics);
     // node-exporter reads it as another user.
-    crate::record::replace_file(path, metrics.render().as_bytes(), 0o644, true)
+    crate::replace::replace_file(path, metrics.render().as_bytes(), 0o644, true)
 }
 
 /// Opens `path` (the lock file: `create`d, for writing) without following

@@ -32,6 +32,7 @@ pub enum Command {
     RootToken,
     BrokerRefresh,
     BrokerRefusal,
+    Heal,
 }
 
 impl Command {
@@ -43,6 +44,7 @@ impl Command {
             Self::RootToken => "root-token",
             Self::BrokerRefresh => "broker-refresh",
             Self::BrokerRefusal => "broker-refusal",
+            Self::Heal => "heal",
         }
     }
 }
@@ -324,77 +326,105 @@ fn last_run_path(dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// What a login left to `heal`: the clusters it worked on, and those of
+/// them whose cluster side is still to be made (`pending.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub covered: Vec<String>,
+    pub pending: Vec<crate::pending::Side>,
+}
+
 /// Keeps `record` as `user`'s last run: `DIR/USER`, root-only, replaced
-/// atomically. Only a validated login reaches here, and its name is
-/// checked once more to be a single plain file name.
-pub fn save_last(dir: &Path, user: &Username, record: &Record) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+/// atomically, and (with `outcome`) the user's pending note updated to
+/// match, both under the directory's lock. Only a validated login reaches
+/// here, and its name is checked once more to be a single plain file name.
+pub fn save_last(
+    dir: &Path,
+    user: &Username,
+    record: &Record,
+    outcome: Option<&Outcome>,
+) -> std::io::Result<()> {
     let path = last_run_path(dir, user.as_str())?;
-    if std::fs::symlink_metadata(dir).is_err() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-        return Err(std::io::Error::other(
-            "not a directory of ours that only we may write; refused",
-        ));
-    }
+    crate::pending::own_dir(dir)?;
     let line = format!("time=\"{}\" {}\n", now_rfc3339(), record.logfmt());
-    // Not synced: a record lost in a crash costs nothing, a login's
-    // fsync would cost every login.
-    replace_file(&path, line.as_bytes(), 0o600, false)
+    let notes = crate::pending::Notes::new(dir);
+    notes.locked(|| {
+        // Not synced: a record lost in a crash costs nothing, a login's
+        // fsync would cost every login.
+        crate::replace::replace_file(&path, line.as_bytes(), 0o600, false)?;
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        // A corrupt note is replaced by what this login knows.
+        let note = notes.load(user).unwrap_or_default();
+        let merged = note
+            .clone()
+            .merged(&outcome.covered, outcome.pending.clone());
+        if merged != note {
+            notes.store(user, &merged)?;
+        }
+        Ok(())
+    })
 }
 
-/// Replaces `path` with `bytes` atomically: a new file of `mode` beside
-/// it (never through a symlink), synced to disk first when `durable`,
-/// renamed over it.
-pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::other("not a file path"));
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(mode)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    if durable {
-        f.sync_all()?;
+/// The most lines a last-run file keeps: the login's record, then what
+/// `heal` did since.
+const MAX_LAST_LINES: usize = 20;
+
+/// Adds `record` (a heal's) below `user`'s last run, keeping the login's
+/// line and the newest others. Call inside `Notes::locked`.
+pub fn append_last(dir: &Path, user: &Username, record: &Record) -> std::io::Result<()> {
+    let path = last_run_path(dir, user.as_str())?;
+    let old = read_last_text(&path)?.unwrap_or_default();
+    let mut lines: Vec<&str> = old.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() >= MAX_LAST_LINES {
+        let cut = lines.len() + 1 - MAX_LAST_LINES;
+        lines.drain(1..=cut);
     }
-    std::fs::rename(&tmp, path)
+    let new = format!("time=\"{}\" {}", now_rfc3339(), record.logfmt());
+    lines.push(&new);
+    crate::replace::replace_file(
+        &path,
+        format!("{}\n", lines.join("\n")).as_bytes(),
+        0o600,
+        false,
+    )
 }
 
-/// `user`'s last hook run, as kept in `dir` (for `doctor --user`).
+/// `user`'s last hook run (and what heal did since), as kept in `dir`
+/// (for `doctor --user`): one line per record.
 pub fn read_last(dir: &Path, user: &str) -> Result<Option<String>, String> {
+    let path = last_run_path(dir, user).map_err(|e| e.to_string())?;
+    let text = read_last_text(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text.map(|t| {
+        t.lines()
+            .map(one_line)
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }))
+}
+
+/// A last-run file's text (none when there is none), not followed through
+/// a link, at most 64 KiB.
+fn read_last_text(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = last_run_path(dir, user).map_err(|e| e.to_string())?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(&path);
+        .open(path);
     let file = match file {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(e),
     };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let mut text = String::new();
-    file.take(64 * 1024)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Some(one_line(text.trim_end())))
+    file.take(64 * 1024).read_to_string(&mut text)?;
+    Ok(Some(text))
 }
 
 #[cfg(test)]

@@ -121,6 +121,8 @@ pub struct Run {
     /// The validated login whose run this is ([`Run::user`]): the only
     /// name that reaches the record and the last-run file.
     login: Option<Username>,
+    /// What the login left to `heal` (none: a dry run, or nothing known).
+    outcome: Option<crate::record::Outcome>,
 }
 
 impl Run {
@@ -131,6 +133,7 @@ impl Run {
             record: Record::new(command),
             sink: Sink::of(None),
             login: None,
+            outcome: None,
         }
     }
 
@@ -140,6 +143,17 @@ impl Run {
     pub fn user(&mut self, user: &Username) {
         self.record.user = Some(user.to_string());
         self.login = Some(user.clone());
+    }
+
+    /// What the login did per cluster: the clusters it worked on, and the
+    /// cluster sides it left pending (named in the record, noted for
+    /// `heal`).
+    pub fn outcome(&mut self, outcome: crate::record::Outcome) {
+        if !outcome.pending.is_empty() {
+            let names: Vec<&str> = outcome.pending.iter().map(|s| s.cluster.as_str()).collect();
+            self.record.extra.push(("pending", names.join(",")));
+        }
+        self.outcome = Some(outcome);
     }
 
     /// What hook.env says about logging, and the credential mode.
@@ -163,7 +177,7 @@ impl Run {
         }
         if let (Command::Hook, Some(dir), Some(user)) =
             (self.record.command, &self.sink.last_run, &self.login)
-            && let Err(e) = crate::record::save_last(dir, user, &self.record)
+            && let Err(e) = crate::record::save_last(dir, user, &self.record, self.outcome.as_ref())
         {
             eprintln!("{PROG}: warning: LAST_RUN_DIR {}: {e}", dir.display());
         }

@@ -534,6 +534,7 @@ fn record_deletions(doomed: &[(Namespace, Reason)], results: &[Deleted], recorde
         one.counts.deleted = 1;
         one.extra.push(("reason", reason.to_string()));
         one.send(&recorded.sink);
+        forget_pending(ns, recorded);
     }
     recorded.record.counts.deleted = idle + departed;
     recorded
@@ -544,6 +545,23 @@ fn record_deletions(doomed: &[(Namespace, Reason)], results: &[Deleted], recorde
         .record
         .extra
         .push(("deleted_departed", departed.to_string()));
+}
+
+/// A login noted as pending on this node (`pending.rs`) is not healed
+/// into the namespace reap just deleted: only a new login brings it back.
+fn forget_pending(ns: &Namespace, recorded: &Run) {
+    let (Some(dir), Some(cluster), Some(user)) = (
+        &recorded.sink.last_run,
+        &recorded.record.cluster,
+        ns.user
+            .as_deref()
+            .and_then(|u| crate::site::names::Username::parse(u).ok()),
+    ) else {
+        return;
+    };
+    if let Err(e) = crate::pending::Notes::new(dir).forget(&user, cluster) {
+        eprintln!("{PROG}: reap: warning: {user}'s pending login: {e}");
+    }
 }
 
 /// What passwd says of `login`.

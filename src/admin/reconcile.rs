@@ -230,7 +230,7 @@ async fn reconcile_one(
 /// The cluster's group gate, as a login meets it (`GroupGate::refuses`):
 /// why the user is skipped, if they are; an error where it cannot be
 /// decided (no account on this node, a group without a name).
-fn gate(
+pub(crate) fn gate(
     settings: &Settings,
     user: &Username,
     account: Result<&Account, &AccountError>,

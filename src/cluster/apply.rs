@@ -166,6 +166,28 @@ impl ApplyError {
         }
     }
 
+    /// Whether the failure passes by itself (the API server unreachable,
+    /// too slow, throttled, answering 5xx; the namespace still being
+    /// deleted), so that trying again later can succeed with no one's fix:
+    /// what `heal` retries. A refusal (a collision, a denial, bad
+    /// configuration, an invalid object) does not.
+    pub fn passes(&self) -> bool {
+        match self {
+            Self::Unreachable { .. }
+            | Self::Deadline { .. }
+            | Self::RetryTooLate { .. }
+            | Self::Terminating { .. } => true,
+            Self::Server { status, .. } => *status == 429 || (500..600).contains(status),
+            Self::Kubeconfig { .. }
+            | Self::Untrusted { .. }
+            | Self::Unauthorized { .. }
+            | Self::Forbidden { .. }
+            | Self::TooLarge { .. }
+            | Self::Collision { .. }
+            | Self::Invalid { .. } => false,
+        }
+    }
+
     /// For a failure to reach the API server at all, what went wrong,
     /// without the user's name (for the fast-fail memory, `outage.rs`).
     pub fn outage_detail(&self) -> Option<String> {

@@ -35,6 +35,9 @@ pub fn all(f: &Facts) -> Vec<Check> {
         out.push(login_storms(c));
     }
     out.extend(renewal(f));
+    if let Some(p) = &f.pending {
+        out.push(pending(p));
+    }
     if let Some(i) = &f.issuer {
         out.push(issuer(i));
         out.extend(exchange(i));
@@ -732,15 +735,107 @@ fn user(u: &UserFacts, s: &Settings, now: u64) -> Vec<Check> {
     out.push(user_objects(&name, &ns, &u.objects));
     out.push(user_kubeconfig(&name, &u.kubeconfig, s, &u.user));
     out.push(last_run(&name, &u.last_run));
+    if let Some(c) = user_pending(&name, &u.pending, now) {
+        out.push(c);
+    }
     out
 }
 
-/// The user's last hook run, as the hook kept it (`LAST_RUN_DIR`).
-fn last_run(name: &str, last: &Result<Option<String>, String>) -> Check {
-    match last {
-        Ok(Some(line)) if line.contains(" exit=\"0\"") => {
-            Check::ok(name, format!("last run: {line}"))
+/// The logins this node noted as pending: a warning naming how many once
+/// any has waited more than a few minutes.
+fn pending(p: &Result<PendingFacts, String>) -> Check {
+    const WHAT: &str = "pending logins";
+    match p {
+        Ok(p) if p.stale > 0 => Check::found(
+            Finding::LoginsPending,
+            WHAT,
+            format!(
+                "{} of {} users' logins left a cluster side pending for more than {} minutes (the longest {})",
+                p.stale,
+                p.users,
+                PENDING_WARN_SECS / 60,
+                human(p.longest)
+            ),
+            "is the cluster still down? `ood-k8s-bootstrap heal --dry-run` lists them and why;              `systemctl enable --now ood-k8s-bootstrap-heal.timer` heals them once it answers",
+        ),
+        Ok(p) if p.users > 0 => Check::ok(
+            WHAT,
+            format!(
+                "{} users' logins pending for {} at most (heal makes them within a minute of the cluster's return)",
+                p.users,
+                human(p.longest)
+            ),
+        ),
+        Ok(_) => Check::ok(WHAT, "no login is pending on this node"),
+        Err(e) => Check::found(
+            Finding::LoginsPending,
+            WHAT,
+            format!("cannot read them: {e}"),
+            "",
+        ),
+    }
+}
+
+/// The user's pending cluster sides, if any (or their note unreadable).
+fn user_pending(
+    name: &str,
+    note: &Result<crate::pending::Note, String>,
+    now: u64,
+) -> Option<Check> {
+    let note = match note {
+        Ok(n) if n.is_empty() => return None,
+        Ok(n) => n,
+        Err(e) => {
+            return Some(Check::found(
+                Finding::UserPending,
+                name,
+                format!("their pending login's note cannot be read: {e}"),
+                "",
+            ));
         }
+    };
+    let sides: Vec<String> = note
+        .sides
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: pending since the login at {} ({} ago, {} heal tries): {}",
+                s.cluster,
+                rfc3339(s.login),
+                human(now.saturating_sub(s.login)),
+                s.tries,
+                s.error
+            )
+        })
+        .collect();
+    Some(Check::found(
+        Finding::UserPending,
+        name,
+        sides.join("; "),
+        "nothing to do once the cluster answers: ood-k8s-bootstrap-heal.timer makes it (or run `ood-k8s-bootstrap heal`)",
+    ))
+}
+
+/// The user's last hook run, as the hook kept it (`LAST_RUN_DIR`), and
+/// what heal did since (a line each).
+fn last_run(name: &str, last: &Result<Option<String>, String>) -> Check {
+    let login_ok = |text: &str| text.lines().next().unwrap_or("").contains(" exit=\"0\"");
+    let healed = |text: &str| {
+        text.lines()
+            .skip(1)
+            .any(|l| l.contains(" outcome=\"healed\""))
+    };
+    match last {
+        Ok(Some(text)) if login_ok(text) => {
+            Check::ok(name, format!("last run: {}", text.replace('\n', "; then ")))
+        }
+        Ok(Some(text)) if healed(text) => Check::ok(
+            name,
+            format!(
+                "last run failed, its cluster side healed since: {}",
+                text.replace('\n', "; then ")
+            ),
+        ),
         Ok(Some(line)) => Check::found(
             Finding::UserLastRunFailed,
             name,

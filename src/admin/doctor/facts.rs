@@ -191,6 +191,8 @@ pub struct UserFacts {
     /// The user's last hook run as kept in `LAST_RUN_DIR` (`key="value"`
     /// fields); None when none is kept, or `LAST_RUN_DIR` is empty.
     pub last_run: Result<Option<String>, String>,
+    /// The user's pending cluster sides (`heal`), empty when none.
+    pub pending: Result<crate::pending::Note, String>,
 }
 
 /// One Kubernetes cluster of the dashboard (`clusters.d/*.yml`,
@@ -240,4 +242,22 @@ pub struct Facts {
     pub user: Option<UserFacts>,
     pub dashboard: Option<DashboardFacts>,
     pub timer: Timer,
+    /// The logins this node noted as pending (`heal`); None without
+    /// `LAST_RUN_DIR` (or hook.env).
+    pub pending: Option<Result<PendingFacts, String>>,
 }
+
+/// The logins whose cluster side is still to be made (`pending.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingFacts {
+    pub users: usize,
+    /// Of them, those pending longer than [`PENDING_WARN_SECS`].
+    pub stale: usize,
+    /// How long the longest has been pending, seconds.
+    pub longest: u64,
+}
+
+/// A login pending longer than this warns: the heal timer runs every
+/// minute, so a few minutes means the cluster is still down or nothing
+/// heals.
+pub const PENDING_WARN_SECS: u64 = 300;

@@ -68,6 +68,7 @@ findings! {
     FlowSchemaMissing: Warn, "the ondemand account's requests are not classified by FlowSchema ondemand, or whether they are cannot be read (logins work; in a login storm they queue behind other workloads)";
     SelfRenewDenied: Warn, "root may not renew its own token";
     RenewalNotScheduled: Warn, "nothing renews root's token (the systemd timer is not active, or there is no systemd)";
+    LoginsPending: Warn, "logins on this node left a cluster side pending for more than 5 minutes (the cluster is still down, or ood-k8s-bootstrap-heal.timer is not active), or their notes cannot be read";
     IssuerWrong: Fail, "OIDC discovery at IDP_ISSUER_URL fails or names another issuer";
     IssuerCorrected: Warn, "IDP_ISSUER_URL is a token endpoint the hook corrected to a working issuer";
     ExchangeGrantMissing: Fail, "K8S_TOKEN_EXCHANGE_AUDIENCE is set but the IdP does not offer token exchange";
@@ -83,6 +84,7 @@ findings! {
     UserObjectsMissing: Warn, "--user: the user's namespace or objects are not there yet (the next login makes them)";
     UserKubeconfigIncomplete: Warn, "--user: the user's kubeconfig cannot be read or has no entry yet";
     UserLastRunFailed: Warn, "--user: the user's last hook run on this node failed (its record says why), or its record cannot be read";
+    UserPending: Warn, "--user: the user's last login left a cluster side pending (heal makes it once the cluster answers), or its note cannot be read";
     DashboardBroken: Fail, "--clusters-d: a cluster config does not parse, disagrees with hook.env, or has a config_file the dashboard cannot use per user (ERB, ~, a fixed path)";
     DashboardErb: Warn, "--clusters-d: a cluster config holds ERB, which the dashboard does not evaluate there (it uses the text as it is)";
     DashboardIncomplete: Warn, "--clusters-d: no Kubernetes cluster config, or its auth.type makes the dashboard write no context";

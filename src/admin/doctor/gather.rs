@@ -99,6 +99,9 @@ pub async fn gather(args: &DoctorArgs, now: u64, settings: Result<Settings, Stri
             }
         },
     );
+    let pending = settings
+        .and_then(|s| s.log.last_run_dir.as_deref())
+        .map(|dir| pending_facts(dir, now));
     Facts {
         now,
         hook_env,
@@ -108,7 +111,32 @@ pub async fn gather(args: &DoctorArgs, now: u64, settings: Result<Settings, Stri
         user,
         dashboard,
         timer: timer(),
+        pending,
     }
+}
+
+/// How many logins this node noted as pending, and for how long.
+fn pending_facts(dir: &Path, now: u64) -> Result<PendingFacts, String> {
+    let notes = crate::pending::Notes::new(dir);
+    let users = notes
+        .users()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut facts = PendingFacts {
+        users: users.len(),
+        stale: 0,
+        longest: 0,
+    };
+    for user in &users {
+        let Some(oldest) = notes.load(user).ok().and_then(|n| n.oldest()) else {
+            continue;
+        };
+        let age = now.saturating_sub(oldest);
+        facts.longest = facts.longest.max(age);
+        if age > PENDING_WARN_SECS {
+            facts.stale += 1;
+        }
+    }
+    Ok(facts)
 }
 
 fn hook_env(path: &Path, settings: Result<Settings, String>) -> HookEnvFacts {
@@ -527,6 +555,15 @@ async fn user(
                 crate::record::read_last(dir, user)
             }
             _ => Ok(None),
+        },
+        pending: match (
+            settings.and_then(|s| s.log.last_run_dir.as_deref()),
+            crate::site::names::Username::parse(user),
+        ) {
+            (Some(dir), Ok(login)) => crate::pending::Notes::new(dir)
+                .load(&login)
+                .map_err(|e| e.to_string()),
+            _ => Ok(Default::default()),
         },
     }
 }

@@ -98,6 +98,7 @@ pub struct Draft {
     pub syslog_socket: PathBuf,
     pub metrics_file: Option<PathBuf>,
     pub last_run_dir: Option<PathBuf>,
+    pub heal_max_per_run: usize,
     pub root_kubeconfig: Option<PathBuf>,
     pub root_context: Option<String>,
     pub clusters_d: Option<PathBuf>,
@@ -863,7 +864,7 @@ pub const KEYS: &[Key] = &[
         name: "LOG_TARGET",
         section: Section::New,
         per_cluster: false,
-        doc: "Where every run of the hook, reconcile, reap and root-token, and every broker \
+        doc: "Where every run of the hook, reconcile, reap, heal and root-token, and every broker \
               refresh or refusal, leaves one record (user, namespace, cluster, counts, credential \
               mode, duration, exit status, the error line; never a token): \"syslog\" (identifier \
               ood-k8s-bootstrap, journald's own protocol where journald owns SYSLOG_SOCKET, else \
@@ -901,7 +902,7 @@ pub const KEYS: &[Key] = &[
         per_cluster: false,
         doc: "Prometheus metrics in node-exporter's textfile format, updated by every run \
               (runs by command and exit status, durations, objects changed, last success, \
-              broker refreshes and refusals, reap deletions), e.g. \
+              broker refreshes and refusals, reap deletions, heals and pending logins), e.g. \
               /var/lib/node_exporter/textfile_collector/ood_k8s_bootstrap.prom. Empty: off.",
         value: "absolute path ending in .prom, or empty",
         default: "",
@@ -922,13 +923,32 @@ pub const KEYS: &[Key] = &[
         section: Section::New,
         per_cluster: false,
         doc: "Where the hook keeps each user's last run's record (root-only, one file per \
-              user), which `doctor --user` shows. Empty: not kept.",
+              user), which `doctor --user` shows, and notes the logins whose cluster side \
+              failed for a reason that passes (`.pending/`), which `heal` makes once the \
+              cluster answers. Empty: not kept, and nothing is healed.",
         value: "absolute path, or empty",
         default: "/var/lib/ood-k8s-bootstrap/last-run",
         example: "/var/lib/ood-k8s-bootstrap/last-run",
         parse: |v, d| {
             d.last_run_dir = abs_path(v)?;
             Ok(())
+        },
+    },
+    Key {
+        name: "HEAL_MAX_PER_RUN",
+        section: Section::New,
+        per_cluster: false,
+        doc: "`heal`: the most users one pass works on (the logins pending longest first); \
+              the rest wait for the next pass (ood-k8s-bootstrap-heal.timer runs one a minute).",
+        value: "1-100000",
+        default: "200",
+        example: "200",
+        parse: |v, d| match v.parse::<usize>() {
+            Ok(n @ 1..=100_000) => {
+                d.heal_max_per_run = n;
+                Ok(())
+            }
+            _ => Err("expected a whole number from 1 to 100000".into()),
         },
     },
 ];

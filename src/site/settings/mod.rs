@@ -55,6 +55,8 @@ pub struct LogSettings {
     pub socket: PathBuf,
     pub metrics_file: Option<PathBuf>,
     pub last_run_dir: Option<PathBuf>,
+    /// `HEAL_MAX_PER_RUN`: the most users one `heal` pass works on.
+    pub heal_max_per_run: usize,
 }
 
 /// Where OnDemand keeps the hook's configuration.
@@ -791,6 +793,7 @@ impl Checked<'_> {
                 socket: d.syslog_socket,
                 metrics_file: d.metrics_file,
                 last_run_dir: d.last_run_dir,
+                heal_max_per_run: d.heal_max_per_run,
             },
             warnings,
         })

@@ -90,6 +90,7 @@ fn healthy() -> Facts {
             active: true,
             next: Some("Thu 2026-11-26 06:00:00 UTC".into()),
         },
+        pending: None,
     }
 }
 
@@ -381,6 +382,7 @@ fn user_facts(seen: &str) -> UserFacts {
             context: None,
         }),
         last_run: Ok(Some("time=\"t\" command=\"hook\" user=\"alice\" exit=\"0\"".into())),
+        pending: Ok(Default::default()),
     }
 }
 
@@ -407,6 +409,77 @@ fn the_users_last_run_is_shown_and_a_failed_one_warns() {
     assert_eq!(
         last(Ok(None)).detail,
         "last run: none recorded on this node"
+    );
+}
+
+/// Issue 27: a login left pending warns with its cluster and why, a
+/// healed one is fine, and doctor warns (naming how many) only once
+/// logins wait longer than a few minutes.
+#[test]
+fn pending_logins_are_shown_and_old_ones_warn() {
+    use crate::pending::{Note, Side};
+    let mut f = healthy();
+    let mut u = user_facts("alice");
+    u.last_run = Ok(Some(
+        "time=\"t\" command=\"hook\" exit=\"69\" error=\"down\" pending=\"gpu\"".into(),
+    ));
+    u.pending = Ok(Note {
+        sides: vec![Side {
+            cluster: "gpu".into(),
+            login: NOW - 120,
+            error: "unreachable".into(),
+            tries: 2,
+        }],
+    });
+    f.user = Some(u.clone());
+    let checks = all(&f);
+    let pending = checks
+        .iter()
+        .find(|c| c.detail.contains("pending since the login"))
+        .expect("a pending check");
+    assert_eq!(pending.status, Status::Warn);
+    assert!(
+        pending.detail.contains("gpu: pending since the login at")
+            && pending.detail.contains("2 heal tries")
+            && pending.detail.contains("unreachable"),
+        "{pending:?}"
+    );
+    u.pending = Ok(Note::default());
+    u.last_run = Ok(Some(
+        "time=\"t\" command=\"hook\" exit=\"69\" pending=\"gpu\"\ntime=\"u\" command=\"heal\" exit=\"0\" outcome=\"healed\""
+            .into(),
+    ));
+    f.user = Some(u);
+    let last = all(&f)
+        .into_iter()
+        .find(|c| c.detail.starts_with("last run"))
+        .unwrap();
+    assert_eq!(last.status, Status::Ok, "{last:?}");
+    assert!(last.detail.contains("healed since"), "{last:?}");
+
+    let node = |p: PendingFacts| {
+        let mut f = healthy();
+        f.pending = Some(Ok(p));
+        all(&f)
+            .into_iter()
+            .find(|c| c.check == "pending logins")
+            .unwrap()
+    };
+    let fresh = node(PendingFacts {
+        users: 3,
+        stale: 0,
+        longest: 70,
+    });
+    assert_eq!(fresh.status, Status::Ok, "{fresh:?}");
+    let stale = node(PendingFacts {
+        users: 3,
+        stale: 2,
+        longest: 900,
+    });
+    assert_eq!(stale.status, Status::Warn);
+    assert!(
+        stale.detail.starts_with("2 of 3 users' logins"),
+        "{stale:?}"
     );
 }
 
