@@ -1498,3 +1498,41 @@ fn reap_deletes_a_departed_logins_namespace_and_stored_tokens() {
     let stays_ns = c.get_json(&["namespace", &ns(stays)]).expect("kept");
     assert!(stays_ns["metadata"]["deletionTimestamp"].is_null());
 }
+
+/// Issue 25 (promises): the broker raises its soft open-files limit to
+/// what BROKER_MAX_CONNECTIONS needs (the connections plus its headroom of
+/// 256), up to the hard limit, which it leaves alone. Started with a soft
+/// limit of 1024, as a unit without `LimitNOFILE` would have it.
+#[test]
+fn the_broker_raises_its_open_files_limit_to_what_its_connections_need() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= 3256,
+        "this test needs a hard limit of 3256, not {hard}"
+    );
+    // Inherited by the broker; this process's own soft limit comes back
+    // at once.
+    setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).unwrap();
+    let b =
+        std::panic::catch_unwind(|| Broker::start("brknofile", "BROKER_MAX_CONNECTIONS=3000\n"));
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    let b = b.unwrap();
+    let pid = b.child.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3..5],
+        ["3256".to_owned(), hard.to_string()],
+        "{line}"
+    );
+    assert!(
+        !b.log_text().contains("raise LimitNOFILE"),
+        "{}",
+        b.log_text()
+    );
+}
