@@ -425,3 +425,53 @@ fn the_shipped_timer_runs_heal_every_minute() {
     let env = common::unit_values("ood-k8s-bootstrap-heal.service", "Environment");
     assert_eq!(env, ["KUBECONFIG=/root/.kube/config"], "{env:?}");
 }
+
+/// A namespace `reap` deleted is not healed back for a login from before
+/// the deletion: reap drops the note (only a new login brings it back).
+#[test]
+fn a_namespace_reap_deleted_is_not_healed_back() {
+    let site = Site::new("heal-reap", "REAP_IDLE_DAYS=30\n");
+    let user = "heal-mo";
+    let ns = site.namespace(user);
+    let out = site.login(user, &answering());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let long_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 40 * 86_400;
+    cluster().admin(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        &ns,
+        &format!("openondemand.org/last-hook-execution={long_ago}"),
+    ]);
+    let out = site.login(user, &refusing(&site.dir));
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert!(site.note(user).is_some(), "{}", text(&out));
+
+    let reaper = common::reaper_kubeconfig(&site.dir);
+    let out = cluster()
+        .hook()
+        .env("KUBECONFIG", reaper)
+        .arg("reap")
+        .arg("--hook-env")
+        .arg(&site.hook_env)
+        .output()
+        .expect("run reap");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        namespace(&ns).is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null()),
+        "not reaped: {}",
+        text(&out)
+    );
+    assert!(
+        site.note(user).is_none(),
+        "reap kept the note: {}",
+        text(&out)
+    );
+    let (out, _) = site.heal(&answering(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!stderr(&out).contains(user), "{}", text(&out));
+}
