@@ -10,7 +10,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
@@ -681,6 +681,74 @@ impl Drop for Stopped {
     }
 }
 
+/// The real broker for `site` (its hook.env), verbose, logging to
+/// `broker.log` in the site's directory; returned once it says it started.
+fn start_broker(site: &Site) -> (Stopped, PathBuf) {
+    let log = site.dir.join("broker.log");
+    let mut broker = Stopped(
+        Command::new(bin())
+            .arg("broker")
+            .arg("--hook-env")
+            .arg(&site.hook_env)
+            .arg("-v")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("started (")
+    {
+        assert!(
+            broker.0.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the broker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (broker, log)
+}
+
+/// The token the broker's plugin of user entry `entry` in `kubeconfig`
+/// hands kubectl, the plugin run as `user` exactly as the entry says.
+fn plugin_token(user: &str, kubeconfig: &Path, entry: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let users = config["users"].as_array().unwrap();
+    let exec = &users
+        .iter()
+        .find(|u| u["name"] == entry)
+        .expect("the user entry")["user"]["exec"];
+    let args: Vec<&str> = exec["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let out = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(exec["command"].as_str().unwrap())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plugin for {entry}: status {:?}",
+        out.status.code()
+    );
+    let cred: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    cred["status"]["token"].clone()
+}
+
 /// The broker's plugin names the kubeconfig cluster; two clusters.d files
 /// leaving `job.cluster` unset are both `open-ondemand`: in broker mode with
 /// different token sets (here cluster two's own exchange audience), the
@@ -734,7 +802,9 @@ fn broker_clusters_of_one_kubeconfig_name_with_different_token_sets_are_refused_
 /// the user gets each cluster's own through the plugin, on both clusters.
 /// Both sets come from one issuer (Keycloak) and one client (the portal's),
 /// and neither is refreshed here: that each set is refreshed at its own
-/// issuer as its own client is not what this test shows.
+/// issuer as its own client is what
+/// `each_clusters_broker_set_is_refreshed_at_its_issuer_as_its_own_client`
+/// shows.
 #[test]
 fn the_broker_keeps_a_set_per_cluster_the_logins_own_and_an_exchanged_one() {
     let c = cluster();
@@ -762,37 +832,7 @@ fn the_broker_keeps_a_set_per_cluster_the_logins_own_and_an_exchanged_one() {
         c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE")
     );
     let site = Site::new("brk", &keycloak, &exchange);
-    let log = site.dir.join("broker.log");
-    let mut broker = Stopped(
-        Command::new(bin())
-            .arg("broker")
-            .arg("--hook-env")
-            .arg(&site.hook_env)
-            .arg("-v")
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("started (")
-    {
-        assert!(
-            broker.0.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the broker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (broker, log) = start_broker(&site);
 
     let tokens = c.keycloak_login_client(
         user,
@@ -843,33 +883,8 @@ fn the_broker_keeps_a_set_per_cluster_the_logins_own_and_an_exchanged_one() {
         ("config", "one-dave", &login_set),
         ("two", "two-dave", &exchange_set),
     ] {
-        let text = std::fs::read_to_string(home.join(".kube").join(file)).unwrap();
-        let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-        let users = config["users"].as_array().unwrap();
-        let exec = &users
-            .iter()
-            .find(|u| u["name"] == entry)
-            .expect("the user entry")["user"]["exec"];
-        let args: Vec<&str> = exec["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|a| a.as_str())
-            .collect();
-        let out = Command::new("runuser")
-            .args(["-u", user, "--"])
-            .arg(exec["command"].as_str().unwrap())
-            .args(&args)
-            .output()
-            .unwrap();
         assert!(
-            out.status.success(),
-            "plugin for {entry}: status {:?}",
-            out.status.code()
-        );
-        let cred: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(
-            cred["status"]["token"] == set["access_token"],
+            plugin_token(user, &home.join(".kube").join(file), entry) == set["access_token"],
             "the plugin of {entry} did not get its own cluster's token set"
         );
     }
@@ -882,6 +897,394 @@ fn the_broker_keeps_a_set_per_cluster_the_logins_own_and_an_exchanged_one() {
     drop(broker);
     let _ = std::fs::remove_dir_all(home.join(".kube"));
     let _ = std::fs::remove_dir_all(&site.dir);
+}
+
+/// Keycloak clients and a user this test makes in the shared realm, named
+/// for it (the clients also for this process), deleted when it ends. After
+/// a failure they are left (a panic while cleaning up would abort every
+/// test of this binary); the next run replaces the user.
+struct KeycloakOwned {
+    clients: Vec<String>,
+    user: Option<String>,
+}
+
+impl KeycloakOwned {
+    /// Creates a client of the `ood` realm from its representation.
+    fn client(&mut self, rep: serde_json::Value) {
+        let id = rep["clientId"].as_str().unwrap().to_owned();
+        let (code, answer) =
+            cluster().keycloak_admin("POST", "/admin/realms/ood/clients", Some(&rep));
+        assert_eq!(code, 201, "Keycloak: create client {id}: {answer}");
+        self.clients.push(id);
+    }
+
+    /// Creates (replacing one left by an earlier run) a user of the `ood`
+    /// realm with `password`.
+    fn user(&mut self, name: &str, password: &str) {
+        let c = cluster();
+        if let Some(id) = keycloak_user_id(name) {
+            let (code, answer) =
+                c.keycloak_admin("DELETE", &format!("/admin/realms/ood/users/{id}"), None);
+            assert_eq!(code, 204, "Keycloak: delete the old user {name}: {answer}");
+        }
+        let rep = serde_json::json!({
+            "username": name,
+            "enabled": true,
+            "email": format!("{name}@example.test"),
+            "emailVerified": true,
+            "firstName": "Broker",
+            "lastName": "Issuer",
+            "credentials": [{"type": "password", "value": password, "temporary": false}],
+        });
+        let (code, answer) = c.keycloak_admin("POST", "/admin/realms/ood/users", Some(&rep));
+        assert_eq!(code, 201, "Keycloak: create user {name}: {answer}");
+        self.user = Some(name.to_owned());
+    }
+}
+
+impl Drop for KeycloakOwned {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "left in Keycloak's ood realm: clients {:?}, user {:?}",
+                self.clients, self.user
+            );
+            return;
+        }
+        let c = cluster();
+        for id in &self.clients {
+            let (code, found) = c.keycloak_admin(
+                "GET",
+                &format!("/admin/realms/ood/clients?clientId={id}"),
+                None,
+            );
+            if let (200, Some(uuid)) = (code, found[0]["id"].as_str()) {
+                c.keycloak_admin("DELETE", &format!("/admin/realms/ood/clients/{uuid}"), None);
+            }
+        }
+        if let Some(id) = self.user.as_deref().and_then(keycloak_user_id) {
+            c.keycloak_admin("DELETE", &format!("/admin/realms/ood/users/{id}"), None);
+        }
+    }
+}
+
+/// The id of the `ood` realm's user `name`, if there is one.
+fn keycloak_user_id(name: &str) -> Option<String> {
+    let (code, found) = cluster().keycloak_admin(
+        "GET",
+        &format!("/admin/realms/ood/users?username={name}&exact=true"),
+        None,
+    );
+    assert_eq!(code, 200, "Keycloak: find user {name}: {found}");
+    found[0]["id"].as_str().map(str::to_owned)
+}
+
+/// The promise of the README's "Several clusters": the broker keeps a set
+/// per issuer and client and refreshes each at its own issuer as its own
+/// client. Cluster one takes the portal login's own tokens (client P, the
+/// portal); cluster two's hook.env.d names another client (X) that makes a
+/// token exchange of the login's token for the Kubernetes audience, so its
+/// set's refresh token is X's. Both clients, and the user, are this test's
+/// own in the local Keycloak (P's tokens carry X in their audience, which
+/// Keycloak's standard token exchange requires of X's subject tokens).
+///
+/// Both are of one issuer: every set of a login is that login's tokens or
+/// an exchange at the cluster's issuer, and neither local IdP can take the
+/// other's tokens (Keycloak's standard token exchange takes only its own;
+/// Dex exchanges only its connectors' tokens, and the local Dex has none),
+/// so one portal login cannot give a Dex set and a Keycloak set, though
+/// both API servers trust both IdPs. What is told apart is the client.
+///
+/// After the login, both tokens are left to expire (the realm's short
+/// token lifetime); then the dashboard's kubectl on each cluster works,
+/// which needs the broker to refresh each set: the refreshed tokens (signed
+/// by the IdP, accepted by both API servers) name Keycloak as `iss` and
+/// each set's own client as `azp`, each set still records its own client,
+/// and Keycloak refuses either refresh token to the other client, so a
+/// refresh as the wrong client could not have succeeded.
+#[test]
+fn each_clusters_broker_set_is_refreshed_at_its_issuer_as_its_own_client() {
+    let c = cluster();
+    let user = "brk-iss";
+    let (uid, _, home) = linux_user(user);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let pid = std::process::id();
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let issuer = c.var("KEYCLOAK_ISSUER");
+    let audience = c.var("KEYCLOAK_K8S_AUDIENCE");
+    let audience_scope = c.var("KEYCLOAK_K8S_AUDIENCE_SCOPE");
+    let (portal, exchanger) = (
+        format!("ood-e2e-iss-portal-{pid}"),
+        format!("ood-e2e-iss-exchange-{pid}"),
+    );
+    let (portal_secret, exchanger_secret, password) = (
+        format!("p-{pid}-{nonce}"),
+        format!("x-{pid}-{nonce}"),
+        format!("pw-{pid}-{nonce}"),
+    );
+    let mut owned = KeycloakOwned {
+        clients: Vec::new(),
+        user: None,
+    };
+    // X first: P's audience mapper names it.
+    owned.client(serde_json::json!({
+        "clientId": exchanger,
+        "enabled": true,
+        "protocol": "openid-connect",
+        "publicClient": false,
+        "clientAuthenticatorType": "client-secret",
+        "secret": exchanger_secret,
+        "standardFlowEnabled": false,
+        "directAccessGrantsEnabled": false,
+        "attributes": {
+            "standard.token.exchange.enabled": "true",
+            "standard.token.exchange.enableRefreshRequestedTokenType": "SAME_SESSION"
+        },
+        "defaultClientScopes": ["basic", "profile", "groups"],
+        "optionalClientScopes": [audience_scope],
+    }));
+    owned.client(serde_json::json!({
+        "clientId": portal,
+        "enabled": true,
+        "protocol": "openid-connect",
+        "publicClient": false,
+        "clientAuthenticatorType": "client-secret",
+        "secret": portal_secret,
+        "standardFlowEnabled": false,
+        "directAccessGrantsEnabled": true,
+        "defaultClientScopes": ["basic", "profile", "groups", audience_scope],
+        "optionalClientScopes": [],
+        "protocolMappers": [{
+            "name": "the exchanging client's audience",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-audience-mapper",
+            "config": {"included.client.audience": exchanger,
+                       "access.token.claim": "true", "id.token.claim": "false",
+                       "introspection.token.claim": "true"}
+        }],
+    }));
+    owned.user(user, &password);
+
+    let sock_dir = PathBuf::from(format!("/tmp/ood-e2e-mciss-sock-{pid}"));
+    let _ = std::fs::remove_dir_all(&sock_dir);
+    let dir = scratch("clusters-iss-state");
+    let state = dir.join("tokens");
+    let site = Site::new(
+        "iss",
+        &format!(
+            "K8S_CREDENTIALS=broker\nBROKER_SOCKET={}\nBROKER_STATE_DIR={}\nIDP_ISSUER_URL={issuer}\n\
+             IDP_CA_FILE={}\nCLIENT_ID={portal}\nCLIENT_SECRET={portal_secret}\n",
+            sock_dir.join("broker.sock").display(),
+            state.display(),
+            c.var("KEYCLOAK_CA_FILE"),
+        ),
+        &format!(
+            "CLIENT_ID={exchanger}\nCLIENT_SECRET={exchanger_secret}\n\
+             K8S_TOKEN_EXCHANGE_AUDIENCE={audience}\nK8S_TOKEN_EXCHANGE_SCOPE={audience_scope}\n"
+        ),
+    );
+    let (broker, log) = start_broker(&site);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = log_text();
+    for client in [&portal, &exchanger] {
+        assert!(
+            started.contains(&format!("refreshed as {client} at {issuer}")),
+            "the broker does not refresh a store as {client}: {started}"
+        );
+    }
+
+    // The portal login (P), as mod_auth_openidc holds it.
+    let login = c
+        .keycloak_token_request(&[
+            ("grant_type", "password"),
+            ("client_id", &portal),
+            ("client_secret", &portal_secret),
+            ("username", user),
+            ("password", &password),
+            ("scope", "openid"),
+        ])
+        .unwrap_or_else(|e| panic!("Keycloak password grant for {user} as {portal}: {e}"));
+    let tokens = Tokens::from_json(&login);
+    let (out, _) = site.run(user, Some(&tokens));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .unwrap()
+    };
+    let one_file = state.join(format!("{uid}.json"));
+    let sets: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(sets.len(), 1, "one more set directory: {sets:?}");
+    let two_file = sets[0].join(format!("{uid}.json"));
+    let clusters = [
+        (
+            "one",
+            "config",
+            "one-brk-iss",
+            &one_file,
+            &portal,
+            &site.ns1,
+        ),
+        (
+            "two",
+            "two",
+            "two-brk-iss",
+            &two_file,
+            &exchanger,
+            &site.ns2,
+        ),
+    ];
+    let mut before = Vec::new();
+    for (id, file, _, set_file, client, prefix) in clusters {
+        let set = read(set_file);
+        assert_eq!(set["refresh"]["issuer"], issuer, "cluster {id}'s set");
+        assert_eq!(set["refresh"]["client_id"], **client, "cluster {id}'s set");
+        let claims = jwt_claims(set["access_token"].as_str().unwrap());
+        assert_eq!(claims["azp"], **client, "cluster {id}'s token at login");
+        let out = dashboard_kubectl(
+            user,
+            &home.join(".kube").join(file),
+            id,
+            &format!("{prefix}{user}"),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl on {id} after the login: {}\nbroker log:\n{}",
+            text(&out),
+            log_text()
+        );
+        before.push(set);
+    }
+    assert!(
+        before[0]["refresh_token"].as_str() == Some(tokens.refresh.as_str())
+            && before[1]["refresh_token"] != before[0]["refresh_token"],
+        "cluster one's set is not the login's, or cluster two's not the exchange's"
+    );
+
+    // Both tokens expire (Keycloak's lifetime, set by the realm): neither
+    // is any use to an API server then.
+    let expiry = before
+        .iter()
+        .map(|s| s["expiry"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() <= expiry + 1 {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for (set, (id, ..)) in before.iter().zip(clusters) {
+        assert!(
+            c.whoami(set["access_token"].as_str().unwrap()).is_err(),
+            "cluster {id}'s token from the login still authenticates after its expiry"
+        );
+    }
+
+    // The dashboard's kubectl on each cluster: the broker refreshes each set.
+    for (id, file, _, _, _, prefix) in clusters {
+        let out = dashboard_kubectl(
+            user,
+            &home.join(".kube").join(file),
+            id,
+            &format!("{prefix}{user}"),
+        );
+        assert!(
+            out.status.success(),
+            "kubectl on {id} after expiry: {}\nbroker log:\n{}",
+            text(&out),
+            log_text()
+        );
+    }
+    let served = log_text();
+    for (id, ..) in clusters {
+        assert!(
+            served.contains(&format!(
+                "cluster {id}: token for {user} served (refreshed at the IdP"
+            )),
+            "cluster {id}'s set was not refreshed: {served}"
+        );
+    }
+    let mut after = Vec::new();
+    for ((id, file, entry, set_file, client, _), old) in clusters.into_iter().zip(&before) {
+        // What kubectl gets on that cluster is this set's token (read after
+        // asking, so a refresh in between cannot tell them apart).
+        let served = plugin_token(user, &home.join(".kube").join(file), entry);
+        let set = read(set_file);
+        assert!(
+            served == set["access_token"],
+            "the plugin of {entry} did not get its own cluster's set"
+        );
+        assert_eq!(set["source"], "refresh", "cluster {id}'s set");
+        assert_eq!(set["refresh"]["issuer"], issuer, "cluster {id}'s set");
+        assert_eq!(set["refresh"]["client_id"], **client, "cluster {id}'s set");
+        assert!(
+            set["access_token"] != old["access_token"],
+            "cluster {id}'s token was not renewed"
+        );
+        let token = set["access_token"].as_str().unwrap();
+        let claims = jwt_claims(token);
+        assert_eq!(claims["iss"], issuer, "cluster {id}'s refreshed token");
+        assert_eq!(claims["azp"], **client, "cluster {id}'s refreshed token");
+        assert!(
+            audiences(&claims).iter().any(|a| a == audience),
+            "cluster {id}'s refreshed token is not for {audience}: {:?}",
+            audiences(&claims)
+        );
+        assert!(
+            claims["exp"].as_u64().unwrap() > expiry,
+            "cluster {id}'s refreshed token expires no later than the login's"
+        );
+        // The API servers take it as the user.
+        let who = c
+            .whoami(token)
+            .unwrap_or_else(|e| panic!("cluster {id}'s refreshed token: {e}"));
+        assert_eq!(who["username"], user, "cluster {id}'s refreshed token");
+        after.push(set);
+    }
+
+    // Keycloak binds each refresh token to its client: each set's refresh
+    // token is refused to the other client and taken from its own, so the
+    // broker's refreshes above were each made as the set's own client.
+    for (set, (id, .., own, _), (other, other_secret), own_secret) in [
+        (
+            &after[0],
+            clusters[0],
+            (&exchanger, &exchanger_secret),
+            &portal_secret,
+        ),
+        (
+            &after[1],
+            clusters[1],
+            (&portal, &portal_secret),
+            &exchanger_secret,
+        ),
+    ] {
+        let refresh = set["refresh_token"].as_str().unwrap();
+        match c.keycloak_refresh(other, other_secret, refresh) {
+            Err(e) => assert_eq!(e["error"], "invalid_grant", "cluster {id}: {e}"),
+            Ok(_) => panic!("Keycloak refreshed cluster {id}'s refresh token as {other}"),
+        }
+        if let Err(e) = c.keycloak_refresh(own, own_secret, refresh) {
+            panic!("Keycloak refused cluster {id}'s refresh token to {own}: {e}");
+        }
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(home.join(".kube"));
+    let _ = std::fs::remove_dir_all(&site.dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&sock_dir);
 }
 
 /// The admin commands over both clusters: `install --cluster ID` picks the
