@@ -4,7 +4,8 @@
 //! write); after a run found the API server unreachable, the next runs fail
 //! at once, and recovery is picked up by the very next run. A hook.env on
 //! a file system that never answers (FUSE, in the run's own mount
-//! namespace) fails the run with 75 once CONFIG_READ_LIMIT has passed.
+//! namespace) fails the run with 75 once CONFIG_READ_LIMIT has passed, and a
+//! passwd lookup that fails (NSS down, not "no such user") refuses (75).
 
 mod common;
 
@@ -563,7 +564,7 @@ fn read_token() -> String {
         .expect("token in the ondemand kubeconfig")
 }
 
-// ---- a hung file system ----------------------------------------------------
+// ---- a hung file system and a failing passwd lookup -----------------------
 
 /// The hook as [`cluster().hook()`] runs it, but in a mount namespace of its
 /// own (`unshare -m`, private propagation), where `setup` (a `sh` script
@@ -654,4 +655,62 @@ fn a_hung_file_system_under_hook_env_is_bounded() {
             .is_none(),
         "a run that could not read its configuration made the namespace"
     );
+}
+
+/// Issue 25 (a promise no test exercised): a passwd lookup that fails —
+/// NSS down, not "no such user" — refuses the run (75) rather than taking
+/// the user for absent, and touches nothing. For this one run NSS is
+/// `passwd: files` (nsswitch.conf bind-mounted in the run's own mount
+/// namespace) with /etc/passwd on a FUSE file system whose daemon is gone,
+/// so reading it fails (ENOTCONN), as on a dead network file system; the
+/// host's nss-systemd is left out of the line because its "not found",
+/// after a failed source, would hide the failure from any program. The
+/// same user with the host's NSS is bootstrapped.
+#[test]
+fn a_failing_passwd_lookup_refuses_the_run() {
+    let c = cluster();
+    let dir = scratch("trust-nssdown");
+    let (prefix, line) = own_prefix("trust-nssdown");
+    let user = "tr-nssdown";
+    linux_user(user);
+    let ns = format!("{prefix}{user}");
+    let env = c.hook_env(&dir, &format!("{line}K8S_CREDENTIALS=none\n"));
+    let host = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let mut nss: String = host
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("passwd:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    nss.push_str("passwd: files\n");
+    let nsswitch = dir.join("nsswitch.conf");
+    std::fs::write(&nsswitch, nss).unwrap();
+    let setup = format!(
+        "mount --bind \"$1\" /etc/nsswitch.conf\n{}\nexec 3>&-",
+        unanswered_fuse("100644").replace("\"$1\"", "/etc/passwd")
+    );
+    let args: [&std::ffi::OsStr; 4] = [
+        "--user".as_ref(),
+        user.as_ref(),
+        "--hook-env".as_ref(),
+        env.as_os_str(),
+    ];
+    let mut cmd = hook_in_own_mounts(&setup, &nsswitch, &args);
+    let (out, took) = output_within(&mut cmd, DEFAULT_DEADLINE + MARGIN, "the hook");
+    eprintln!("{:?} after {took:?}: {}", out.status.code(), text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    for words in [
+        format!("looking up user {user} in the passwd database failed"),
+        "not connected".to_owned(),
+    ] {
+        assert!(stderr.contains(&words), "{words:?} missing:\n{stderr}");
+    }
+    assert!(
+        c.get_json(&["namespace", &ns]).is_none(),
+        "the refused run made {ns}"
+    );
+    // The user exists: with the host's NSS the same run bootstraps them.
+    let (out, _) = run_as(user, &env, None);
+    assert_made(&out, &ns);
 }
