@@ -927,3 +927,106 @@ fn a_login_between_reaps_judging_and_deleting_keeps_the_namespace() {
     let live = c.get_json(&["namespace", &ns]).expect("the namespace");
     assert!(live["metadata"]["deletionTimestamp"].is_null(), "{live}");
 }
+
+// ---- the kubeconfig side's owner wait --------------------------------------
+
+/// Issue 25 (a promise no test exercised): the kubeconfig side waits for
+/// the namespace's owner check at most a second (a third of
+/// HOOK_TIMEOUT_SECONDS if shorter), then writes the user's fresh tokens;
+/// the cluster side fails on its own. The proxy holds every answer to the
+/// owner check (the GET of the Namespace) past the deadline. A writer that
+/// waited for the owner check would start only once the deadline had
+/// passed, with no time left to write.
+#[test]
+fn an_unanswered_owner_check_does_not_cost_the_user_their_fresh_tokens() {
+    let c = cluster();
+    let user = "ch-ownerwait";
+    let (_, _, home) = linux_user(user);
+    let dir = scratch("chaos-ownerwait");
+    let prefix = common::prefix("chowait");
+    let ns = format!("{prefix}{user}");
+    let hook_env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nHOOK_TIMEOUT_SECONDS={}\nFAST_FAIL_SECONDS=0\n",
+            DEADLINE.as_secs()
+        ),
+    );
+    let config = home.join(".kube/config");
+    let _ = std::fs::remove_file(&config);
+    let login = |tokens: &Tokens, kubeconfig: &Path| {
+        let started = Instant::now();
+        let out = c
+            .hook()
+            .env("KUBECONFIG", kubeconfig)
+            .env("OOD_OIDC_ACCESS_TOKEN", &tokens.access)
+            .env("OOD_OIDC_REFRESH_TOKEN", &tokens.refresh)
+            .args(["--user", user, "--hook-env"])
+            .arg(&hook_env)
+            .output()
+            .expect("run the hook");
+        (out, started.elapsed())
+    };
+
+    // A first login, straight to the API server: the namespace is made
+    // and the kubeconfig holds the first tokens.
+    let first = c.login("frank");
+    let (out, _) = login(&first, Path::new(c.var("KUBECONFIG_ONDEMAND")));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let written = std::fs::read_to_string(&config).expect("the user's kubeconfig");
+    assert!(written.contains(&first.refresh), "{}", text(&out));
+
+    // The next login brings fresh tokens; its owner check goes unanswered.
+    let fresh = c.login("frank");
+    assert_ne!(fresh.access, first.access);
+    assert_ne!(fresh.refresh, first.refresh);
+    let proxy = Proxy::start(
+        &dir,
+        json!({"rules": [{"fault": "delay_headers", "delay_ms": 30000, "method": "GET",
+                          "path": format!("^/api/v1/namespaces/{ns}$")}]}),
+    );
+    let (out, took) = login(&fresh, &proxy.kubeconfig);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{:?} after {took:?}: {stderr}", out.status.code());
+    assert!(
+        took <= DEADLINE + common::MARGIN,
+        "took {took:?} with a {DEADLINE:?} deadline\n{}",
+        text(&out)
+    );
+    assert!(
+        proxy.injected("delay_headers") >= 1,
+        "the owner check was not held"
+    );
+    // The cluster side failed on its own, and says the user's side was
+    // written.
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    assert_eq!(stderr.lines().count(), 1, "not one line:\n{stderr}");
+    for words in [
+        format!("ood-k8s-bootstrap: error: user {user}: "),
+        "no answer before the deadline".to_owned(),
+        format!("the user's side: kubeconfig {} updated", config.display()),
+    ] {
+        assert!(stderr.contains(&words), "{words:?} missing from:\n{stderr}");
+    }
+    // The fresh tokens are in the user's file, the old ones gone.
+    let written = std::fs::read_to_string(&config).expect("the user's kubeconfig");
+    assert!(
+        written.contains(&fresh.access) && written.contains(&fresh.refresh),
+        "the fresh tokens were not written"
+    );
+    assert!(
+        !written.contains(&first.access) && !written.contains(&first.refresh),
+        "the old tokens are still there"
+    );
+    // Nothing of the cluster side was done: the held GET was the first
+    // request, and nothing else reached the namespace.
+    let after: Vec<Value> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] != "GET")
+        .collect();
+    assert!(after.is_empty(), "wrote past the owner check: {after:?}");
+    for secret in [&fresh.access, &fresh.refresh, &first.access, &first.refresh] {
+        assert!(!stderr.contains(secret.as_str()), "a token leaked");
+    }
+}

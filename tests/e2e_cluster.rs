@@ -806,6 +806,98 @@ fn reconcile_many_users_continues_past_failures() {
     assert!(stderr.contains("0 created"), "{stderr}");
 }
 
+/// Issue 25 (a promise no test exercised): under the `ondemand` FlowSchema
+/// (hooks/ondemand-apf.yaml, one flow per user namespace), a bulk
+/// `reconcile` of a few hundred users at concurrency 64 does not starve
+/// logins: logins of other users, run one after another while it works,
+/// each succeed within their deadline (HOOK_TIMEOUT_SECONDS) + the common
+/// margin; and several of them ran start to end while the reconcile was
+/// still running.
+#[test]
+fn a_bulk_reconcile_does_not_starve_logins() {
+    const DEADLINE: Duration = Duration::from_secs(10);
+    const BULK: usize = 400;
+    const OVERLAPPED: usize = 3;
+    let c = cluster();
+    let dir = scratch("rc-starve");
+    let prefix = common::prefix("rcstarve");
+    let env = c.hook_env(
+        &dir,
+        &format!(
+            "NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\nHOOK_TIMEOUT_SECONDS={}\n",
+            DEADLINE.as_secs()
+        ),
+    );
+    let logins = ["rc-busy1", "rc-busy2", "rc-busy3", "rc-busy4"];
+    for u in logins {
+        linux_user(u);
+    }
+    let list = dir.join("users.txt");
+    let bulk: Vec<String> = (0..BULK).map(|i| format!("bulk{i:03}")).collect();
+    std::fs::write(&list, bulk.join("\n") + "\n").unwrap();
+    let started = Instant::now();
+    let mut reconcile = c
+        .hook()
+        .arg("reconcile")
+        .arg("--hook-env")
+        .arg(&env)
+        .arg("--users")
+        .arg(&list)
+        .args(["--concurrency", "64"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start reconcile");
+    // Under way: its first users' namespaces are there.
+    let first = format!("{prefix}bulk000");
+    while c.get_json(&["namespace", &first]).is_none() {
+        assert!(
+            reconcile.try_wait().unwrap().is_none(),
+            "reconcile ended before making {first}"
+        );
+        assert!(started.elapsed() < DEADLINE + common::MARGIN, "no {first}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut overlapped = 0;
+    let mut ran = Vec::new();
+    for user in logins.iter().cycle() {
+        let mut cmd = c.hook();
+        cmd.args(["--user", user, "--hook-env"]).arg(&env);
+        let (out, took) = common::output_within(&mut cmd, DEADLINE + common::MARGIN, "a login");
+        assert!(
+            out.status.success(),
+            "{user}'s login failed:\n{}",
+            text(&out)
+        );
+        ran.push(format!("{user}: {took:?}"));
+        if reconcile.try_wait().unwrap().is_some() {
+            break;
+        }
+        overlapped += 1;
+    }
+    let took = started.elapsed();
+    let out = reconcile.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("reconcile took {took:?}: {stderr}\nlogins: {ran:?}");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr.contains(&format!("reconciled {BULK} of {BULK} users")),
+        "{stderr}"
+    );
+    assert!(
+        overlapped >= OVERLAPPED,
+        "only {overlapped} logins ran while the reconcile did ({took:?}); \
+         it must run longer for the test to mean anything: {ran:?}"
+    );
+    for u in logins {
+        assert!(
+            c.get_json(&["namespace", &format!("{prefix}{u}")])
+                .is_some(),
+            "{u}'s namespace"
+        );
+    }
+}
+
 #[test]
 fn rbac_denial_names_the_account_and_what_to_do() {
     let c = cluster();

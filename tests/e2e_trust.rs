@@ -2,7 +2,10 @@
 //! down. hook.env and the files it names must be root's and closed to
 //! others (refused with 78, naming the file, without waiting, before any
 //! write); after a run found the API server unreachable, the next runs fail
-//! at once, and recovery is picked up by the very next run.
+//! at once, and recovery is picked up by the very next run. A hook.env on
+//! a file system that never answers (FUSE, in the run's own mount
+//! namespace) fails the run with 75 once CONFIG_READ_LIMIT has passed, and a
+//! passwd lookup that fails (NSS down, not "no such user") refuses (75).
 
 mod common;
 
@@ -10,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{DEFAULT_DEADLINE, MARGIN, cluster, linux_user, output_within, scratch, text};
@@ -559,4 +562,155 @@ fn read_token() -> String {
         .find_map(|l| l.trim().strip_prefix("token:"))
         .map(|t| t.trim().to_owned())
         .expect("token in the ondemand kubeconfig")
+}
+
+// ---- a hung file system and a failing passwd lookup -----------------------
+
+/// The hook as [`cluster().hook()`] runs it, but in a mount namespace of its
+/// own (`unshare -m`, private propagation), where `setup` (a `sh` script
+/// given `$1`) first changes what this one run sees; the host's mounts and
+/// files are never touched, and the namespace goes with the run.
+fn hook_in_own_mounts(setup: &str, arg: &Path, hook_args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("KUBECONFIG", cluster().var("KUBECONFIG_ONDEMAND"))
+        .stdin(std::process::Stdio::null())
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("set -e\n{setup}\nshift\nexec \"$@\""))
+        .arg("sh")
+        .arg(arg)
+        .arg(common::bin())
+        .args(hook_args);
+    cmd
+}
+
+/// Mounts at `$1` a FUSE file system no process ever answers (the
+/// /dev/fuse descriptor, 3, stays open and unread in the run): every
+/// access to it blocks, as on a hung network file system. `ROOTMODE` is
+/// the mount root's mode (a directory, or a file to mount over one).
+fn unanswered_fuse(rootmode: &str) -> String {
+    format!(
+        "exec 3<>/dev/fuse\n\
+         mount -i -t fuse -o fd=3,rootmode={rootmode},user_id=0,group_id=0 ood-e2e-hung \"$1\""
+    )
+}
+
+/// Issue 25 (a promise no test exercised): reading hook.env is bounded
+/// (CONFIG_READ_LIMIT, 5 s; the run's own deadline is in the file): a
+/// hook.env on a file system that never answers fails the run with 75
+/// and a line naming hook.env, rather than hanging the login. Then the
+/// same for a file hook.env names (the registry's credentials).
+#[test]
+fn a_hung_file_system_under_hook_env_is_bounded() {
+    const CONFIG_READ_LIMIT: Duration = Duration::from_secs(5);
+    let dir = scratch("trust-hungfs");
+    let (prefix, line) = own_prefix("trust-hungfs");
+    let user = "tr-hungfs";
+    linux_user(user);
+    let hung = dir.join("hung");
+    std::fs::create_dir(&hung).unwrap();
+    let on_hung = hung.join("hook.env");
+    let named = dir.join("named");
+    std::fs::create_dir(&named).unwrap();
+    let names_hung = cluster().hook_env(
+        &named,
+        &format!(
+            "{line}K8S_CREDENTIALS=none\nIMAGE_PULL_SECRET=regcred\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+            hung.join("registry.json").display()
+        ),
+    );
+    for (hook_env, what) in [(&on_hung, &on_hung), (&names_hung, &names_hung)] {
+        let mut cmd = hook_in_own_mounts(
+            &unanswered_fuse("40000"),
+            &hung,
+            &[
+                "--user".as_ref(),
+                user.as_ref(),
+                "--hook-env".as_ref(),
+                hook_env.as_os_str(),
+            ],
+        );
+        let (out, took) = output_within(&mut cmd, CONFIG_READ_LIMIT + MARGIN, "the hook");
+        eprintln!("{:?} after {took:?}: {}", out.status.code(), text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+        assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+        for words in [
+            format!("ood-k8s-bootstrap: error: {}: ", what.display()),
+            "took longer than 5s".to_owned(),
+            "is a network file system hung?".to_owned(),
+        ] {
+            assert!(stderr.contains(&words), "{words:?} missing:\n{stderr}");
+        }
+        // It was the hung read that ended the run, after the limit.
+        assert!(took >= CONFIG_READ_LIMIT, "{took:?}: the read did not hang");
+    }
+    // The host never saw the mount.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("ood-e2e-hung"), "{mounts}");
+    assert!(
+        cluster()
+            .get_json(&["namespace", &format!("{prefix}{user}")])
+            .is_none(),
+        "a run that could not read its configuration made the namespace"
+    );
+}
+
+/// Issue 25 (a promise no test exercised): a passwd lookup that fails —
+/// NSS down, not "no such user" — refuses the run (75) rather than taking
+/// the user for absent, and touches nothing. For this one run NSS is
+/// `passwd: files` (nsswitch.conf bind-mounted in the run's own mount
+/// namespace) with /etc/passwd on a FUSE file system whose daemon is gone,
+/// so reading it fails (ENOTCONN), as on a dead network file system; the
+/// host's nss-systemd is left out of the line because its "not found",
+/// after a failed source, would hide the failure from any program. The
+/// same user with the host's NSS is bootstrapped.
+#[test]
+fn a_failing_passwd_lookup_refuses_the_run() {
+    let c = cluster();
+    let dir = scratch("trust-nssdown");
+    let (prefix, line) = own_prefix("trust-nssdown");
+    let user = "tr-nssdown";
+    linux_user(user);
+    let ns = format!("{prefix}{user}");
+    let env = c.hook_env(&dir, &format!("{line}K8S_CREDENTIALS=none\n"));
+    let host = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let mut nss: String = host
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("passwd:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    nss.push_str("passwd: files\n");
+    let nsswitch = dir.join("nsswitch.conf");
+    std::fs::write(&nsswitch, nss).unwrap();
+    let setup = format!(
+        "mount --bind \"$1\" /etc/nsswitch.conf\n{}\nexec 3>&-",
+        unanswered_fuse("100644").replace("\"$1\"", "/etc/passwd")
+    );
+    let args: [&std::ffi::OsStr; 4] = [
+        "--user".as_ref(),
+        user.as_ref(),
+        "--hook-env".as_ref(),
+        env.as_os_str(),
+    ];
+    let mut cmd = hook_in_own_mounts(&setup, &nsswitch, &args);
+    let (out, took) = output_within(&mut cmd, DEFAULT_DEADLINE + MARGIN, "the hook");
+    eprintln!("{:?} after {took:?}: {}", out.status.code(), text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    for words in [
+        format!("looking up user {user} in the passwd database failed"),
+        "not connected".to_owned(),
+    ] {
+        assert!(stderr.contains(&words), "{words:?} missing:\n{stderr}");
+    }
+    assert!(
+        c.get_json(&["namespace", &ns]).is_none(),
+        "the refused run made {ns}"
+    );
+    // The user exists: with the host's NSS the same run bootstraps them.
+    let (out, _) = run_as(user, &env, None);
+    assert_made(&out, &ns);
 }
