@@ -6,9 +6,14 @@
 //! secret pulls from the local registry, the job-pod-reaper's binding lets
 //! its ServiceAccount reap, and `reap` keeps a namespace while a pod runs.
 //!
-//! Every test needs the node (NODE_NAME, TEST_IMAGE, WEB_NODE_NETNS,
-//! REGISTRY in the env file); tests/external-run does not run this file
-//! (it lists it as not run).
+//! Every test needs a Ready node (NODE_NAME), the workload image
+//! (TEST_IMAGE) and the web node's CIDR (WEB_NODE_CIDR; its network
+//! namespace WEB_NODE_NETNS, or the test host itself when the env file has
+//! none). tests/external-run runs them against any cluster with a Ready
+//! schedulable node (tests/cluster/external finds it; the caller names the
+//! image and the CIDR), users acting by impersonation there as no test IdP
+//! exists; the tests in `local` need the local cluster's own registry
+//! (REGISTRY, PRIVATE_IMAGE) and are not run there.
 
 mod common;
 
@@ -27,16 +32,22 @@ const PATIENCE: Duration = Duration::from_secs(180);
 /// The port the jobs' web servers (busybox httpd) listen on.
 const PORT: u16 = 8080;
 
-/// A hook.env for this cluster whose NetworkPolicy lets in `allow_cidr`.
+/// A hook.env for this cluster whose NetworkPolicy lets in `allow_cidr`
+/// (without a test IdP, in external mode, the IdP keys are left out).
 fn hook_env(dir: &Path, allow_cidr: &str, extra: &str) -> PathBuf {
     let c = cluster();
     let path = dir.join(format!("hook-{}.env", std::process::id()));
-    let text = format!(
-        "NETWORK_POLICY_ALLOW_CIDR=\"{allow_cidr}\"\nIDP_ISSUER_URL=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n{extra}",
-        c.var("OIDC_ISSUER"),
-        c.var("OIDC_CLIENT_ID"),
-        c.var("OIDC_CLIENT_SECRET"),
-    );
+    let idp = if c.external() {
+        String::new()
+    } else {
+        format!(
+            "IDP_ISSUER_URL=\"{}\"\nCLIENT_ID=\"{}\"\nCLIENT_SECRET=\"{}\"\n",
+            c.var("OIDC_ISSUER"),
+            c.var("OIDC_CLIENT_ID"),
+            c.var("OIDC_CLIENT_SECRET"),
+        )
+    };
+    let text = format!("NETWORK_POLICY_ALLOW_CIDR=\"{allow_cidr}\"\n{idp}{extra}");
     std::fs::write(&path, text).expect("write hook.env");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
@@ -54,9 +65,21 @@ fn login(user: &str, hook_env: &Path) {
 }
 
 /// kubectl as `user` in `ns` with the user's own token, fresh from the IdP
-/// (its tokens live seconds), `stdin` as its input.
+/// (its tokens live seconds), `stdin` as its input; in external mode (no
+/// test IdP) by impersonation, as the user with the group every
+/// authenticated user has.
 fn as_user(user: &str, ns: &str, args: &[&str], stdin: &str) -> Output {
     let c = cluster();
+    if c.external() {
+        return common::pipe(
+            Command::new(c.var("KUBECTL"))
+                .args(["--kubeconfig", c.var("KUBECONFIG_ADMIN")])
+                .args(["--as", user, "--as-group", "system:authenticated"])
+                .arg(format!("--namespace={ns}"))
+                .args(args),
+            stdin.as_bytes(),
+        );
+    }
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = scratch(&format!("node-{user}-{n}"));
@@ -270,14 +293,22 @@ fn pod_fetches(ns: &str, from: &str, url: &str, body: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains(body)
 }
 
-/// Whether the web node (its own network namespace, WEB_NODE_CIDR) fetches
-/// `url` (curl, 3 s at most).
+/// Whether the web node (its own network namespace WEB_NODE_NETNS, or the
+/// test host itself when there is none; its connections come from
+/// WEB_NODE_CIDR) fetches `url` (curl, 3 s at most).
 fn web_node_fetches(url: &str, body: &str) -> bool {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", cluster().var("WEB_NODE_NETNS")))
-        .args(["curl", "-s", "--max-time", "3", url])
-        .output()
-        .expect("nsenter curl");
+    let curl = ["curl", "-s", "--max-time", "3", url];
+    let out = match cluster().var_opt("WEB_NODE_NETNS") {
+        Some(netns) => Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(curl)
+            .output()
+            .expect("nsenter curl"),
+        None => Command::new(curl[0])
+            .args(&curl[1..])
+            .output()
+            .expect("curl"),
+    };
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains(body)
 }
 
@@ -297,6 +328,43 @@ fn admin_apply(objects: &[Value]) {
             o.to_string().as_bytes(),
         );
         assert!(out.status.success(), "apply {o}: {}", text(&out));
+    }
+}
+
+/// Objects a test makes outside its namespaces (cluster-wide, or in
+/// `ondemand`): in external mode, those of `objects` (what `kubectl get`
+/// takes) that do not exist yet are deleted when this is dropped, so that
+/// `tests/cluster/external --cleanup` leaves the cluster as it found it. On
+/// the local cluster they stay: tests running beside this one use them.
+struct Leftovers(Vec<Vec<String>>);
+
+impl Leftovers {
+    fn of(objects: &[&[&str]]) -> Self {
+        let c = cluster();
+        if !c.external() {
+            return Leftovers(Vec::new());
+        }
+        Leftovers(
+            objects
+                .iter()
+                .filter(|o| c.get_json(o).is_none())
+                .map(|o| o.iter().map(|a| (*a).to_owned()).collect())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let c = cluster();
+        for o in &self.0 {
+            let mut args = vec!["delete", "--ignore-not-found", "--wait=false"];
+            args.extend(o.iter().map(String::as_str));
+            let out = c.kubectl_as(c.var("KUBECONFIG_ADMIN"), &args);
+            if !out.status.success() {
+                eprintln!("leaving {o:?}: {}", text(&out));
+            }
+        }
     }
 }
 
@@ -338,6 +406,7 @@ fn the_first_job_after_login_runs_as_the_user() {
         ),
     );
     login(user, &env);
+    let _policy = Leftovers::of(&[&["validatingadmissionpolicy", "ood-uid-gid"]]);
     let (binding, params) = uid_gid_policy_in(&ns, &prefix);
     let job = Job::new("first-job", user, "id; sleep 3600");
     common::until_uid_gid_policy_refuses(&ns, |name| {
@@ -369,7 +438,21 @@ fn the_first_job_after_login_runs_as_the_user() {
     // The user's own: admitted, scheduled on the node, running as the user.
     create_as(user, &ns, &job.pod());
     let pod = until_phase(&ns, "first-job", &["Running"]);
-    assert_eq!(pod["spec"]["nodeName"], c.var("NODE_NAME"));
+    // On a Ready node (the local cluster's one node: NODE_NAME).
+    let node = pod["spec"]["nodeName"].as_str().expect("nodeName");
+    if !c.external() {
+        assert_eq!(node, c.var("NODE_NAME"));
+    }
+    let conditions =
+        c.get_json(&["node", node]).expect("the pod's node")["status"]["conditions"].clone();
+    assert!(
+        conditions
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|k| k["type"] == "Ready" && k["status"] == "True"),
+        "node {node}: {conditions}"
+    );
     let want = format!("uid={uid}({user}) gid={gid}");
     let want_bare = format!("uid={uid} gid={gid}");
     let mut log = String::new();
@@ -494,93 +577,100 @@ fn network_policy_isolates_users_and_lets_the_web_node_in() {
     }
 }
 
-/// The pull secret: with IMAGE_PULL_SECRET (from a root-only docker
-/// config.json holding the registry's credentials) the user's pod pulls the
-/// image only the local registry serves, through the Secret the hook put on
-/// `default`, and runs; without it the pull is refused and the pod's
-/// status says it was for want of credentials.
-#[test]
-fn the_pull_secret_pulls_the_private_image() {
-    let c = cluster();
-    let dir = scratch("node-pull");
-    let prefix = common::prefix("nodepull");
-    let base = format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n");
-    let config = dir.join("registry.json");
-    let auth = base64(&format!(
-        "{}:{}",
-        c.var("REGISTRY_USER"),
-        c.var("REGISTRY_PASSWORD")
-    ));
-    std::fs::write(
-        &config,
-        json!({"auths": {c.var("REGISTRY"): {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let with = hook_env(
-        &dir,
-        c.var("WEB_NODE_CIDR"),
-        &format!(
-            "{base}IMAGE_PULL_SECRET=registry-pull\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
-            config.display()
-        ),
-    );
-    let without = hook_env(&scratch("node-pull-2"), c.var("WEB_NODE_CIDR"), &base);
-    let (alice, bob) = (format!("{prefix}alice"), format!("{prefix}bob"));
-    login("bob", &without);
-    login("alice", &with);
-    let sa = c
-        .get_json(&["serviceaccount", "-n", &alice, "default"])
-        .unwrap();
-    assert_eq!(sa["imagePullSecrets"], json!([{"name": "registry-pull"}]));
+/// The tests that need the local cluster's own image registry (REGISTRY,
+/// PRIVATE_IMAGE: tests/cluster/node/up); tests/external-run does not run
+/// them.
+mod local {
+    use super::*;
 
-    // Without the secret first (Always: never an image already pulled).
-    let mut job = Job::new("private", "bob", "id; sleep 3600");
-    job.image = c.var("PRIVATE_IMAGE");
-    job.pull_policy = "Always";
-    create_as("bob", &bob, &job.pod());
-    let mut waiting = Value::Null;
-    until("bob's pull refused", || {
-        let p = pod_json(&bob, "private").unwrap();
-        waiting = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        matches!(
-            waiting["reason"].as_str(),
-            Some("ErrImagePull" | "ImagePullBackOff")
+    /// The pull secret: with IMAGE_PULL_SECRET (from a root-only docker
+    /// config.json holding the registry's credentials) the user's pod pulls the
+    /// image only the local registry serves, through the Secret the hook put on
+    /// `default`, and runs; without it the pull is refused and the pod's
+    /// status says it was for want of credentials.
+    #[test]
+    fn the_pull_secret_pulls_the_private_image() {
+        let c = cluster();
+        let dir = scratch("node-pull");
+        let prefix = common::prefix("nodepull");
+        let base = format!("NAMESPACE_PREFIX={prefix}\nK8S_CREDENTIALS=none\n");
+        let config = dir.join("registry.json");
+        let auth = base64(&format!(
+            "{}:{}",
+            c.var("REGISTRY_USER"),
+            c.var("REGISTRY_PASSWORD")
+        ));
+        std::fs::write(
+            &config,
+            json!({"auths": {c.var("REGISTRY"): {"auth": auth}}}).to_string(),
         )
-    });
-    let status = pod_json(&bob, "private").unwrap()["status"].to_string();
-    assert!(
-        [
-            "no basic auth credentials",
-            "401",
-            "nauthorized",
-            "authorization failed"
-        ]
-        .iter()
-        .any(|w| status.contains(w)),
-        "bob's pull was refused for another reason: {status}"
-    );
-    assert_ne!(
-        pod_json(&bob, "private").unwrap()["status"]["phase"],
-        "Running"
-    );
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let with = hook_env(
+            &dir,
+            c.var("WEB_NODE_CIDR"),
+            &format!(
+                "{base}IMAGE_PULL_SECRET=registry-pull\nREGISTRY_DOCKER_CONFIG_JSON={}\n",
+                config.display()
+            ),
+        );
+        let without = hook_env(&scratch("node-pull-2"), c.var("WEB_NODE_CIDR"), &base);
+        let (alice, bob) = (format!("{prefix}alice"), format!("{prefix}bob"));
+        login("bob", &without);
+        login("alice", &with);
+        let sa = c
+            .get_json(&["serviceaccount", "-n", &alice, "default"])
+            .unwrap();
+        assert_eq!(sa["imagePullSecrets"], json!([{"name": "registry-pull"}]));
 
-    job.user = "alice";
-    create_as("alice", &alice, &job.pod());
-    until_phase(&alice, "private", &["Running"]);
-    let (uid, _, _) = ids("alice");
-    until("alice's private job's `id` in its log", || {
-        logs_as("alice", &alice, "private").contains(&format!("uid={uid}"))
-    });
+        // Without the secret first (Always: never an image already pulled).
+        let mut job = Job::new("private", "bob", "id; sleep 3600");
+        job.image = c.var("PRIVATE_IMAGE");
+        job.pull_policy = "Always";
+        create_as("bob", &bob, &job.pod());
+        let mut waiting = Value::Null;
+        until("bob's pull refused", || {
+            let p = pod_json(&bob, "private").unwrap();
+            waiting = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+            matches!(
+                waiting["reason"].as_str(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        });
+        let status = pod_json(&bob, "private").unwrap()["status"].to_string();
+        assert!(
+            [
+                "no basic auth credentials",
+                "401",
+                "nauthorized",
+                "authorization failed"
+            ]
+            .iter()
+            .any(|w| status.contains(w)),
+            "bob's pull was refused for another reason: {status}"
+        );
+        assert_ne!(
+            pod_json(&bob, "private").unwrap()["status"]["phase"],
+            "Running"
+        );
 
-    for ns in [&alice, &bob] {
-        c.admin(&["delete", "namespace", ns, "--wait=false"]);
+        job.user = "alice";
+        create_as("alice", &alice, &job.pod());
+        until_phase(&alice, "private", &["Running"]);
+        let (uid, _, _) = ids("alice");
+        until("alice's private job's `id` in its log", || {
+            logs_as("alice", &alice, "private").contains(&format!("uid={uid}"))
+        });
+
+        for ns in [&alice, &bob] {
+            c.admin(&["delete", "namespace", ns, "--wait=false"]);
+        }
     }
-}
 
-fn base64(s: &str) -> String {
-    let out = common::pipe(Command::new("base64").arg("-w0"), s.as_bytes());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    fn base64(s: &str) -> String {
+        let out = common::pipe(Command::new("base64").arg("-w0"), s.as_bytes());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
 }
 
 /// kubectl as the job-pod-reaper's ServiceAccount (the admin impersonating
@@ -739,6 +829,11 @@ fn deleted(ns: &str) -> bool {
 #[test]
 fn reap_keeps_an_idle_namespace_while_its_pod_runs() {
     let c = cluster();
+    let _reaper = Leftovers::of(&[
+        &["clusterrole", "ondemand-reap"],
+        &["clusterrolebinding", "ood-reaper"],
+        &["serviceaccount", "-n", "ondemand", "ood-reaper"],
+    ]);
     let dir = scratch("node-reap");
     let prefix = common::prefix("nodereap");
     let env = hook_env(

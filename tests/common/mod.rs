@@ -58,6 +58,11 @@ impl Cluster {
         })
     }
 
+    /// A key the env file may leave out (None: not there).
+    pub fn var_opt(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
     /// True against an existing cluster (`tests/cluster/external`).
     pub fn external(&self) -> bool {
         self.vars.get("OOD_TEST_MODE").map(String::as_str) == Some("external")
