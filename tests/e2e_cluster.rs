@@ -1560,6 +1560,88 @@ mod local {
         );
     }
 
+    /// A returning user's login, with the objects `bench/run` has (reaper
+    /// binding, pull secret), makes exactly the README's 8 requests, each
+    /// named, from the API server's audit log: the read of whose the
+    /// namespace is, before anything is written; the namespace applied;
+    /// then, at once, the network policy, the three RoleBindings, the pull
+    /// secret, and the read of the `default` ServiceAccount's pull secret
+    /// list (ours is there: nothing written). A request more or less fails
+    /// here before the bench's count does.
+    #[test]
+    fn a_returning_login_makes_exactly_eight_requests() {
+        let c = cluster();
+        let dir = scratch("returning-requests");
+        let reg = dir.join("registry.json");
+        std::fs::write(&reg, r#"{"auths":{"registry.example":{"auth":"dTpw"}}}"#).unwrap();
+        let prefix = common::prefix("retreq");
+        let env = c.hook_env(
+            &dir,
+            &format!(
+                "NAMESPACE_PREFIX=\"{prefix}\"\nUSE_JOB_POD_REAPER=true\nIMAGE_PULL_SECRET=regcred\n\
+                 REGISTRY_DOCKER_CONFIG_JSON={}\nK8S_CREDENTIALS=none\n",
+                reg.display()
+            ),
+        );
+        linux_user("alice");
+        let ns = format!("{prefix}alice");
+        assert_ok(&hook("alice", &env, &[]));
+        // A later second than the first run, as logins are (within the
+        // same second the namespace is not written, and the cluster's
+        // revision is read instead).
+        wait_for_next_second();
+        common::audit_settled();
+        let from = std::fs::read(c.var("AUDIT_LOG")).expect("audit log").len();
+        let out = hook("alice", &env, &[]);
+        assert_ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("0 created, 1 changed, 6 unchanged"),
+            "{}",
+            text(&out)
+        );
+        common::audit_settled();
+        let log = std::fs::read(c.var("AUDIT_LOG")).expect("audit log");
+        let requests: Vec<String> = String::from_utf8_lossy(&log[from..])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == "system:serviceaccount:ondemand:ondemand")
+            .filter(|e| {
+                let r = &e["objectRef"];
+                r["namespace"] == ns.as_str()
+                    || (r["resource"] == "namespaces" && r["name"] == ns.as_str())
+            })
+            .map(|e| {
+                format!(
+                    "{} {}/{}",
+                    e["verb"].as_str().unwrap_or("?"),
+                    e["objectRef"]["resource"].as_str().unwrap_or("?"),
+                    e["objectRef"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        assert_eq!(requests.len(), 8, "{requests:#?}");
+        // In this order: whose it is, then the namespace, then the rest.
+        assert_eq!(requests[0], format!("get namespaces/{ns}"), "{requests:#?}");
+        assert_eq!(
+            requests[1],
+            format!("patch namespaces/{ns}"),
+            "{requests:#?}"
+        );
+        let mut rest = requests[2..].to_vec();
+        rest.sort();
+        let mut expected = vec![
+            "get serviceaccounts/default".to_owned(),
+            "patch networkpolicies/deny-from-other-namespaces".to_owned(),
+            "patch rolebindings/alice-job-pod-reaper-rolebinding".to_owned(),
+            "patch rolebindings/alice-ood-initializer".to_owned(),
+            "patch rolebindings/alice-ood-user".to_owned(),
+            "patch secrets/regcred".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(rest, expected, "{requests:#?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn bad_input_fails_before_any_write() {
         let c = cluster();
