@@ -12,6 +12,13 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The last second RFC 3339 with a four-digit year can write:
 /// 9999-12-31T23:59:59Z.
 pub const RFC3339_MAX: u64 = 253_402_300_799;

@@ -2,11 +2,11 @@
 //! it (`ood-k8s-bootstrap --user alice`), ending in one summary line.
 
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::PROG;
 use crate::cli::HookArgs;
-use crate::clock::unix_now;
+use crate::clock::{unix_ms, unix_now};
 use crate::cluster::apply::{Applied, ApplyError, Change, Cluster, Mode, Owner};
 use crate::cluster::desired::DesiredState;
 use crate::cluster::{desired, outage};
@@ -853,13 +853,6 @@ fn remember(memory: &outage::Memory, e: ApplyError) -> ClusterError {
         memory.failed(unix_ms(), &detail, e.exit());
     }
     ClusterError::Apply(e)
-}
-
-/// Unix time in milliseconds.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The kubeconfig part of the summary line.
